@@ -1,0 +1,78 @@
+"""Orbax checkpoints of the train state and the data iterator: keep the latest k and the best by a metric.
+
+A checkpoint is written to a temporary folder and renamed when complete, so a run killed mid-save
+resumes from the previous complete one.
+"""
+
+import pathlib
+from typing import Any
+
+import grain
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+
+def make_manager(
+    directory: str | pathlib.Path, *, keep: int, keep_best: int, best_metric: str, read_only: bool = False
+) -> ocp.CheckpointManager:
+    """Keeps the `keep` latest steps plus the `keep_best` steps with the highest `best_metric`."""
+    preservation = policies.AnyPreservationPolicy(
+        [
+            policies.LatestN(keep),
+            policies.BestN(
+                get_metric_fn=lambda metrics: metrics[best_metric],
+                reverse=False,
+                n=keep_best,
+                keep_checkpoints_without_metrics=False,
+            ),
+        ]
+    )
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=preservation,
+        best_fn=lambda metrics: metrics[best_metric],
+        best_mode="max",
+        read_only=read_only,
+        create=not read_only,
+    )
+    return ocp.CheckpointManager(
+        pathlib.Path(directory).absolute(), options=options, item_names=("state", "data")
+    )
+
+
+def save(
+    manager: ocp.CheckpointManager,
+    step: int,
+    state: Any,
+    data_iterator: grain.DatasetIterator,
+    metrics: dict[str, float] | None = None,
+) -> None:
+    """Start an asynchronous save of the state and the data iterator's position."""
+    args = ocp.args.Composite(
+        state=ocp.args.PyTreeSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)
+    )
+    manager.save(step, args=args, metrics=metrics, force=True)
+
+
+def restore(
+    manager: ocp.CheckpointManager,
+    step: int,
+    abstract_state: Any,
+    data_iterator: grain.DatasetIterator | None = None,
+) -> Any:
+    """Restore the state (onto the shardings of `abstract_state`) and, if given, the iterator in place."""
+    items = {"state": _restore_args(abstract_state)}
+    if data_iterator is not None:
+        items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    return manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+
+def restore_params(manager: ocp.CheckpointManager, step: int, abstract_params: Any) -> Any:
+    """Restore only `params` of a saved train state (no optimizer state needed), e.g. for evaluation."""
+    args = ocp.args.Composite(state=_restore_args({"params": abstract_params}, partial=True))
+    return manager.restore(step, args=args)["state"]["params"]
+
+
+def _restore_args(abstract: Any, partial: bool = False) -> ocp.args.PyTreeRestore:
+    """Restore onto the shapes, dtypes and shardings of `abstract` (jax.ShapeDtypeStruct leaves)."""
+    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
+    return ocp.args.PyTreeRestore(abstract, restore_args=restore_args, partial_restore=partial)

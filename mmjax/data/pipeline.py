@@ -1,0 +1,137 @@
+"""Host input pipeline: AV-Digits examples -> numpy batches in the batch contract, via grain.
+
+Batches are process-local numpy dicts; turning them into global device arrays is parallel.py's job.
+"""
+
+import json
+import os
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import grain
+import numpy as np
+from absl import flags
+
+from mmjax.data import audio
+from mmjax.data.av_digits import QUESTION_TYPES, TASKS
+from mmjax.data.text import WordTokenizer
+
+IMAGE_MEAN, IMAGE_STD = 0.1307, 0.3081  # MNIST pixel statistics
+
+
+def _as_str(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def pick_phrasing(phrasings: Sequence[str], seed: int, recording: str, image_index: int) -> str:
+    """A phrasing chosen deterministically from (seed, recording, image_index)."""
+    rng = np.random.default_rng([seed, zlib.crc32(recording.encode("utf-8")), int(image_index)])
+    return phrasings[int(rng.integers(len(phrasings)))]
+
+
+def preprocess(
+    example: Mapping,
+    *,
+    tokenizer: WordTokenizer,
+    text_len: int,
+    audio_frames: int,
+    questions: Mapping[str, Sequence[str]] | None = None,
+    seed: int = 0,
+) -> dict:
+    """One decoded AV-Digits example -> one unbatched example of the batch contract.
+
+    With `questions` ({question type: phrasings}), the stored question is replaced by one of those phrasings.
+    """
+    qtype = int(example["question_type"])
+    question = _as_str(example["question"])
+    if questions is not None:
+        recording, image_index = _as_str(example["recording"]), int(example["image_index"])
+        question = pick_phrasing(questions[QUESTION_TYPES[qtype]], seed, recording, image_index)
+    text_ids, text_mask = tokenizer.encode(question, text_len)
+    features, audio_mask = audio.pad_or_crop(np.asarray(example["audio"], dtype=np.float32), audio_frames)
+    image = (np.asarray(example["image"], dtype=np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD
+    return {
+        "text": text_ids,
+        "text_mask": text_mask,
+        "image": image[..., None],
+        "audio": features,
+        "audio_mask": audio_mask,
+        "present": {name: np.bool_(True) for name in ("text", "image", "audio")},
+        "question_type": np.int32(qtype),
+        **{f"labels/{task}": np.int32(example[task]) for task in TASKS},
+    }
+
+
+def load_questions(path: str | os.PathLike) -> dict[str, list[str]]:
+    """Reads {question type: [phrasings]} from JSON; every question type needs a non-empty list."""
+    if not os.path.isfile(path):
+        raise ValueError(f"questions file {path} does not exist")
+    with open(path) as f:
+        try:
+            questions = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"questions file {path} is not valid JSON: {err}") from err
+    if not isinstance(questions, dict):
+        raise ValueError(f"questions file {path} must hold an object {{question type: [phrasings]}}")
+    for key, phrasings in questions.items():
+        if key not in QUESTION_TYPES:
+            raise ValueError(f"questions file {path}: unknown question type {key!r}; known: {QUESTION_TYPES}")
+        if not isinstance(phrasings, list) or not phrasings or not all(isinstance(p, str) for p in phrasings):
+            raise ValueError(f"questions file {path}: {key!r} needs a non-empty list of strings")
+    missing = [key for key in QUESTION_TYPES if key not in questions]
+    if missing:
+        raise ValueError(f"questions file {path}: no phrasings for question types {missing}")
+    return questions
+
+
+def train_iterator(
+    source: Sequence,
+    *,
+    batch_size: int,
+    seed: int,
+    preprocess_fn: Callable[[Mapping], dict],
+    process_index: int = 0,
+    process_count: int = 1,
+    worker_count: int = 0,
+) -> grain.DatasetIterator:
+    """Endless shuffled batches of this process's shard (every process_count-th example).
+
+    Each epoch is reshuffled; each process yields batch_size // process_count examples per batch. The
+    returned iterator is checkpointable (get_state / set_state, grain.checkpoint with Orbax).
+    """
+    if batch_size % process_count:
+        raise ValueError(f"batch_size={batch_size} is not divisible by process_count={process_count}")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} is outside [0, {process_count})")
+    dataset = grain.MapDataset.source(source)[process_index::process_count]
+    dataset = dataset.seed(seed).shuffle().repeat(None).map(preprocess_fn)
+    # Batching the MapDataset lets prefetch workers take whole batches: same batches for any worker_count.
+    dataset = dataset.batch(batch_size // process_count, drop_remainder=True).to_iter_dataset()
+    if worker_count > 0:
+        if not flags.FLAGS.is_parsed():  # grain reads absl flags when starting workers
+            flags.FLAGS.mark_as_parsed()
+        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return iter(dataset)
+
+
+def _pad_rows(tree, size: int):
+    """Pads every array of a batch to `size` rows by repeating its last row."""
+    if isinstance(tree, dict):
+        return {key: _pad_rows(value, size) for key, value in tree.items()}
+    return np.concatenate([tree, np.repeat(tree[-1:], size - tree.shape[0], axis=0)])
+
+
+def eval_batches(
+    source: Sequence, *, batch_size: int, preprocess_fn: Callable[[Mapping], dict]
+) -> Iterator[dict]:
+    """One ordered pass in batches of batch_size; `valid` marks real examples (the last batch is padded)."""
+    dataset = grain.MapDataset.source(source).map(preprocess_fn).batch(batch_size, drop_remainder=False)
+    for i in range(len(dataset)):
+        batch = dataset[i]
+        batch["valid"] = np.arange(batch_size) < len(source) - i * batch_size
+        yield _pad_rows(batch, batch_size)
+
+
+def steps_per_epoch(source: Sequence, batch_size: int) -> int:
+    """Full (global) batches in one pass over the source."""
+    return len(source) // batch_size

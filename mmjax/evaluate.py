@@ -1,0 +1,142 @@
+"""Evaluate a trained run: accuracy and macro-F1 per task and answer accuracy per question type.
+
+  python -m mmjax.evaluate --workdir DIR [--split test] [--questions FILE] [--checkpoint best|latest]
+Writes DIR/eval_<split>.json and prints a table.
+"""
+
+import argparse
+import functools
+import json
+import pathlib
+import sys
+from collections.abc import Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mmjax import checkpoint, metrics, parallel
+from mmjax.data import av_digits, pipeline
+from mmjax.model import build_model
+
+
+def make_preprocess(config: ml_collections.ConfigDict, questions: Mapping[str, list[str]] | None = None):
+    """The per-example preprocessing of an experiment (optionally with other question phrasings)."""
+    return functools.partial(
+        pipeline.preprocess,
+        tokenizer=av_digits.make_tokenizer(),
+        text_len=config.data.text_len,
+        audio_frames=config.data.audio_frames,
+        questions=questions,
+        seed=config.seed,
+    )
+
+
+def eval_step(params, batch: dict, *, model) -> dict[str, jax.Array]:
+    """Predicted class per task, with the labels, question types and validity passed through."""
+    outputs, _ = model.apply({"params": params}, batch, train=False)
+    result = {f"pred/{task}": jnp.argmax(logits, -1) for task, logits in outputs.items()}
+    result.update({f"labels/{task}": batch[f"labels/{task}"] for task in outputs})
+    result["question_type"] = batch["question_type"]
+    result["valid"] = batch["valid"]
+    return result
+
+
+def make_eval_step(model, mesh):
+    """eval_step jitted over the mesh; results are replicated so every process can read all of them."""
+    return jax.jit(
+        functools.partial(eval_step, model=model),
+        in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+        out_shardings=parallel.replicated(mesh),
+    )
+
+
+def predict(params, batches: Iterable[dict], eval_fn, mesh, max_batches: int = 0) -> dict[str, np.ndarray]:
+    """Run eval_fn over the batches (at most max_batches if > 0); returns the valid rows, concatenated."""
+    parts = []
+    for index, batch in enumerate(batches):
+        if max_batches and index >= max_batches:
+            break
+        parts.append(jax.device_get(eval_fn(params, parallel.to_global(batch, mesh))))
+    merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    valid = merged.pop("valid").astype(bool)
+    return {key: value[valid] for key, value in merged.items()}
+
+
+def summarize(results: Mapping[str, np.ndarray], tasks: Mapping[str, int]) -> dict[str, float]:
+    """`task/accuracy`, `task/macro_f1`, and `answer/accuracy/<question type>`."""
+    summary = {}
+    for task, num_classes in tasks.items():
+        pred, labels = results[f"pred/{task}"], results[f"labels/{task}"]
+        summary[f"{task}/accuracy"] = metrics.accuracy(pred, labels)
+        summary[f"{task}/macro_f1"] = metrics.macro_f1(pred, labels, num_classes)
+    if "answer" in tasks:
+        for index, qtype in enumerate(av_digits.QUESTION_TYPES):
+            rows = results["question_type"] == index
+            summary[f"answer/accuracy/{qtype}"] = metrics.accuracy(
+                results["pred/answer"][rows], results["labels/answer"][rows]
+            )
+    return summary
+
+
+def format_table(summary: Mapping[str, float], tasks: Iterable[str]) -> str:
+    lines = [f"{'task':<16}{'accuracy':>10}{'macro-F1':>10}"]
+    lines += [f"{t:<16}{summary[f'{t}/accuracy']:>10.4f}{summary[f'{t}/macro_f1']:>10.4f}" for t in tasks]
+    per_type = [(k.rsplit("/", 1)[1], v) for k, v in summary.items() if k.startswith("answer/accuracy/")]
+    if per_type:
+        lines += ["", f"{'question type':<16}{'accuracy':>10}"]
+        lines += [f"{qtype:<16}{value:>10.4f}" for qtype, value in per_type]
+    return "\n".join(lines)
+
+
+def main(workdir: str | pathlib.Path, split: str = "test", questions: str = "", which: str = "best") -> dict:
+    """Evaluate the best (or latest) checkpoint of `workdir` on `split`; writes eval_<split>.json."""
+    workdir = pathlib.Path(workdir)
+    config_path = workdir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: is {workdir} a training workdir?")
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    manager = checkpoint.make_manager(
+        workdir / "checkpoints",
+        keep=config.train.keep,
+        keep_best=config.train.keep_best,
+        best_metric=config.train.best_metric,
+        read_only=True,
+    )
+    step = manager.best_step() if which == "best" else manager.latest_step()
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+
+    mesh = parallel.make_mesh()
+    tasks = {task: av_digits.TASKS[task] for task in config.tasks}
+    model = build_model(config.model, tasks)
+    source = av_digits.load(
+        split, data_dir=config.data.data_dir or None, tfds_dir=config.data.tfds_dir or None
+    )
+    phrasings = pipeline.load_questions(questions) if questions else None
+    preprocess = make_preprocess(config, phrasings)
+    example = jax.tree.map(lambda x: np.stack([x] * config.data.eval_batch_size), preprocess(source[0]))
+    init = functools.partial(model.init, {"params": jax.random.PRNGKey(0)}, example, train=False)
+    abstract_params = parallel.with_sharding(jax.eval_shape(init)["params"], parallel.replicated(mesh))
+    params = checkpoint.restore_params(manager, step, abstract_params)
+    batches = pipeline.eval_batches(source, batch_size=config.data.eval_batch_size, preprocess_fn=preprocess)
+    summary = summarize(predict(params, batches, make_eval_step(model, mesh), mesh), tasks)
+    report = {"split": split, "step": step, "checkpoint": which, "questions": questions, "metrics": summary}
+    (workdir / f"eval_{split}.json").write_text(json.dumps(report, indent=2))
+    print(f"{split} split, checkpoint of step {step} ({which}):")
+    print(format_table(summary, tasks))
+    return summary
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        prog="python -m mmjax.evaluate", description=__doc__.strip().splitlines()[0]
+    )
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    parser.add_argument("--questions", default="", help="JSON file {question_type: [phrasings]}")
+    parser.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+    args = parser.parse_args(sys.argv[1:])
+    main(args.workdir, args.split, args.questions, args.checkpoint)

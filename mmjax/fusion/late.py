@@ -1,0 +1,43 @@
+"""Late fusion: project the concatenated per-modality [CLS] vectors; absent modalities contribute zeros."""
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+MODALITIES = ("text", "image", "audio")  # fixed concatenation order
+
+
+class LateFusion(nn.Module):
+    """pooled = Dense(concat of each modality's first token, zeroed where absent).
+
+    out["tokens"] concatenates every modality's tokens (projected to `width`, zeroed where absent), with
+    masks that are False for padding and absent modalities.
+    """
+
+    width: int
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens: dict[str, jax.Array],
+        masks: dict[str, jax.Array],
+        present: dict[str, jax.Array],
+        *,
+        deterministic: bool,
+    ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        names = [m for m in MODALITIES if m in tokens]
+        all_tokens, all_masks, firsts = [], [], []
+        for m in names:
+            here = present[m].astype(bool)
+            x = jnp.where(here[:, None, None], tokens[m], 0.0)
+            firsts.append(x[:, 0])
+            all_tokens.append(nn.Dense(self.width, name=f"{m}_proj")(x))
+            all_masks.append(masks[m].astype(bool) & here[:, None])
+        pooled = nn.Dropout(self.dropout_rate)(jnp.concatenate(firsts, -1), deterministic=deterministic)
+        pooled = nn.Dense(self.width, name="pooled_proj")(pooled)
+        out_tokens = jnp.concatenate(all_tokens, axis=1)
+        out_mask = jnp.concatenate(all_masks, axis=1)
+        out_tokens = jnp.where(out_mask[..., None], out_tokens, 0.0)
+        out = {"tokens": out_tokens, "mask": out_mask, "pooled": pooled}
+        return out, {f"fusion/{k}": v for k, v in out.items()}

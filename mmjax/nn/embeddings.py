@@ -1,0 +1,49 @@
+"""Token-level embeddings: learned positions, a [CLS] token and 2-D patch embeddings."""
+
+import einops
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+INIT = nn.initializers.normal(stddev=0.02)
+
+
+class PositionEmbedding(nn.Module):
+    """Adds learned position embeddings for up to `max_len` positions to x [B, L, D]."""
+
+    max_len: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        length = x.shape[1]
+        if length > self.max_len:
+            raise ValueError(f"sequence length {length} exceeds max_len={self.max_len}")
+        table = self.param("embedding", INIT, (self.max_len, x.shape[-1]))
+        return x + table[None, :length].astype(x.dtype)
+
+
+class ClsToken(nn.Module):
+    """Prepends a learned [CLS] token: [B, N, D] -> [B, N + 1, D]."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cls = self.param("cls", nn.initializers.zeros, (x.shape[-1],)).astype(x.dtype)
+        return jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])), x], axis=1)
+
+
+class PatchEmbedding(nn.Module):
+    """Cuts x [B, H, W, C] into non-overlapping (ph, pw) patches, embeds each: -> [B, H/ph * W/pw, width].
+
+    Patches are ordered row-major over the (H, W) grid.
+    """
+
+    patch_size: tuple[int, int]
+    width: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        ph, pw = self.patch_size
+        if x.shape[1] % ph or x.shape[2] % pw:
+            raise ValueError(f"input {x.shape[1:3]} is not divisible by patch_size {self.patch_size}")
+        patches = einops.rearrange(x, "b (h p) (w q) c -> b (h w) (p q c)", p=ph, q=pw)
+        return nn.Dense(self.width, name="proj")(patches)

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install mmjax with the given extras, e.g. `scripts/setup.sh dev`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+  .venv/bin/python -m pip install --quiet --upgrade pip
+fi
+if [[ ",$extras," == *",hf,"* ]]; then
+  # The CPU wheel first: an unpinned torch would pull a CUDA build of several GB.
+  .venv/bin/python -m pip install --quiet "torch==2.13.0"
+fi
+.venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}"

@@ -1,0 +1,159 @@
+"""Input pipeline: batch contract, process sharding, checkpointable iterator, eval padding, questions."""
+
+import functools
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from mmjax.data import av_digits as avd
+from mmjax.data import pipeline
+from mmjax.data.text import split_words
+
+QUESTIONS_FILE = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "av_digits_questions.json"
+
+
+@pytest.fixture(scope="module")
+def source(av_digits_dir):
+    return avd.load("validation", tfds_dir=av_digits_dir)
+
+
+@pytest.fixture(scope="module")
+def preprocess_fn():
+    return functools.partial(
+        pipeline.preprocess, tokenizer=avd.make_tokenizer(), text_len=24, audio_frames=96
+    )
+
+
+def _index_fn(i):
+    return {"i": np.int64(i)}
+
+
+def test_batch_contract(source, preprocess_fn):
+    batch = next(pipeline.train_iterator(source, batch_size=8, seed=0, preprocess_fn=preprocess_fn))
+    expected = {
+        "text": ((8, 24), np.int32),
+        "text_mask": ((8, 24), np.bool_),
+        "image": ((8, 28, 28, 1), np.float32),
+        "audio": ((8, 96, 64), np.float32),
+        "audio_mask": ((8, 96), np.bool_),
+        "question_type": ((8,), np.int32),
+        **{f"labels/{task}": ((8,), np.int32) for task in avd.TASKS},
+    }
+    assert set(batch) == set(expected) | {"present"}
+    for key, (shape, dtype) in expected.items():
+        assert batch[key].shape == shape and batch[key].dtype == dtype, key
+    assert set(batch["present"]) == {"text", "image", "audio"}
+    assert all(v.dtype == np.bool_ and v.shape == (8,) and v.all() for v in batch["present"].values())
+    assert batch["text_mask"][:, 0].all() and batch["audio_mask"][:, 0].all()
+
+
+def test_preprocess_values(source, preprocess_fn):
+    example = source[3]
+    out = preprocess_fn(example)
+    np.testing.assert_allclose(out["image"][..., 0], (example["image"] / 255.0 - 0.1307) / 0.3081, rtol=1e-6)
+    frames = min(len(example["audio"]), 96)
+    assert out["audio_mask"].sum() == frames
+    np.testing.assert_array_equal(out["audio"][:frames], example["audio"][:frames])
+    assert avd.make_tokenizer().decode(out["text"]) == " ".join(split_words(example["question"].decode()))
+    assert out["labels/answer"] == example["answer"] and out["question_type"] == example["question_type"]
+
+
+def test_processes_see_disjoint_shards_covering_the_epoch():
+    data = range(60)
+    per_process = []
+    for index in range(2):
+        it = pipeline.train_iterator(
+            data, batch_size=12, seed=1, preprocess_fn=_index_fn, process_index=index, process_count=2
+        )
+        epochs = [np.concatenate([next(it)["i"] for _ in range(5)]) for _ in range(2)]
+        assert sorted(epochs[0]) == sorted(epochs[1]) and list(epochs[0]) != list(epochs[1])  # reshuffled
+        per_process.append(set(epochs[0].tolist()))
+    assert not per_process[0] & per_process[1]
+    assert per_process[0] | per_process[1] == set(range(60))
+
+
+def test_batch_size_must_divide_over_processes():
+    with pytest.raises(ValueError, match="batch_size=10"):
+        pipeline.train_iterator(range(60), batch_size=10, seed=0, preprocess_fn=_index_fn, process_count=3)
+
+
+def test_iterator_state_restores(source, preprocess_fn):
+    make = functools.partial(
+        pipeline.train_iterator, source, batch_size=4, seed=7, preprocess_fn=preprocess_fn
+    )
+    it = make()
+    for _ in range(3):
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(3)]
+    restored = make()
+    restored.set_state(state)
+    for want in expected:
+        got = next(restored)
+        for key in ("text", "audio", "image", "labels/answer"):
+            np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_worker_processes_give_the_same_batches(source, preprocess_fn):
+    make = functools.partial(
+        pipeline.train_iterator, source, batch_size=4, seed=2, preprocess_fn=preprocess_fn
+    )
+    inline, workers = make(), make(worker_count=2)
+    for _ in range(3):
+        a, b = next(inline), next(workers)
+        np.testing.assert_array_equal(a["audio"], b["audio"])
+        np.testing.assert_array_equal(a["labels/answer"], b["labels/answer"])
+
+
+def test_eval_batches_pad_the_last_batch():
+    batches = list(pipeline.eval_batches(range(10), batch_size=4, preprocess_fn=_index_fn))
+    assert len(batches) == 3
+    assert [b["i"].tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 9, 9]]
+    assert [b["valid"].tolist() for b in batches[1:]] == [[True] * 4, [True, True, False, False]]
+
+
+def test_eval_batches_on_real_data(source, preprocess_fn):
+    batches = list(pipeline.eval_batches(source, batch_size=64, preprocess_fn=preprocess_fn))
+    assert len(batches) == 10 and sum(int(b["valid"].sum()) for b in batches) == len(source)
+    assert all(b["audio"].shape == (64, 96, 64) and b["present"]["audio"].shape == (64,) for b in batches)
+    assert pipeline.steps_per_epoch(source, 64) == 9
+
+
+def test_questions_file_overrides_phrasings(source):
+    questions = pipeline.load_questions(QUESTIONS_FILE)
+    tokenizer = avd.make_tokenizer()
+    for qtype, phrasings in questions.items():
+        assert len(phrasings) >= 2 and not set(phrasings) & set(avd.PHRASINGS[qtype])
+        assert all(1 not in tokenizer.encode(p, 32)[0] for p in phrasings)  # no unknown words
+    fn = functools.partial(
+        pipeline.preprocess, tokenizer=tokenizer, text_len=24, audio_frames=96, questions=questions, seed=5
+    )
+    for i in range(30):
+        example = source[i]
+        out = fn(example)
+        qtype = avd.QUESTION_TYPES[example["question_type"]]
+        held_out = {tokenizer.decode(tokenizer.encode(p, 24)[0]) for p in questions[qtype]}
+        assert tokenizer.decode(out["text"]) in held_out
+        np.testing.assert_array_equal(fn(example)["text"], out["text"])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"colour": ["what colour?"]}, "colour"),
+        ({**{q: ["what?"] for q in avd.QUESTION_TYPES}, "sum": []}, "sum"),
+        ({q: ["what?"] for q in avd.QUESTION_TYPES[:-1]}, "speaker"),
+    ],
+)
+def test_questions_file_errors_name_file_and_key(tmp_path, content, message):
+    path = tmp_path / "questions.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=f"questions.json.*{message}"):
+        pipeline.load_questions(path)
+
+
+def test_missing_questions_file(tmp_path):
+    with pytest.raises(ValueError, match="absent.json"):
+        pipeline.load_questions(tmp_path / "absent.json")

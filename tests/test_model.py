@@ -1,0 +1,149 @@
+"""MultimodalModel: forward, gradients, presence masking, dropout and config errors."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from mmjax.losses import multitask_loss
+from mmjax.model import build_model, dummy_batch
+
+TASKS = {"answer": 30, "image_digit": 10, "speaker": 6}
+
+
+def _config(**overrides):
+    cfg = ml_collections.ConfigDict(
+        dict(
+            size="tiny",
+            dropout=0.1,
+            pre_ln=True,
+            head_dropout=0.0,
+            text=dict(vocab_size=64, max_len=16),
+            image=dict(size=28, channels=1, patch_size=7),
+            audio=dict(frames=100, mels=64, patch_time=4, patch_freq=16),
+            fusion=dict(name="cross_attention", depth=1, bidirectional=False),
+        )
+    )
+    cfg.update_from_flattened_dict(overrides)
+    return cfg
+
+
+def _batch(cfg, batch_size=2, seed=0):
+    rng = np.random.default_rng(seed)
+    batch = dummy_batch(cfg, TASKS, batch_size)
+    batch["text"] = jnp.asarray(rng.integers(1, cfg.text.vocab_size, batch["text"].shape), jnp.int32)
+    batch["text_mask"] = batch["text_mask"].at[0, 10:].set(False)
+    batch["image"] = jnp.asarray(rng.normal(size=batch["image"].shape), jnp.float32)
+    batch["audio"] = jnp.asarray(rng.normal(size=batch["audio"].shape), jnp.float32)
+    batch["audio_mask"] = batch["audio_mask"].at[1, 60:].set(False)
+    batch["labels/answer"] = jnp.array([3, 17][:batch_size], jnp.int32)
+    batch["example_id"] = jnp.arange(batch_size)  # other keys are ignored
+    return batch
+
+
+@functools.cache
+def _model(fusion, bidirectional):
+    cfg = _config(**{"fusion.name": fusion, "fusion.bidirectional": bidirectional})
+    model = build_model(cfg, TASKS)
+    variables = jax.jit(functools.partial(model.init, train=False))(
+        jax.random.key(0), dummy_batch(cfg, TASKS)
+    )
+    return cfg, model, variables
+
+
+@functools.cache
+def _apply(fusion, bidirectional, train=False):
+    """A jitted model.apply(variables, batch, rngs=None), compiled once per model and mode."""
+    return jax.jit(functools.partial(_model(fusion, bidirectional)[1].apply, train=train))
+
+
+FUSION_CASES = [("late", False), ("cross_attention", False), ("cross_attention", True)]
+
+
+@pytest.mark.parametrize(("fusion", "bidirectional"), FUSION_CASES)
+def test_forward(fusion, bidirectional):
+    cfg, _, variables = _model(fusion, bidirectional)
+    batch = _batch(cfg)
+    outputs, aux = _apply(fusion, bidirectional)(variables, batch)
+    assert {k: v.shape for k, v in outputs.items()} == {
+        "answer": (2, 30),
+        "image_digit": (2, 10),
+        "speaker": (2, 6),
+    }
+    for key in ("txt/tokens", "txt/pooled", "img/tokens", "img/pooled", "aud/tokens", "aud/pooled"):
+        assert key in aux
+    assert aux["img/tokens"].shape == (2, 17, 32) and aux["aud/tokens"].shape == (2, 1 + 25 * 4, 32)
+    assert aux["fusion/pooled"].shape == (2, 32)
+
+
+def test_grad_step_reaches_every_module_and_dropout_varies():
+    cfg, model, variables = _model("cross_attention", True)
+    batch = _batch(cfg)
+
+    @jax.jit
+    @jax.value_and_grad
+    def loss_and_grad(params, rng):
+        outputs, _ = model.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
+        return multitask_loss(outputs, batch, {task: 1.0 for task in TASKS})[0]
+
+    loss, grads = loss_and_grad(variables["params"], jax.random.key(1))
+    assert np.isfinite(loss)
+    for name in ("text", "image", "audio", "fusion", "head_answer", "head_image_digit", "head_speaker"):
+        norm = sum(float(jnp.sum(g**2)) for g in jax.tree.leaves(grads[name]))
+        assert np.isfinite(norm) and norm > 0, name
+    assert loss_and_grad(variables["params"], jax.random.key(1))[0] == loss
+    assert loss_and_grad(variables["params"], jax.random.key(2))[0] != loss
+
+
+@pytest.mark.parametrize(("fusion", "bidirectional"), FUSION_CASES)
+@pytest.mark.parametrize("absent", ["image", "audio"])
+def test_absent_modality_does_not_change_outputs(fusion, bidirectional, absent):
+    cfg, _, variables = _model(fusion, bidirectional)
+    apply = _apply(fusion, bidirectional)
+    batch = _batch(cfg)
+    batch["present"] = dict(batch["present"], **{absent: jnp.array([True, False])})
+    changed = dict(batch, **{absent: batch[absent].at[1].set(3.0)})
+    outputs, aux = apply(variables, batch)
+    outputs_changed, aux_changed = apply(variables, changed)
+    for task in TASKS:
+        np.testing.assert_allclose(outputs[task], outputs_changed[task], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(aux["fusion/tokens"], aux_changed["fusion/tokens"], rtol=1e-5, atol=1e-6)
+    # The present example does see its own change (so the check above can fail).
+    changed_present = dict(batch, **{absent: batch[absent].at[0].set(3.0)})
+    assert not np.allclose(outputs["answer"][0], apply(variables, changed_present)[0]["answer"][0])
+
+
+def test_eval_runs_without_a_dropout_rng_and_train_needs_one():
+    cfg, model, variables = _model("cross_attention", False)
+    batch = _batch(cfg)
+    outputs, _ = _apply("cross_attention", False)(variables, batch)  # flax raises here if dropout were on
+    assert np.all(np.isfinite(outputs["answer"]))
+    with pytest.raises(Exception, match="dropout"):
+        model.apply(variables, batch, train=True)
+
+
+def test_small_size_sets_the_width():
+    cfg = _config(size="small")
+    model = build_model(cfg, {"answer": 30})
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), dummy_batch(cfg, {"answer": 30}), train=False)
+    )
+    assert shapes["params"]["head_answer"]["logits"]["kernel"].shape == (128, 30)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"size": "huge"}, "cfg.size"),
+        ({"fusion.name": "early"}, "cfg.fusion.name"),
+        ({"image.patch_size": 6}, "cfg.image.patch_size"),
+        ({"audio.patch_time": 3}, "cfg.audio.patch_time"),
+        ({"audio.patch_freq": 10}, "cfg.audio.patch_freq"),
+    ],
+)
+def test_build_model_rejects_bad_config(overrides, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        build_model(_config(**overrides), TASKS)

@@ -1,0 +1,181 @@
+"""Training: every experiment's smoke config trains; 1 and 8 devices agree; killed runs resume exactly."""
+
+import functools
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from mmjax import checkpoint, evaluate, optim, parallel, train
+from mmjax.config import load_config
+from mmjax.data import av_digits, pipeline
+from mmjax.metrics import read_metrics
+from mmjax.model import build_model
+
+ROOT = pathlib.Path(__file__).parents[1]
+EXPERIMENTS = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("experiments/*.py"))
+
+
+def smoke_config(tfds_dir, spec="experiments/av_digits.py:smoke", **overrides):
+    config = load_config(str(ROOT / spec), [f"{key}={value}" for key, value in overrides.items()])
+    config.data.tfds_dir = str(tfds_dir)
+    return config
+
+
+def final_params(workdir, config):
+    manager = checkpoint.make_manager(
+        workdir / "checkpoints", keep=9, keep_best=1, best_metric=config.train.best_metric, read_only=True
+    )
+    restored = manager.restore(manager.latest_step())
+    return manager.latest_step(), jax.device_get(restored["state"]["params"])
+
+
+def last_record_per_step(workdir):
+    return {record["step"]: record for record in read_metrics(workdir) if "loss" in record}
+
+
+@pytest.mark.parametrize("spec", EXPERIMENTS)
+def test_smoke_config_trains_and_evaluates(spec, av_digits_dir, tmp_path):
+    config = smoke_config(av_digits_dir, f"{spec}:smoke")
+    val = train.main(config, tmp_path)
+    records = last_record_per_step(tmp_path)
+    assert sorted(records) == list(
+        range(config.train.log_every, config.train.steps + 1, config.train.log_every)
+    )
+    assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in records.values())
+    assert 0.0 <= val["answer/accuracy"] <= 1.0 and set(val) >= {f"{t}/macro_f1" for t in config.tasks}
+    assert (tmp_path / "config.json").is_file() and any((tmp_path / "tensorboard").iterdir())
+    test = evaluate.main(tmp_path, split="test")
+    assert test.keys() == val.keys()
+    assert (tmp_path / "eval_test.json").is_file()
+
+
+def test_one_and_eight_devices_give_the_same_step(av_digits_dir):
+    assert jax.device_count() == 8
+    config = smoke_config(av_digits_dir)
+    tasks = {task: av_digits.TASKS[task] for task in config.tasks}
+    source = av_digits.load("train", tfds_dir=av_digits_dir)
+    batches = pipeline.train_iterator(
+        source, batch_size=16, seed=0, preprocess_fn=evaluate.make_preprocess(config)
+    )
+    batch_list = [next(batches) for _ in range(2)]
+    model = build_model(config.model, tasks)
+    optimizer = optim.make_optimizer(config.optim, total_steps=10)
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = parallel.make_mesh(devices)
+        make_state = functools.partial(train.init_state, model, optimizer, batch_list[0], 0)
+        state = jax.jit(make_state, out_shardings=parallel.replicated(mesh))()
+        step = train.make_train_step(model, optimizer, dict(config.tasks), mesh)
+        losses = []
+        for batch in batch_list:
+            global_batch = parallel.to_global(batch, mesh)
+            assert len(global_batch["text"].sharding.device_set) == len(devices)
+            state, scalars = step(state, global_batch)
+            losses.append(float(scalars["loss"]))
+        results.append((losses, jax.device_get(state.params)))
+    (losses_1, params_1), (losses_8, params_8) = results
+    np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), params_1, params_8)
+    assert losses_1[0] != losses_1[1]
+
+
+class Crash(Exception):
+    pass
+
+
+def test_crash_and_restart_continues_with_the_same_losses(av_digits_dir, tmp_path, monkeypatch):
+    overrides = dict(
+        **{"train.steps": 10, "train.log_every": 1, "train.checkpoint_every": 3, "train.eval_every": 100}
+    )
+    reference = tmp_path / "reference"
+    train.main(smoke_config(av_digits_dir, **overrides), reference)
+
+    real_make_train_step = train.make_train_step
+
+    def crashing_make_train_step(*args, **kwargs):
+        step_fn = real_make_train_step(*args, **kwargs)
+
+        def step(state, batch):
+            if int(state.step) == 7:
+                raise Crash("simulated crash before step 8")
+            return step_fn(state, batch)
+
+        return step
+
+    resumed = tmp_path / "resumed"
+    monkeypatch.setattr(train, "make_train_step", crashing_make_train_step)
+    with pytest.raises(Crash):
+        train.main(smoke_config(av_digits_dir, **overrides), resumed)
+    monkeypatch.setattr(train, "make_train_step", real_make_train_step)
+    assert final_params(resumed, smoke_config(av_digits_dir))[0] == 6
+    train.main(smoke_config(av_digits_dir, **overrides), resumed)
+
+    steps = [record["step"] for record in read_metrics(resumed) if "loss" in record]
+    assert steps == [1, 2, 3, 4, 5, 6, 7, 7, 8, 9, 10]  # step 7 ran before the crash and again after resume
+    expected, got = last_record_per_step(reference), last_record_per_step(resumed)
+    for step in range(1, 11):
+        assert got[step]["loss"] == expected[step]["loss"], step
+    (step_a, params_a), (step_b, params_b) = (
+        final_params(reference, smoke_config(av_digits_dir)),
+        final_params(resumed, smoke_config(av_digits_dir)),
+    )
+    assert step_a == step_b == 10
+    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+
+
+def test_sigkill_and_restart_matches_an_uninterrupted_run(av_digits_dir, tmp_path):
+    overrides = {
+        "train.steps": 150,
+        "train.log_every": 1,
+        "train.checkpoint_every": 10,
+        "train.eval_every": 1000,
+    }
+    reference = tmp_path / "reference"
+    train.main(smoke_config(av_digits_dir, **overrides), reference)
+
+    killed = tmp_path / "killed"
+    command = [
+        sys.executable,
+        "-m",
+        "mmjax.train",
+        "--config",
+        "experiments/av_digits.py:smoke",
+        "--workdir",
+        str(killed),
+    ]
+    command += [f"--config.data.tfds_dir={av_digits_dir}"] + [
+        f"--config.{k}={v}" for k, v in overrides.items()
+    ]
+    env = dict(os.environ)
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if (killed / "metrics.jsonl").is_file() and len(read_metrics(killed)) >= 35:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, process.stderr.read().decode()[-2000:]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = max(record["step"] for record in read_metrics(killed))
+    assert killed_at < overrides["train.steps"]
+
+    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    resumed_from = int(finished.stdout.split("resumed from the checkpoint of step ")[1].split()[0])
+    assert 10 <= resumed_from <= killed_at and resumed_from % 10 == 0
+    expected, got = last_record_per_step(reference), last_record_per_step(killed)
+    assert sorted(got) == list(range(1, 151))
+    for step in range(resumed_from + 1, 151):
+        assert got[step]["loss"] == expected[step]["loss"], step
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        final_params(reference, smoke_config(av_digits_dir))[1],
+        final_params(killed, smoke_config(av_digits_dir))[1],
+    )
