@@ -55,8 +55,8 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, task_weights
     (loss, (per_task, outputs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    scalars = {"loss": loss, "grad_norm": optax.global_norm(grads), "update_norm": optax.global_norm(updates)}
-    scalars["param_norm"] = optax.global_norm(params)
+    scalars = {"loss": loss, "grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates)}
+    scalars["param_norm"] = optax.tree.norm(params)
     for task, task_loss in per_task.items():
         scalars[f"{task}/loss"] = task_loss
         correct = jnp.argmax(outputs[task], -1) == batch[f"labels/{task}"]
@@ -117,11 +117,14 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
         for split in ("train", "validation")
     }
     preprocess = evaluate.make_preprocess(config)
+    shift = config.data.image_shift
+    augment = functools.partial(pipeline.random_shift, max_shift=shift) if shift else None
     train_iter = pipeline.train_iterator(
         sources["train"],
         batch_size=config.data.batch_size,
         seed=config.seed,
         preprocess_fn=preprocess,
+        augment_fn=augment,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         worker_count=config.data.workers,
@@ -163,7 +166,9 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
 
     # Loop.
     writer = metrics.MetricWriter(workdir, enabled=is_lead)
-    bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not is_lead, desc="train", unit="step")
+    bar = tqdm.tqdm(
+        total=total_steps, initial=start_step, disable=not is_lead, desc="train", unit="step", mininterval=5
+    )
     pending, window_start, window_time = [], start_step, time.perf_counter()
     val_metrics: dict[str, float] = {}
     try:

@@ -62,6 +62,19 @@ def preprocess(
     }
 
 
+def random_shift(example: dict, rng: np.random.Generator, *, max_shift: int) -> dict:
+    """Training augmentation: shift the image by up to max_shift pixels per axis, filling with background."""
+    image = example["image"]
+    dy, dx = rng.integers(-max_shift, max_shift + 1, size=2)
+    background = float(image.min())
+    padded = np.pad(
+        image, ((max_shift, max_shift), (max_shift, max_shift), (0, 0)), constant_values=background
+    )
+    height, width = image.shape[:2]
+    top, left = max_shift - dy, max_shift - dx
+    return {**example, "image": padded[top : top + height, left : left + width]}
+
+
 def load_questions(path: str | os.PathLike) -> dict[str, list[str]]:
     """Reads {question type: [phrasings]} from JSON; every question type needs a non-empty list."""
     if not os.path.isfile(path):
@@ -90,14 +103,17 @@ def train_iterator(
     batch_size: int,
     seed: int,
     preprocess_fn: Callable[[Mapping], dict],
+    augment_fn: Callable[[dict, np.random.Generator], dict] | None = None,
     process_index: int = 0,
     process_count: int = 1,
     worker_count: int = 0,
 ) -> grain.DatasetIterator:
     """Endless shuffled batches of this process's shard (every process_count-th example).
 
-    Each epoch is reshuffled; each process yields batch_size // process_count examples per batch. The
-    returned iterator is checkpointable (get_state / set_state, grain.checkpoint with Orbax).
+    Each epoch is reshuffled; `augment_fn(example, rng)` draws from a generator seeded by (seed, position in
+    the stream), so augmentations differ per epoch yet repeat exactly after a restore. Each process yields
+    batch_size // process_count examples per batch. The returned iterator is checkpointable (get_state /
+    set_state, grain.checkpoint with Orbax).
     """
     if batch_size % process_count:
         raise ValueError(f"batch_size={batch_size} is not divisible by process_count={process_count}")
@@ -105,6 +121,8 @@ def train_iterator(
         raise ValueError(f"process_index={process_index} is outside [0, {process_count})")
     dataset = grain.MapDataset.source(source)[process_index::process_count]
     dataset = dataset.seed(seed).shuffle().repeat(None).map(preprocess_fn)
+    if augment_fn is not None:
+        dataset = dataset.random_map(augment_fn)
     # Batching the MapDataset lets prefetch workers take whole batches: same batches for any worker_count.
     dataset = dataset.batch(batch_size // process_count, drop_remainder=True).to_iter_dataset()
     if worker_count > 0:
