@@ -133,7 +133,7 @@ def test_crash_and_restart_continues_with_the_same_losses(av_digits_dir, tmp_pat
 
 def test_sigkill_and_restart_matches_an_uninterrupted_run(av_digits_dir, tmp_path):
     overrides = {
-        "train.steps": 150,
+        "train.steps": 100,
         "train.log_every": 1,
         "train.checkpoint_every": 10,
         "train.eval_every": 1000,
