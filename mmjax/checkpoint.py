@@ -4,12 +4,16 @@ A checkpoint is written to a temporary folder and renamed when complete, so a ru
 resumes from the previous complete one.
 """
 
+import logging
 import pathlib
 from typing import Any
 
 import grain
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+# Steps saved between evaluations carry no metrics on purpose; Orbax warns about each of them.
+logging.getLogger("absl").addFilter(lambda record: "did not provide metrics" not in record.getMessage())
 
 
 def make_manager(

@@ -76,7 +76,7 @@ def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> Mul
         pre_ln=cfg.pre_ln,
     )
     if cfg.fusion.name == "late":
-        fusion = LateFusion(width=size["width"], dropout_rate=cfg.dropout)
+        fusion = LateFusion(width=size["width"], mlp_dim=size["mlp_dim"], dropout_rate=cfg.dropout)
     else:
         fusion = CrossAttentionFusion(
             **common | {"depth": cfg.fusion.depth}, bidirectional=cfg.fusion.bidirectional

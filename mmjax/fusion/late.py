@@ -1,4 +1,4 @@
-"""Late fusion: project the concatenated per-modality [CLS] vectors; absent modalities contribute zeros."""
+"""Late fusion: an MLP over the concatenated per-modality [CLS] vectors; absent modalities give zeros."""
 
 import jax
 import jax.numpy as jnp
@@ -8,13 +8,16 @@ MODALITIES = ("text", "image", "audio")  # fixed concatenation order
 
 
 class LateFusion(nn.Module):
-    """pooled = Dense(concat of each modality's first token, zeroed where absent).
+    """pooled = MLP(concat of each modality's first token, zeroed where absent).
+
+    The hidden layer lets the question gate the other modalities (a linear map of the concatenation cannot).
 
     out["tokens"] concatenates every modality's tokens (projected to `width`, zeroed where absent), with
     masks that are False for padding and absent modalities.
     """
 
     width: int
+    mlp_dim: int | None = None  # hidden width of the MLP; None -> 2 * width
     dropout_rate: float = 0.0
 
     @nn.compact
@@ -34,8 +37,9 @@ class LateFusion(nn.Module):
             firsts.append(x[:, 0])
             all_tokens.append(nn.Dense(self.width, name=f"{m}_proj")(x))
             all_masks.append(masks[m].astype(bool) & here[:, None])
-        pooled = nn.Dropout(self.dropout_rate)(jnp.concatenate(firsts, -1), deterministic=deterministic)
-        pooled = nn.Dense(self.width, name="pooled_proj")(pooled)
+        hidden = nn.gelu(nn.Dense(self.mlp_dim or 2 * self.width, name="hidden")(jnp.concatenate(firsts, -1)))
+        hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=deterministic)
+        pooled = nn.Dense(self.width, name="pooled_proj")(hidden)
         out_tokens = jnp.concatenate(all_tokens, axis=1)
         out_mask = jnp.concatenate(all_masks, axis=1)
         out_tokens = jnp.where(out_mask[..., None], out_tokens, 0.0)
