@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.audio_frames = 96  # 0.96 s of 10 ms frames; longer clips (under 1% of FSDD) are cropped
     c.data.batch_size = 64  # global batch, split over all devices
     c.data.eval_batch_size = 200
-    c.data.image_shift = 2  # training augmentation: random image translation by up to this many pixels
+    c.data.image_shift = 0  # training augmentation: random image shifts of up to this many pixels (0: off)
     c.data.workers = 0  # grain worker processes for the training stream
     c.data.questions = ""  # JSON {question_type: [phrasings]} used by evaluation instead of the built-in ones
 
