@@ -183,7 +183,7 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
                 logged["examples_per_sec"] = len(pending) * config.data.batch_size / elapsed
                 logged["learning_rate"] = float(schedule(step - 1))
                 writer.write(step, logged)
-                bar.set_postfix(loss=f"{logged['loss']:.3f}", acc=f"{logged['answer/accuracy']:.3f}")
+                bar.set_postfix(loss=f"{logged['loss']:.3f}")
                 pending, window_start, window_time = [], step, time.perf_counter()
             is_eval = step % config.train.eval_every == 0 or step == total_steps
             if is_eval:
