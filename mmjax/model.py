@@ -35,7 +35,8 @@ class MultimodalModel(nn.Module):
     ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
         det = not train
         present = {m: jnp.asarray(p, bool) for m, p in batch["present"].items()}
-        text, txt_aux = self.text(batch["text"], batch["text_mask"], deterministic=det)
+        text_tokens, txt_aux = self.text(batch["text"], batch["text_mask"], deterministic=det)
+        text = (text_tokens, jnp.asarray(batch["text_mask"], bool))
         image, img_aux = self.image(batch["image"], deterministic=det)
         audio, aud_aux = self.audio(batch["audio"], batch["audio_mask"], deterministic=det)
         tokens, masks = {}, {}

@@ -7,7 +7,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
   .venv/bin/python -m pip install --quiet --upgrade pip
 fi
-if [[ ",$extras," == *",hf,"* ]]; then
+if [[ ",$extras," == *",hf,"* || ",$extras," == *",parity,"* ]]; then
   # The CPU wheel first: an unpinned torch would pull a CUDA build of several GB.
   .venv/bin/python -m pip install --quiet "torch==2.13.0"
 fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up .venv with the dev extra and run the test suite (8 fake CPU devices). Arguments go to pytest.
+# Set up .venv (dev tools, transformers + torch for the parity tests) and run the test suite on 8 fake CPU
+# devices. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh dev
+bash scripts/setup.sh dev,parity
 .venv/bin/python -m pytest -q "$@"

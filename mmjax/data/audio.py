@@ -1,7 +1,11 @@
-"""Audio front end on the host: decode WAV files, resample, log-mel features, normalisation, padding."""
+"""Audio front end: decode WAV files, resample, host log-mel features, normalisation, padding, and jitted
+on-device log-mel frontends that reproduce Hugging Face's Whisper and AST feature extractors."""
 
+import functools
 import os
 
+import jax
+import jax.numpy as jnp
 import librosa
 import numpy as np
 import soundfile as sf
@@ -62,3 +66,151 @@ def pad_or_crop(features: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarr
     out[:kept] = features[:kept]
     mask = np.arange(length) < kept
     return out, mask
+
+
+# --- On-device frontends matching Hugging Face feature extractors (16 kHz input) ---
+
+_SAMPLE_RATE = 16000
+_HIGHEST = jax.lax.Precision.HIGHEST  # full float32 matmuls on every backend (TPU defaults to bfloat16)
+_SLICES = 4  # 7-bit slices per operand in _exact_matmul: 28 bits, beyond float32's 24
+
+
+@functools.cache
+def _slaney_mel_filters(n_fft: int, n_mels: int) -> np.ndarray:
+    """Slaney-scale, Slaney-normalised mel filters [n_fft // 2 + 1, n_mels] over 0-8 kHz, as Whisper uses."""
+    return librosa.filters.mel(
+        sr=_SAMPLE_RATE, n_fft=n_fft, n_mels=n_mels, htk=False, norm="slaney", dtype=np.float64
+    ).T
+
+
+def _kaldi_mel(hz: float | np.ndarray) -> np.ndarray:
+    """Hertz to Kaldi's mel scale."""
+    return 1127.0 * np.log1p(np.asarray(hz, np.float64) / 700.0)
+
+
+@functools.cache
+def _kaldi_mel_filters(n_fft: int, n_mels: int, low_hz: float = 20.0) -> np.ndarray:
+    """Kaldi mel filters [n_fft // 2 + 1, n_mels]: triangles in mel space, no normalisation, as AST uses."""
+    edges = np.linspace(_kaldi_mel(low_hz), _kaldi_mel(_SAMPLE_RATE / 2), n_mels + 2)
+    bins = _kaldi_mel(np.arange(n_fft // 2 + 1) * _SAMPLE_RATE / n_fft)[:, None]
+    rising = (bins - edges[:-2]) / (edges[1:-1] - edges[:-2])
+    falling = (edges[2:] - bins) / (edges[2:] - edges[1:-1])
+    return np.maximum(0.0, np.minimum(rising, falling))
+
+
+def _frames(wave: jax.Array, frame_length: int, hop_length: int) -> jax.Array:
+    """Splits [B, S] into frames [B, T, frame_length] with T = 1 + (S - frame_length) // hop_length."""
+    count = max(0, 1 + (wave.shape[-1] - frame_length) // hop_length)
+    index = hop_length * np.arange(count)[:, None] + np.arange(frame_length)
+    return wave[:, index]
+
+
+def _int_slices(x: jax.Array, axis: int) -> tuple[list[jax.Array], jax.Array]:
+    """Splits x into _SLICES integer-valued arrays (|v| <= 2**7) and an exponent shared along axis, so that
+    x ~= 2**exponent * sum_i slices[i] * 2**(-7 (i + 1)) to ~2**-28 of the largest magnitude along axis."""
+    _, exponent = jnp.frexp(jnp.max(jnp.abs(x), axis=axis, keepdims=True))
+    rest = jnp.ldexp(x, -exponent)
+    slices = []
+    for i in range(1, _SLICES + 1):
+        slices.append(jnp.round(rest * 2.0 ** (7 * i)))
+        rest = rest - slices[-1] * 2.0 ** (-7 * i)
+    return slices, exponent
+
+
+def _exact_matmul(x: jax.Array, matrix: jax.Array) -> jax.Array:
+    """x [..., L] @ matrix [L, K] to float64-like accuracy with float32 arrays (Ozaki scheme).
+
+    Every product of 7-bit integer slices is exact in a float32 matmul (even with bfloat16 or tf32 inputs)
+    while L * 2**14 <= 2**24 (frames up to 1,024 samples); only the final weighted sum rounds, so small
+    outputs that a float32 FFT would swamp with rounding noise (quiet bins next to loud ones) stay accurate.
+    """
+    if x.shape[-1] * 2**14 > 2**24:
+        raise ValueError(f"frames of {x.shape[-1]} samples are too long for exact float32 slice products")
+    x_slices, x_exponent = _int_slices(x, axis=-1)
+    m_slices, m_exponent = _int_slices(matrix, axis=0)
+    pairs = sorted(((i, j) for i in range(_SLICES) for j in range(_SLICES - i)), key=sum, reverse=True)
+    total = sum(
+        jnp.matmul(x_slices[i], m_slices[j], precision=_HIGHEST) * 2.0 ** (-7 * (i + j + 2)) for i, j in pairs
+    )
+    return jnp.ldexp(jnp.ldexp(total, x_exponent), m_exponent)
+
+
+def _dft_matrix(frame_length: int, n_fft: int) -> np.ndarray:
+    """Real DFT of zero-padded frames, a matrix [frame_length, 2 * (n_fft // 2 + 1)]: cosines, then sines."""
+    angle = 2 * np.pi * np.outer(np.arange(frame_length), np.arange(n_fft // 2 + 1)) / n_fft
+    return np.concatenate([np.cos(angle), np.sin(angle)], axis=1)
+
+
+def _power_spectrum(frames: jax.Array, matrix: np.ndarray) -> jax.Array:
+    """Power spectrum [..., K / 2] of frames [..., L] through a float64-built frame-to-DFT matrix [L, K]."""
+    spectrum = _exact_matmul(frames, jnp.asarray(matrix, jnp.float32))
+    real, imag = jnp.split(spectrum, 2, axis=-1)
+    return real**2 + imag**2
+
+
+@functools.cache
+def _whisper_stft_matrix(n_fft: int) -> np.ndarray:
+    """Periodic-Hann window folded into the DFT matrix."""
+    return np.hanning(n_fft + 1)[:-1, None] * _dft_matrix(n_fft, n_fft)
+
+
+@functools.cache
+def _kaldi_stft_matrix(frame_length: int = 400, n_fft: int = 512, preemphasis: float = 0.97) -> np.ndarray:
+    """DC-offset removal, pre-emphasis and symmetric-Hann window folded into the DFT matrix (all linear)."""
+    remove_dc = np.eye(frame_length) - 1.0 / frame_length
+    emphasise = np.eye(frame_length) - preemphasis * np.eye(frame_length, k=-1)
+    emphasise[0, 0] = 1 - preemphasis
+    return (emphasise @ remove_dc).T @ (np.hanning(frame_length)[:, None] * _dft_matrix(frame_length, n_fft))
+
+
+def _fit_length(x: jax.Array, length: int, axis: int) -> jax.Array:
+    """Zero-pads at the end or truncates `axis` of x to `length`."""
+    x = jax.lax.slice_in_dim(x, 0, min(length, x.shape[axis]), axis=axis)
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, length - x.shape[axis])
+    return jnp.pad(x, widths)
+
+
+@functools.partial(jax.jit, static_argnames=("n_mels", "n_fft", "hop_length", "chunk_samples"))
+def whisper_log_mel(
+    waveform: jax.Array,
+    *,
+    n_mels: int = 80,
+    n_fft: int = 400,
+    hop_length: int = 160,
+    chunk_samples: int = 480000,
+) -> jax.Array:
+    """Whisper log-mel input_features [B, n_mels, chunk_samples // hop_length] from 16 kHz waveforms [B, S].
+
+    Matches WhisperFeatureExtractor (padding="max_length"): zero-pad/truncate to 30 s, centred reflect-padded
+    periodic-Hann STFT, last frame dropped, Slaney mel, log10, per-example 8.0 dynamic range, (x + 4) / 4.
+    n_mels: 80 (most checkpoints) or 128 (large-v3).
+    """
+    wave = _fit_length(waveform.astype(jnp.float32), chunk_samples, axis=1)
+    wave = jnp.pad(wave, ((0, 0), (n_fft // 2, n_fft // 2)), mode="reflect")
+    power = _power_spectrum(_frames(wave, n_fft, hop_length)[:, :-1], _whisper_stft_matrix(n_fft))
+    mel = jnp.matmul(power, _slaney_mel_filters(n_fft, n_mels).astype(np.float32), precision=_HIGHEST)
+    log_spec = jnp.log10(jnp.maximum(mel, 1e-10))
+    log_spec = jnp.maximum(log_spec, log_spec.max(axis=(1, 2), keepdims=True) - 8.0)
+    return ((log_spec + 4.0) / 4.0).transpose(0, 2, 1)
+
+
+@functools.partial(jax.jit, static_argnames=("num_mel_bins", "max_length"))
+def ast_fbank(
+    waveform: jax.Array,
+    *,
+    num_mel_bins: int = 128,
+    max_length: int = 1024,
+    mean: float = -4.2677393,
+    std: float = 4.5689974,
+) -> jax.Array:
+    """AST input_values [B, max_length, num_mel_bins] from 16 kHz waveforms [B, S] (all of length S).
+
+    Matches ASTFeatureExtractor's numpy Kaldi-compatible path: 25 ms symmetric-Hann frames every 10 ms, DC
+    offset removed, pre-emphasis 0.97, 512-point power spectrum, Kaldi mel banks from 20 Hz, natural log
+    floored at ~float32 eps, frames zero-padded/truncated to max_length, then (x - mean) / (2 * std).
+    """
+    power = _power_spectrum(_frames(waveform.astype(jnp.float32), 400, 160), _kaldi_stft_matrix())
+    mel = jnp.matmul(power, _kaldi_mel_filters(512, num_mel_bins).astype(np.float32), precision=_HIGHEST)
+    log_mel = jnp.log(jnp.maximum(mel, 1.192092955078125e-07))
+    return (_fit_length(log_mel, max_length, axis=1) - mean) / (2 * std)

@@ -51,7 +51,7 @@ class SpectrogramEncoder(nn.Module):
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         mask = patch_mask(audio_mask, self.patch_time, mels // self.patch_freq)
         mask = jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1)
-        x = Encoder(self.depth, self.num_heads, self.mlp_dim, self.dropout_rate, self.pre_ln, name="encoder")(
-            x, mask, deterministic=deterministic
-        )
+        x, _ = Encoder(
+            self.depth, self.num_heads, self.mlp_dim, self.dropout_rate, self.pre_ln, name="encoder"
+        )(x, mask, deterministic=deterministic)
         return (x, mask), {"aud/tokens": x, "aud/pooled": x[:, 0]}

@@ -36,7 +36,7 @@ class ViTEncoder(nn.Module):
         x = PositionEmbedding(x.shape[1], name="position_embedding")(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         mask = jnp.ones(x.shape[:2], dtype=bool)
-        x = Encoder(self.depth, self.num_heads, self.mlp_dim, self.dropout_rate, self.pre_ln, name="encoder")(
-            x, mask, deterministic=deterministic
-        )
+        x, _ = Encoder(
+            self.depth, self.num_heads, self.mlp_dim, self.dropout_rate, self.pre_ln, name="encoder"
+        )(x, mask, deterministic=deterministic)
         return (x, mask), {"img/tokens": x, "img/pooled": x[:, 0]}

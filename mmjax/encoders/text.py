@@ -1,4 +1,8 @@
-"""BERT-style text encoder: token + position + token-type embeddings -> LayerNorm -> transformer."""
+"""BERT/RoBERTa-style text encoder: token + position + token-type embeddings -> LayerNorm -> transformer.
+
+With pre_ln=False, activation and layer_norm_eps from a Hugging Face config (and position_offset for
+RoBERTa) it computes exactly BERT, MiniLM or RoBERTa; mmjax.port fills it from their checkpoints.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -8,14 +12,21 @@ from mmjax.nn.embeddings import INIT, PositionEmbedding
 from mmjax.nn.transformer import Encoder
 
 
-class TextEncoder(nn.Module):
-    """Encodes token ids [B, L] with a padding mask [B, L]; pooled = the first ([CLS]) token.
+def roberta_positions(input_ids: jax.Array, pad_token_id: int, offset: int) -> jax.Array:
+    """RoBERTa's position ids: non-pad tokens count up from offset + 1, pad tokens sit at `offset`."""
+    not_pad = (input_ids != pad_token_id).astype(jnp.int32)
+    return jnp.cumsum(not_pad, axis=1) * not_pad + offset
 
-    Returns ((tokens [B, L, width], mask [B, L]), aux) with aux keys `txt/tokens`, `txt/pooled`.
+
+class TextEncoder(nn.Module):
+    """Encodes token ids [B, L] with a padding mask [B, L] into tokens [B, L, width].
+
+    Returns (tokens, aux); aux keys (after `aux_prefix`): `tokens`, `pooled` (the [CLS] token, through
+    Dense + tanh when `pooler`) and `hidden_states` (embedding output, then every layer's output).
     """
 
     vocab_size: int
-    max_len: int
+    max_len: int  # number of position embeddings (HF max_position_embeddings)
     width: int
     depth: int
     num_heads: int
@@ -23,26 +34,53 @@ class TextEncoder(nn.Module):
     type_vocab_size: int = 2
     dropout_rate: float = 0.0
     pre_ln: bool = True  # True: pre-LN blocks + final LayerNorm; False: BERT's post-LN blocks
+    activation: str = "gelu"  # a key of mmjax.nn.transformer.ACTIVATIONS (HF hidden_act names)
+    layer_norm_eps: float = 1e-6
+    position_offset: int | None = None  # None: positions 0..L-1 (BERT); int: roberta_positions (RoBERTa: 1)
+    pad_token_id: int = 0  # only read with position_offset
+    pooler: bool = False  # HF's pooler: pooled = tanh(Dense([CLS]))
+    aux_prefix: str = "txt/"
 
     @nn.compact
     def __call__(
         self,
-        text: jax.Array,
-        text_mask: jax.Array,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
         token_type_ids: jax.Array | None = None,
         *,
-        deterministic: bool,
-    ) -> tuple[tuple[jax.Array, jax.Array], dict[str, jax.Array]]:
+        deterministic: bool = True,
+    ) -> tuple[jax.Array, dict]:
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
         if token_type_ids is None:
-            token_type_ids = jnp.zeros_like(text)
-        x = nn.Embed(self.vocab_size, self.width, embedding_init=INIT, name="token_embedding")(text)
-        x = PositionEmbedding(self.max_len, name="position_embedding")(x)
+            token_type_ids = jnp.zeros_like(input_ids)
+        positions = None
+        if self.position_offset is not None:
+            last = input_ids.shape[1] + self.position_offset
+            if last >= self.max_len:
+                raise ValueError(
+                    f"sequence length {input_ids.shape[1]} needs position {last} but max_len={self.max_len}"
+                )
+            positions = roberta_positions(input_ids, self.pad_token_id, self.position_offset)
+        x = nn.Embed(self.vocab_size, self.width, embedding_init=INIT, name="token_embedding")(input_ids)
+        x = PositionEmbedding(self.max_len, name="position_embedding")(x, positions)
         types = nn.Embed(self.type_vocab_size, self.width, embedding_init=INIT, name="type_embedding")
         x = x + types(token_type_ids)
-        x = nn.LayerNorm(name="embedding_ln")(x)
+        x = nn.LayerNorm(self.layer_norm_eps, name="embedding_ln")(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-        mask = text_mask.astype(bool)
-        x = Encoder(self.depth, self.num_heads, self.mlp_dim, self.dropout_rate, self.pre_ln, name="encoder")(
-            x, mask, deterministic=deterministic
+        encoder = Encoder(
+            self.depth,
+            self.num_heads,
+            self.mlp_dim,
+            self.dropout_rate,
+            self.pre_ln,
+            activation=self.activation,
+            layer_norm_eps=self.layer_norm_eps,
+            name="encoder",
         )
-        return (x, mask), {"txt/tokens": x, "txt/pooled": x[:, 0]}
+        x, hidden_states = encoder(x, attention_mask.astype(bool), deterministic=deterministic)
+        pooled = x[:, 0]
+        if self.pooler:
+            pooled = jnp.tanh(nn.Dense(self.width, name="pooler")(pooled))
+        aux = {"tokens": x, "pooled": pooled, "hidden_states": hidden_states}
+        return x, {self.aux_prefix + k: v for k, v in aux.items()}

@@ -9,17 +9,22 @@ INIT = nn.initializers.normal(stddev=0.02)
 
 
 class PositionEmbedding(nn.Module):
-    """Adds learned position embeddings for up to `max_len` positions to x [B, L, D]."""
+    """Adds learned position embeddings for up to `max_len` positions to x [B, L, D].
+
+    Positions are 0..L-1 unless `positions` [B, L] (int ids, e.g. RoBERTa's padding-aware ones) is given.
+    """
 
     max_len: int
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, positions: jax.Array | None = None) -> jax.Array:
         length = x.shape[1]
         if length > self.max_len:
             raise ValueError(f"sequence length {length} exceeds max_len={self.max_len}")
-        table = self.param("embedding", INIT, (self.max_len, x.shape[-1]))
-        return x + table[None, :length].astype(x.dtype)
+        table = self.param("embedding", INIT, (self.max_len, x.shape[-1])).astype(x.dtype)
+        if positions is None:
+            return x + table[None, :length]
+        return x + jnp.take(table, positions, axis=0)
 
 
 class ClsToken(nn.Module):

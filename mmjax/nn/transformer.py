@@ -1,6 +1,7 @@
 """Transformer blocks (pre-/post-LN, optional cross-attention), the encoder stack and the size table."""
 
 from collections.abc import Callable
+from functools import partial
 
 import jax
 from flax import linen as nn
@@ -15,15 +16,33 @@ SIZES = {
 }
 
 
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """CLIP's sigmoid approximation of GELU: x * sigmoid(1.702 x)."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+# Activation name (Hugging Face `hidden_act` spelling) -> function.
+ACTIVATIONS = {
+    "gelu": partial(nn.gelu, approximate=False),
+    "gelu_new": partial(nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": partial(nn.gelu, approximate=True),
+    "relu": nn.relu,
+    "quick_gelu": quick_gelu,
+}
+
+
 class MlpBlock(nn.Module):
-    """Dense(mlp_dim) -> GELU -> dropout -> Dense(width of the input)."""
+    """Dense(mlp_dim) -> activation -> dropout -> Dense(width of the input)."""
 
     mlp_dim: int
     dropout_rate: float = 0.0
+    activation: str = "gelu"  # a key of ACTIVATIONS: gelu (exact erf), gelu_new, relu, quick_gelu, ...
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
-        h = nn.gelu(nn.Dense(self.mlp_dim, name="fc1")(x), approximate=False)
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation={self.activation!r} is not one of {sorted(ACTIVATIONS)}")
+        h = ACTIVATIONS[self.activation](nn.Dense(self.mlp_dim, name="fc1")(x))
         h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
         return nn.Dense(x.shape[-1], name="fc2")(h)
 
@@ -39,6 +58,8 @@ class TransformerBlock(nn.Module):
     dropout_rate: float = 0.0
     pre_ln: bool = True
     cross_attention: bool = False
+    activation: str = "gelu"  # a key of ACTIVATIONS
+    layer_norm_eps: float = 1e-6
 
     @nn.compact
     def __call__(
@@ -51,7 +72,7 @@ class TransformerBlock(nn.Module):
         deterministic: bool,
     ) -> jax.Array:
         def sublayer(x: jax.Array, fn: Callable[[jax.Array], jax.Array], name: str) -> jax.Array:
-            norm = nn.LayerNorm(name=f"{name}_ln")
+            norm = nn.LayerNorm(self.layer_norm_eps, name=f"{name}_ln")
             drop = nn.Dropout(self.dropout_rate)
             if self.pre_ln:
                 return x + drop(fn(norm(x)), deterministic=deterministic)
@@ -66,26 +87,42 @@ class TransformerBlock(nn.Module):
             x = sublayer(
                 x, lambda h: cross(h, context, context_mask, deterministic=deterministic), "cross_attn"
             )
-        mlp = MlpBlock(self.mlp_dim, self.dropout_rate, name="mlp")
+        mlp = MlpBlock(self.mlp_dim, self.dropout_rate, self.activation, name="mlp")
         return sublayer(x, lambda h: mlp(h, deterministic=deterministic), "mlp")
 
 
 class Encoder(nn.Module):
-    """A stack of `depth` self-attention blocks over tokens with a key padding mask."""
+    """A stack of `depth` self-attention blocks over tokens with a key padding mask.
+
+    Returns (output, hidden_states): hidden_states is the input followed by every block's output
+    (Hugging Face's `output_hidden_states` order; with pre_ln the last one precedes the final LayerNorm).
+    """
 
     depth: int
     num_heads: int
     mlp_dim: int
     dropout_rate: float = 0.0
     pre_ln: bool = True
+    activation: str = "gelu"  # a key of ACTIVATIONS
+    layer_norm_eps: float = 1e-6
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None, *, deterministic: bool) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, mask: jax.Array | None, *, deterministic: bool
+    ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        hidden_states = [x]
         for i in range(self.depth):
             block = TransformerBlock(
-                self.num_heads, self.mlp_dim, self.dropout_rate, self.pre_ln, name=f"layer_{i}"
+                self.num_heads,
+                self.mlp_dim,
+                self.dropout_rate,
+                self.pre_ln,
+                activation=self.activation,
+                layer_norm_eps=self.layer_norm_eps,
+                name=f"layer_{i}",
             )
             x = block(x, mask, deterministic=deterministic)
+            hidden_states.append(x)
         if self.pre_ln:
-            x = nn.LayerNorm(name="final_ln")(x)
-        return x
+            x = nn.LayerNorm(self.layer_norm_eps, name="final_ln")(x)
+        return x, tuple(hidden_states)

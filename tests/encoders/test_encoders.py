@@ -6,7 +6,7 @@ import pytest
 
 from mmjax.encoders.audio import SpectrogramEncoder, patch_mask
 from mmjax.encoders.image import ViTEncoder
-from mmjax.encoders.text import TextEncoder
+from mmjax.encoders.text import TextEncoder, roberta_positions
 from mmjax.nn.embeddings import PatchEmbedding, PositionEmbedding
 
 TINY = dict(width=32, depth=1, num_heads=2, mlp_dim=64)
@@ -42,18 +42,28 @@ def test_text_encoder_shapes_and_padding(pre_ln):
     text, mask = _text_inputs()
     encoder = TextEncoder(vocab_size=50, max_len=10, dropout_rate=0.1, pre_ln=pre_ln, **TINY)
     variables = encoder.init(jax.random.key(0), text, mask, deterministic=True)
-    (tokens, out_mask), aux = encoder.apply(variables, text, mask, deterministic=True)
+    tokens, aux = encoder.apply(variables, text, mask, deterministic=True)
     assert tokens.shape == (2, 8, 32)
-    np.testing.assert_array_equal(out_mask, mask)
     np.testing.assert_array_equal(aux["txt/pooled"], tokens[:, 0])
     np.testing.assert_array_equal(aux["txt/tokens"], tokens)
+    assert len(aux["txt/hidden_states"]) == 2
     changed = np.where(mask, text, 3)
-    (tokens_changed, _), _ = encoder.apply(variables, changed, mask, deterministic=True)
+    tokens_changed, _ = encoder.apply(variables, changed, mask, deterministic=True)
     np.testing.assert_allclose(tokens[mask], tokens_changed[mask], rtol=1e-5, atol=1e-6)
     assert not np.allclose(tokens[~mask], tokens_changed[~mask])
     types = np.ones_like(text)
-    (tokens_types, _), _ = encoder.apply(variables, text, mask, types, deterministic=True)
+    tokens_types, _ = encoder.apply(variables, text, mask, types, deterministic=True)
     assert not np.allclose(tokens, tokens_types)
+
+
+def test_roberta_positions_count_non_pad_tokens_from_the_offset():
+    ids = np.array([[0, 5, 6, 2, 1, 1], [0, 7, 2, 1, 1, 1]])
+    expected = [[2, 3, 4, 5, 1, 1], [2, 3, 4, 1, 1, 1]]
+    np.testing.assert_array_equal(roberta_positions(ids, pad_token_id=1, offset=1), expected)
+    encoder = TextEncoder(vocab_size=50, max_len=8, position_offset=1, pad_token_id=1, **TINY)
+    encoder.init(jax.random.key(0), ids)
+    with pytest.raises(ValueError, match="needs position 8 but max_len=8"):
+        encoder.init(jax.random.key(0), np.zeros((1, 7), np.int32))
 
 
 def test_vit_encoder_shapes_and_errors():

@@ -1,5 +1,7 @@
 """TransformerBlock (pre/post-LN, cross-attention) and the Encoder stack."""
 
+import math
+
 import jax
 import numpy as np
 import pytest
@@ -77,9 +79,11 @@ def test_encoder_padding_does_not_change_valid_tokens(pre_ln):
     variables = encoder.init(jax.random.key(0), x, mask, deterministic=True)
     assert ("final_ln" in variables["params"]) == pre_ln
     assert {"layer_0", "layer_1"} <= set(variables["params"])
-    out = encoder.apply(variables, x, mask, deterministic=True)
+    out, hidden_states = encoder.apply(variables, x, mask, deterministic=True)
+    assert len(hidden_states) == 3
+    np.testing.assert_array_equal(hidden_states[0], x)
     changed = np.where(mask[..., None], x, 50.0).astype(np.float32)
-    out_changed = encoder.apply(variables, changed, mask, deterministic=True)
+    out_changed, _ = encoder.apply(variables, changed, mask, deterministic=True)
     np.testing.assert_allclose(out[mask], out_changed[mask], rtol=1e-6, atol=1e-6)
     assert not np.allclose(out[~mask], out_changed[~mask])
 
@@ -92,7 +96,30 @@ def test_encoder_dropout_train_vs_eval():
     def run(seed, deterministic):
         return encoder.apply(
             variables, x, mask, deterministic=deterministic, rngs={"dropout": jax.random.key(seed)}
-        )
+        )[0]
 
     assert not np.allclose(run(1, False), run(2, False))
     np.testing.assert_array_equal(run(1, True), run(2, True))
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_new", "relu", "quick_gelu"])
+def test_mlp_block_activation_matches_hand_computation(activation):
+    x, _ = _inputs()
+    mlp = MlpBlock(mlp_dim=32, activation=activation)
+    variables = mlp.init(jax.random.key(0), x, deterministic=True)
+    p = variables["params"]
+    h = x @ p["fc1"]["kernel"] + p["fc1"]["bias"]
+    act = {
+        "gelu": lambda v: 0.5 * v * (1 + np.vectorize(math.erf)(v / math.sqrt(2))),
+        "gelu_new": lambda v: 0.5 * v * (1 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3))),
+        "relu": lambda v: np.maximum(v, 0),
+        "quick_gelu": lambda v: v / (1 + np.exp(-1.702 * v)),
+    }[activation](np.asarray(h, np.float64))
+    expected = act @ p["fc2"]["kernel"] + p["fc2"]["bias"]
+    np.testing.assert_allclose(mlp.apply(variables, x, deterministic=True), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mlp_block_rejects_unknown_activation():
+    x, _ = _inputs()
+    with pytest.raises(ValueError, match="'swish'"):
+        MlpBlock(mlp_dim=32, activation="swish").init(jax.random.key(0), x, deterministic=True)

@@ -1,0 +1,91 @@
+"""BERT, MiniLM (BERT architecture) and RoBERTa -> mmjax TextEncoder: config and key map."""
+
+import re
+
+import numpy as np
+
+from mmjax.encoders.text import TextEncoder
+from mmjax.port.common import Transform
+
+# HF keys dropped on purpose: the position-id buffer, and the key bias (it adds q.b_k to every logit of
+# a query, which softmax cancels; mmjax's attention has no key bias).
+IGNORED = (r"embeddings\.position_ids", r"encoder\.layer\.\d+\.attention\.self\.key\.bias")
+
+EMBEDDINGS = {
+    "word_embeddings.weight": "token_embedding/embedding",
+    "position_embeddings.weight": "position_embedding/embedding",
+    "token_type_embeddings.weight": "type_embedding/embedding",
+    "LayerNorm.weight": "embedding_ln/scale",
+    "LayerNorm.bias": "embedding_ln/bias",
+}
+LAYER = {  # HF module inside encoder.layer.{i} -> mmjax module inside encoder/layer_{i}
+    "attention.self.query": "self_attn/query",
+    "attention.self.key": "self_attn/key",
+    "attention.self.value": "self_attn/value",
+    "attention.output.dense": "self_attn/out",
+    "attention.output.LayerNorm": "self_attn_ln",
+    "intermediate.dense": "mlp/fc1",
+    "output.dense": "mlp/fc2",
+    "output.LayerNorm": "mlp_ln",
+}
+LAYER_KEY = re.compile(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)")
+
+
+def encoder_from_config(hf_config: dict, pooler: bool = True) -> TextEncoder:
+    """A post-LN TextEncoder computing the HF BertModel/RobertaModel that `hf_config` describes."""
+    roberta = hf_config["model_type"] == "roberta"
+    pad = hf_config.get("pad_token_id", 1 if roberta else 0)
+    return TextEncoder(
+        vocab_size=hf_config["vocab_size"],
+        max_len=hf_config["max_position_embeddings"],
+        width=hf_config["hidden_size"],
+        depth=hf_config["num_hidden_layers"],
+        num_heads=hf_config["num_attention_heads"],
+        mlp_dim=hf_config["intermediate_size"],
+        type_vocab_size=hf_config.get("type_vocab_size", 2),
+        pre_ln=False,
+        activation=hf_config.get("hidden_act", "gelu"),
+        layer_norm_eps=hf_config.get("layer_norm_eps", 1e-12),
+        position_offset=pad if roberta else None,
+        pad_token_id=pad,
+        pooler=pooler,
+        aux_prefix="",
+    )
+
+
+def _identity(w: np.ndarray) -> np.ndarray:
+    return w
+
+
+def _transpose(w: np.ndarray) -> np.ndarray:
+    return w.T
+
+
+def _layer_transform(module: str, kind: str, num_heads: int) -> Transform:
+    """torch Linear [out, in] -> flax kernels; q/k/v split their outputs, `out` its inputs, into heads."""
+    if module.startswith("self_attn/") and module != "self_attn/out":
+        if kind == "weight":
+            return lambda w: w.T.reshape(w.shape[1], num_heads, -1)
+        return lambda b: b.reshape(num_heads, -1)
+    if module == "self_attn/out" and kind == "weight":
+        return lambda w: w.T.reshape(num_heads, -1, w.shape[0])
+    if module.endswith("_ln"):
+        return _identity
+    return _transpose if kind == "weight" else _identity
+
+
+def key_map(key: str, num_heads: int) -> tuple[str, Transform] | None:
+    """HF BertModel/RobertaModel key -> (TextEncoder param path, transform); None for IGNORED keys."""
+    if any(re.fullmatch(p, key) for p in IGNORED):
+        return None
+    if key.startswith("embeddings.") and key[len("embeddings.") :] in EMBEDDINGS:
+        return EMBEDDINGS[key[len("embeddings.") :]], _identity
+    if key in ("pooler.dense.weight", "pooler.dense.bias"):
+        return ("pooler/kernel", _transpose) if key.endswith("weight") else ("pooler/bias", _identity)
+    match = LAYER_KEY.fullmatch(key)
+    if match is None or match[2] not in LAYER:
+        raise KeyError(key)
+    module = LAYER[match[2]]
+    leaf = "bias" if match[3] == "bias" else "scale" if module.endswith("_ln") else "kernel"
+    path = f"encoder/layer_{match[1]}/{module}/{leaf}"
+    return path, _layer_transform(module, match[3], num_heads)

@@ -1,0 +1,114 @@
+"""Reading Hugging Face checkpoints (config.json, safetensors or torch files) and the strict merge."""
+
+import json
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import traverse_util
+from safetensors import SafetensorError
+from safetensors.numpy import load_file
+
+PREFIXES = ("bert.", "roberta.", "model.")  # task-model wrappers put the base model under these
+
+# A key map turns an HF key (prefix stripped) into (mmjax param path, transform), or None to
+# drop the key on purpose; it raises KeyError for a key it does not know.
+Transform = Callable[[np.ndarray], np.ndarray]
+KeyMap = Callable[[str], tuple[str, Transform] | None]
+
+
+def read_config(path: str | Path) -> dict:
+    """The checkpoint folder's config.json as a dict."""
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"no config.json in {path}")
+    return json.loads(file.read_text())
+
+
+def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+    """The checkpoint folder's weights as numpy arrays: model.safetensors, else pytorch_model.bin."""
+    folder = Path(path)
+    if (folder / "model.safetensors").is_file():
+        file = folder / "model.safetensors"
+        try:
+            return load_file(file)
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"cannot read {file}: {e}") from e
+    if (folder / "pytorch_model.bin").is_file():
+        import torch  # optional (the `hf` extra); only old-style checkpoints need it
+
+        state = torch.load(folder / "pytorch_model.bin", weights_only=True, map_location="cpu")
+        return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
+    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {folder}")
+
+
+def strip_prefix(key: str) -> str:
+    """Drops a leading `bert.`, `roberta.` or `model.` (task-model checkpoints)."""
+    for prefix in PREFIXES:
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return key
+
+
+def merge(
+    template: dict,
+    state_dict: dict[str, np.ndarray],
+    key_map: KeyMap,
+    dont_load: Iterable[str] = (),
+    source: str = "checkpoint",
+) -> dict:
+    """Fills the params pytree `template` from `state_dict` through `key_map`, strictly.
+
+    `dont_load` regexes (full match) name mmjax param paths ("encoder/layer_0/mlp/fc1/kernel"), which keep
+    their value from `template` (so it must hold initialised arrays), or HF keys, which are skipped (the
+    param they fill is then reported missing unless its path is matched too). Every missing, unexpected
+    or mis-shaped weight and every pattern that matches nothing is collected into one ValueError.
+    """
+    patterns = [re.compile(p) for p in dont_load]
+    used = set()
+
+    def skipped(name: str) -> bool:
+        hits = {p.pattern for p in patterns if p.fullmatch(name)}
+        used.update(hits)
+        return bool(hits)
+
+    targets = {"/".join(k): v for k, v in traverse_util.flatten_dict(template).items()}
+    kept = {path for path in targets if skipped(path)}
+    params, unexpected, misshaped = {}, [], []
+    for raw_key, value in state_dict.items():
+        key = strip_prefix(raw_key)
+        if skipped(key):
+            continue
+        try:
+            target = key_map(key)
+        except KeyError:
+            unexpected.append(raw_key)
+            continue
+        if target is None:
+            continue
+        path, transform = target
+        if path in kept:
+            continue
+        if path not in targets:
+            unexpected.append(f"{raw_key} (-> {path})")
+            continue
+        array = np.asarray(transform(value), dtype=targets[path].dtype)
+        if array.shape != targets[path].shape:
+            misshaped.append(f"{raw_key} {value.shape} -> {path} needs {targets[path].shape}")
+            params[path] = None  # reported as mis-shaped, not also as missing
+            continue
+        params[path] = array
+    missing = sorted(set(targets) - set(params) - kept)
+    problems = [f"missing: {p}" for p in missing] + [f"unexpected: {k}" for k in unexpected]
+    problems += [f"mis-shaped: {m}" for m in misshaped]
+    problems += [f"dont_load pattern matches nothing: {p.pattern}" for p in patterns if p.pattern not in used]
+    not_init = [p for p in kept if isinstance(targets[p], jax.ShapeDtypeStruct)]
+    problems += [f"dont_load keeps {p} but the template has no initial value" for p in sorted(not_init)]
+    if problems:
+        raise ValueError(
+            f"{source} does not fit the model ({len(problems)} problems):\n" + "\n".join(problems)
+        )
+    params |= {p: np.asarray(targets[p]) for p in kept}
+    return traverse_util.unflatten_dict({tuple(p.split("/")): v for p, v in params.items()})
