@@ -18,7 +18,7 @@ import numpy as np
 
 from mmjax import checkpoint, metrics, parallel
 from mmjax.data import av_digits, pipeline
-from mmjax.model import build_model
+from mmjax.model import build_model, dummy_batch
 
 
 def make_preprocess(config: ml_collections.ConfigDict, questions: Mapping[str, list[str]] | None = None):
@@ -117,7 +117,7 @@ def main(workdir: str | pathlib.Path, split: str = "test", questions: str = "", 
     )
     phrasings = pipeline.load_questions(questions) if questions else None
     preprocess = make_preprocess(config, phrasings)
-    example = jax.tree.map(lambda x: np.stack([x] * config.data.eval_batch_size), preprocess(source[0]))
+    example = dummy_batch(config.model, tasks)
     init = functools.partial(model.init, {"params": jax.random.PRNGKey(0)}, example, train=False)
     abstract_params = parallel.with_sharding(jax.eval_shape(init)["params"], parallel.replicated(mesh))
     params = checkpoint.restore_params(manager, step, abstract_params)

@@ -21,7 +21,7 @@ import tqdm
 from mmjax import checkpoint, evaluate, losses, metrics, optim, parallel
 from mmjax.config import load_config
 from mmjax.data import av_digits, pipeline
-from mmjax.model import build_model
+from mmjax.model import build_model, dummy_batch
 
 
 @flax.struct.dataclass
@@ -136,8 +136,7 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
     model = build_model(config.model, tasks)
     optimizer = optim.make_optimizer(config.optim, total_steps)
     schedule = optim.learning_rate_schedule(config.optim, total_steps)
-    first = preprocess(sources["train"][0])
-    example = jax.tree.map(lambda x: np.stack([x] * config.data.batch_size), first)
+    example = dummy_batch(config.model, tasks)
 
     # State: planned with eval_shape, created replicated, or restored from the latest checkpoint.
     replicated = parallel.replicated(mesh)
