@@ -9,10 +9,12 @@ from mmjax.nn.transformer import Encoder
 
 
 class ViTEncoder(nn.Module):
-    """Encodes images [B, H, W, C]; H and W must be divisible by `patch_size`; pooled = [CLS].
+    """Encodes images [B, H, W, C] ([B, C, H, W] with `channels_first`); H, W divisible by `patch_size`.
 
-    The position table is sized by the image at init. Returns ((tokens [B, 1 + N, width], mask all True),
-    aux) with aux keys `img/tokens`, `img/pooled`.
+    The position table is sized by the image at init, so later images must have that size. Returns
+    ((tokens [B, 1 + N, width], mask all True), aux); aux keys (after `aux_prefix`): `tokens`, `pooled`
+    (the [CLS] token, through Dense + tanh when `pooler`) and `hidden_states` (embedding output, then
+    every layer's output).
     """
 
     patch_size: int
@@ -22,11 +24,17 @@ class ViTEncoder(nn.Module):
     mlp_dim: int
     dropout_rate: float = 0.0
     pre_ln: bool = True
+    activation: str = "gelu"  # a key of mmjax.nn.transformer.ACTIVATIONS
+    layer_norm_eps: float = 1e-6
+    pooler: bool = False  # HF's ViTPooler: pooled = tanh(Dense([CLS]))
+    channels_first: bool = False  # True: images are [B, C, H, W] (HF `pixel_values`)
+    aux_prefix: str = "img/"
 
     @nn.compact
     def __call__(
-        self, image: jax.Array, *, deterministic: bool
-    ) -> tuple[tuple[jax.Array, jax.Array], dict[str, jax.Array]]:
+        self, pixel_values: jax.Array, *, deterministic: bool = True
+    ) -> tuple[tuple[jax.Array, jax.Array], dict]:
+        image = jnp.moveaxis(pixel_values, 1, -1) if self.channels_first else pixel_values
         _, height, width, _ = image.shape
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(f"image size {(height, width)} is not divisible by patch_size={self.patch_size}")
@@ -36,7 +44,19 @@ class ViTEncoder(nn.Module):
         x = PositionEmbedding(x.shape[1], name="position_embedding")(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         mask = jnp.ones(x.shape[:2], dtype=bool)
-        x, _ = Encoder(
-            self.depth, self.num_heads, self.mlp_dim, self.dropout_rate, self.pre_ln, name="encoder"
-        )(x, mask, deterministic=deterministic)
-        return (x, mask), {"img/tokens": x, "img/pooled": x[:, 0]}
+        encoder = Encoder(
+            self.depth,
+            self.num_heads,
+            self.mlp_dim,
+            self.dropout_rate,
+            self.pre_ln,
+            activation=self.activation,
+            layer_norm_eps=self.layer_norm_eps,
+            name="encoder",
+        )
+        x, hidden_states = encoder(x, mask, deterministic=deterministic)
+        pooled = x[:, 0]
+        if self.pooler:
+            pooled = jnp.tanh(nn.Dense(self.width, name="pooler")(pooled))
+        aux = {"tokens": x, "pooled": pooled, "hidden_states": hidden_states}
+        return (x, mask), {self.aux_prefix + k: v for k, v in aux.items()}

@@ -2,10 +2,13 @@
 
 import re
 
-import numpy as np
+import jax
+import jax.numpy as jnp
 
 from mmjax.encoders.text import TextEncoder
-from mmjax.port.common import Transform
+from mmjax.port.common import Transform, identity, layer_transform, transpose
+
+TOWER = "text"
 
 # HF keys dropped on purpose: the position-id buffer, and the key bias (it adds q.b_k to every logit of
 # a query, which softmax cancels; mmjax's attention has no key bias).
@@ -53,39 +56,23 @@ def encoder_from_config(hf_config: dict, pooler: bool = True) -> TextEncoder:
     )
 
 
-def _identity(w: np.ndarray) -> np.ndarray:
-    return w
-
-
-def _transpose(w: np.ndarray) -> np.ndarray:
-    return w.T
-
-
-def _layer_transform(module: str, kind: str, num_heads: int) -> Transform:
-    """torch Linear [out, in] -> flax kernels; q/k/v split their outputs, `out` its inputs, into heads."""
-    if module.startswith("self_attn/") and module != "self_attn/out":
-        if kind == "weight":
-            return lambda w: w.T.reshape(w.shape[1], num_heads, -1)
-        return lambda b: b.reshape(num_heads, -1)
-    if module == "self_attn/out" and kind == "weight":
-        return lambda w: w.T.reshape(num_heads, -1, w.shape[0])
-    if module.endswith("_ln"):
-        return _identity
-    return _transpose if kind == "weight" else _identity
-
-
 def key_map(key: str, num_heads: int) -> tuple[str, Transform] | None:
     """HF BertModel/RobertaModel key -> (TextEncoder param path, transform); None for IGNORED keys."""
     if any(re.fullmatch(p, key) for p in IGNORED):
         return None
     if key.startswith("embeddings.") and key[len("embeddings.") :] in EMBEDDINGS:
-        return EMBEDDINGS[key[len("embeddings.") :]], _identity
+        return EMBEDDINGS[key[len("embeddings.") :]], identity
     if key in ("pooler.dense.weight", "pooler.dense.bias"):
-        return ("pooler/kernel", _transpose) if key.endswith("weight") else ("pooler/bias", _identity)
+        return ("pooler/kernel", transpose) if key.endswith("weight") else ("pooler/bias", identity)
     match = LAYER_KEY.fullmatch(key)
     if match is None or match[2] not in LAYER:
         raise KeyError(key)
     module = LAYER[match[2]]
     leaf = "bias" if match[3] == "bias" else "scale" if module.endswith("_ln") else "kernel"
     path = f"encoder/layer_{match[1]}/{module}/{leaf}"
-    return path, _layer_transform(module, match[3], num_heads)
+    return path, layer_transform(module, match[3], num_heads)
+
+
+def dummy_inputs(hf_config: dict) -> tuple[jax.Array, ...]:
+    """Init inputs: a [1, 2] batch of token ids."""
+    return (jnp.zeros((1, 2), jnp.int32),)

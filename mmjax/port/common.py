@@ -11,12 +11,36 @@ from flax import traverse_util
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-PREFIXES = ("bert.", "roberta.", "model.")  # task-model wrappers put the base model under these
+PREFIXES = ("bert.", "roberta.", "vit.", "model.")  # task-model wrappers put the base model under these
 
 # A key map turns an HF key (prefix stripped) into (mmjax param path, transform), or None to
 # drop the key on purpose; it raises KeyError for a key it does not know.
 Transform = Callable[[np.ndarray], np.ndarray]
 KeyMap = Callable[[str], tuple[str, Transform] | None]
+
+
+def identity(w: np.ndarray) -> np.ndarray:
+    return w
+
+
+def transpose(w: np.ndarray) -> np.ndarray:
+    return w.T
+
+
+def layer_transform(module: str, kind: str, num_heads: int) -> Transform:
+    """torch Linear [out, in] -> flax kernels; q/k/v split their outputs, `out` its inputs, into heads.
+
+    `module` is the mmjax module inside a TransformerBlock (`self_attn/query`, `mlp_ln`, ...).
+    """
+    if module.startswith("self_attn/") and module != "self_attn/out":
+        if kind == "weight":
+            return lambda w: w.T.reshape(w.shape[1], num_heads, -1)
+        return lambda b: b.reshape(num_heads, -1)
+    if module == "self_attn/out" and kind == "weight":
+        return lambda w: w.T.reshape(num_heads, -1, w.shape[0])
+    if module.endswith("_ln"):
+        return identity
+    return transpose if kind == "weight" else identity
 
 
 def read_config(path: str | Path) -> dict:
@@ -45,7 +69,7 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def strip_prefix(key: str) -> str:
-    """Drops a leading `bert.`, `roberta.` or `model.` (task-model checkpoints)."""
+    """Drops a leading `bert.`, `roberta.`, `vit.` or `model.` (task-model checkpoints)."""
     for prefix in PREFIXES:
         if key.startswith(prefix):
             return key[len(prefix) :]

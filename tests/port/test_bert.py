@@ -162,7 +162,7 @@ def tiny_bert(tmp_path):
 def test_unsupported_model_type_names_it_and_the_supported_ones(tiny_bert):
     config = json.loads((tiny_bert / "config.json").read_text())
     (tiny_bert / "config.json").write_text(json.dumps(config | {"model_type": "gpt2"}))
-    with pytest.raises(ValueError, match=r"config\.json.*'gpt2'.*\['bert', 'roberta'\]"):
+    with pytest.raises(ValueError, match=r"config\.json.*'gpt2'.*\['bert', 'roberta', 'vit'\]"):
         from_hf(tiny_bert)
 
 

@@ -1,0 +1,77 @@
+"""ViT (HF ViTModel) -> mmjax ViTEncoder: config, dummy input and key map."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+
+from mmjax.encoders.image import ViTEncoder
+from mmjax.port.common import Transform, identity, layer_transform, transpose
+
+TOWER = "image"
+# The key bias is dropped on purpose: it adds q.b_k to every logit of a query, which softmax cancels.
+IGNORED = (r"encoder\.layer\.\d+\.attention\.attention\.key\.bias",)
+
+EMBEDDINGS = {  # HF key -> (ViTEncoder param path, transform)
+    "embeddings.cls_token": ("cls/cls", lambda w: w.reshape(-1)),  # [1, 1, D]
+    "embeddings.position_embeddings": ("position_embedding/embedding", lambda w: w[0]),  # [1, 1 + N, D]
+    # Conv2d [D, C, p, q] -> Dense over patches flattened in (p q c) order (nn.embeddings.PatchEmbedding).
+    "embeddings.patch_embeddings.projection.weight": (
+        "patch_embedding/proj/kernel",
+        lambda w: w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]),
+    ),
+    "embeddings.patch_embeddings.projection.bias": ("patch_embedding/proj/bias", identity),
+    "layernorm.weight": ("encoder/final_ln/scale", identity),
+    "layernorm.bias": ("encoder/final_ln/bias", identity),
+    "pooler.dense.weight": ("pooler/kernel", transpose),
+    "pooler.dense.bias": ("pooler/bias", identity),
+}
+LAYER = {  # HF module inside encoder.layer.{i} -> mmjax module inside encoder/layer_{i}
+    "attention.attention.query": "self_attn/query",
+    "attention.attention.key": "self_attn/key",
+    "attention.attention.value": "self_attn/value",
+    "attention.output.dense": "self_attn/out",
+    "layernorm_before": "self_attn_ln",
+    "intermediate.dense": "mlp/fc1",
+    "output.dense": "mlp/fc2",
+    "layernorm_after": "mlp_ln",
+}
+LAYER_KEY = re.compile(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)")
+
+
+def encoder_from_config(hf_config: dict, pooler: bool = True) -> ViTEncoder:
+    """A pre-LN ViTEncoder on [B, C, H, W] `pixel_values` computing the HF ViTModel `hf_config` describes."""
+    return ViTEncoder(
+        patch_size=hf_config["patch_size"],
+        width=hf_config["hidden_size"],
+        depth=hf_config["num_hidden_layers"],
+        num_heads=hf_config["num_attention_heads"],
+        mlp_dim=hf_config["intermediate_size"],
+        pre_ln=True,
+        activation=hf_config.get("hidden_act", "gelu"),
+        layer_norm_eps=hf_config.get("layer_norm_eps", 1e-12),
+        pooler=pooler,
+        channels_first=True,
+        aux_prefix="",
+    )
+
+
+def dummy_inputs(hf_config: dict) -> tuple[jax.Array, ...]:
+    """Init inputs: one image of the checkpoint's size, which fixes the position table's length."""
+    size = hf_config.get("image_size", 224)
+    return (jnp.zeros((1, hf_config.get("num_channels", 3), size, size), jnp.float32),)
+
+
+def key_map(key: str, num_heads: int) -> tuple[str, Transform] | None:
+    """HF ViTModel key -> (ViTEncoder param path, transform); None for IGNORED keys."""
+    if any(re.fullmatch(p, key) for p in IGNORED):
+        return None
+    if key in EMBEDDINGS:
+        return EMBEDDINGS[key]
+    match = LAYER_KEY.fullmatch(key)
+    if match is None or match[2] not in LAYER:
+        raise KeyError(key)
+    module = LAYER[match[2]]
+    leaf = "bias" if match[3] == "bias" else "scale" if module.endswith("_ln") else "kernel"
+    path = f"encoder/layer_{match[1]}/{module}/{leaf}"
+    return path, layer_transform(module, match[3], num_heads)
