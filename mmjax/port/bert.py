@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.encoders.text import TextEncoder
-from mmjax.port.common import Transform, identity, layer_transform, transpose
+from mmjax.port.common import Transform, identity, map_layer_key, transpose
 
 TOWER = "text"
 
@@ -31,7 +31,6 @@ LAYER = {  # HF module inside encoder.layer.{i} -> mmjax module inside encoder/l
     "output.dense": "mlp/fc2",
     "output.LayerNorm": "mlp_ln",
 }
-LAYER_KEY = re.compile(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)")
 
 
 def encoder_from_config(hf_config: dict, pooler: bool = True) -> TextEncoder:
@@ -64,13 +63,7 @@ def key_map(key: str, num_heads: int) -> tuple[str, Transform] | None:
         return EMBEDDINGS[key[len("embeddings.") :]], identity
     if key in ("pooler.dense.weight", "pooler.dense.bias"):
         return ("pooler/kernel", transpose) if key.endswith("weight") else ("pooler/bias", identity)
-    match = LAYER_KEY.fullmatch(key)
-    if match is None or match[2] not in LAYER:
-        raise KeyError(key)
-    module = LAYER[match[2]]
-    leaf = "bias" if match[3] == "bias" else "scale" if module.endswith("_ln") else "kernel"
-    path = f"encoder/layer_{match[1]}/{module}/{leaf}"
-    return path, layer_transform(module, match[3], num_heads)
+    return map_layer_key(key, LAYER, num_heads)
 
 
 def dummy_inputs(hf_config: dict) -> tuple[jax.Array, ...]:

@@ -43,6 +43,22 @@ def layer_transform(module: str, kind: str, num_heads: int) -> Transform:
     return transpose if kind == "weight" else identity
 
 
+LAYER_KEY = re.compile(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)")
+
+
+def map_layer_key(key: str, layer: dict[str, str], num_heads: int) -> tuple[str, Transform]:
+    """`encoder.layer.{i}.<HF module>.{weight,bias}` -> (param path in encoder/layer_{i}, transform).
+
+    `layer` maps a family's HF module names to mmjax module names; unknown keys raise KeyError.
+    """
+    match = LAYER_KEY.fullmatch(key)
+    if match is None or match[2] not in layer:
+        raise KeyError(key)
+    module = layer[match[2]]
+    leaf = "bias" if match[3] == "bias" else "scale" if module.endswith("_ln") else "kernel"
+    return f"encoder/layer_{match[1]}/{module}/{leaf}", layer_transform(module, match[3], num_heads)
+
+
 def read_config(path: str | Path) -> dict:
     """The checkpoint folder's config.json as a dict."""
     file = Path(path) / "config.json"

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.encoders.image import ViTEncoder
-from mmjax.port.common import Transform, identity, layer_transform, transpose
+from mmjax.port.common import Transform, identity, map_layer_key, transpose
 
 TOWER = "image"
 # The key bias is dropped on purpose: it adds q.b_k to every logit of a query, which softmax cancels.
@@ -36,7 +36,6 @@ LAYER = {  # HF module inside encoder.layer.{i} -> mmjax module inside encoder/l
     "output.dense": "mlp/fc2",
     "layernorm_after": "mlp_ln",
 }
-LAYER_KEY = re.compile(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)")
 
 
 def encoder_from_config(hf_config: dict, pooler: bool = True) -> ViTEncoder:
@@ -68,10 +67,4 @@ def key_map(key: str, num_heads: int) -> tuple[str, Transform] | None:
         return None
     if key in EMBEDDINGS:
         return EMBEDDINGS[key]
-    match = LAYER_KEY.fullmatch(key)
-    if match is None or match[2] not in LAYER:
-        raise KeyError(key)
-    module = LAYER[match[2]]
-    leaf = "bias" if match[3] == "bias" else "scale" if module.endswith("_ln") else "kernel"
-    path = f"encoder/layer_{match[1]}/{module}/{leaf}"
-    return path, layer_transform(module, match[3], num_heads)
+    return map_layer_key(key, LAYER, num_heads)
