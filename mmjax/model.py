@@ -35,12 +35,13 @@ class MultimodalModel(nn.Module):
     ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
         det = not train
         present = {m: jnp.asarray(p, bool) for m, p in batch["present"].items()}
-        text_tokens, txt_aux = self.text(batch["text"], batch["text_mask"], deterministic=det)
-        text = (text_tokens, jnp.asarray(batch["text_mask"], bool))
+        text, txt_aux = self.text(batch["text"], batch["text_mask"], deterministic=det)
         image, img_aux = self.image(batch["image"], deterministic=det)
         audio, aud_aux = self.audio(batch["audio"], batch["audio_mask"], deterministic=det)
+        encoded = {"text": (text, txt_aux["txt/mask"]), "image": (image, img_aux["img/mask"])}
+        encoded["audio"] = (audio, aud_aux["aud/mask"])
         tokens, masks = {}, {}
-        for m, (x, mask) in {"text": text, "image": image, "audio": audio}.items():
+        for m, (x, mask) in encoded.items():
             masks[m] = mask & present[m][:, None]
             tokens[m] = jnp.where(masks[m][..., None], x, 0.0)
         fused, fusion_aux = self.fusion(tokens, masks, present, deterministic=det)

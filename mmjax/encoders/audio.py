@@ -22,8 +22,8 @@ class SpectrogramEncoder(nn.Module):
     """Encodes features [B, T, F] with a frame mask [B, T]; pooled = [CLS].
 
     Padded frames are zeroed and patches without a valid frame are masked in attention. T and F must be
-    divisible by `patch_time` and `patch_freq`. Returns ((tokens [B, 1 + N, width], mask [B, 1 + N]), aux)
-    with aux keys `aud/tokens`, `aud/pooled`.
+    divisible by `patch_time` and `patch_freq`. Returns (tokens [B, 1 + N, width], aux)
+    with aux keys `aud/tokens`, `aud/mask` (the valid tokens, [B, 1 + N]), `aud/pooled`.
     """
 
     patch_time: int
@@ -38,7 +38,7 @@ class SpectrogramEncoder(nn.Module):
     @nn.compact
     def __call__(
         self, audio: jax.Array, audio_mask: jax.Array, *, deterministic: bool
-    ) -> tuple[tuple[jax.Array, jax.Array], dict[str, jax.Array]]:
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
         _, frames, mels = audio.shape
         if frames % self.patch_time:
             raise ValueError(f"audio frames T={frames} are not divisible by patch_time={self.patch_time}")
@@ -54,4 +54,4 @@ class SpectrogramEncoder(nn.Module):
         x, _ = Encoder(
             self.depth, self.num_heads, self.mlp_dim, self.dropout_rate, self.pre_ln, name="encoder"
         )(x, mask, deterministic=deterministic)
-        return (x, mask), {"aud/tokens": x, "aud/pooled": x[:, 0]}
+        return x, {"aud/tokens": x, "aud/mask": mask, "aud/pooled": x[:, 0]}

@@ -12,7 +12,7 @@ class ViTEncoder(nn.Module):
     """Encodes images [B, H, W, C] ([B, C, H, W] with `channels_first`); H, W divisible by `patch_size`.
 
     The position table is sized by the image at init, so later images must have that size. Returns
-    ((tokens [B, 1 + N, width], mask all True), aux); aux keys (after `aux_prefix`): `tokens`, `pooled`
+    (tokens [B, 1 + N, width], aux); aux keys (after `aux_prefix`): `tokens`, `mask` (all True), `pooled`
     (the [CLS] token, through Dense + tanh when `pooler`) and `hidden_states` (embedding output, then
     every layer's output).
     """
@@ -31,9 +31,7 @@ class ViTEncoder(nn.Module):
     aux_prefix: str = "img/"
 
     @nn.compact
-    def __call__(
-        self, pixel_values: jax.Array, *, deterministic: bool = True
-    ) -> tuple[tuple[jax.Array, jax.Array], dict]:
+    def __call__(self, pixel_values: jax.Array, *, deterministic: bool = True) -> tuple[jax.Array, dict]:
         image = jnp.moveaxis(pixel_values, 1, -1) if self.channels_first else pixel_values
         _, height, width, _ = image.shape
         if height % self.patch_size or width % self.patch_size:
@@ -58,5 +56,5 @@ class ViTEncoder(nn.Module):
         pooled = x[:, 0]
         if self.pooler:
             pooled = jnp.tanh(nn.Dense(self.width, name="pooler")(pooled))
-        aux = {"tokens": x, "pooled": pooled, "hidden_states": hidden_states}
-        return (x, mask), {self.aux_prefix + k: v for k, v in aux.items()}
+        aux = {"tokens": x, "mask": mask, "pooled": pooled, "hidden_states": hidden_states}
+        return x, {self.aux_prefix + k: v for k, v in aux.items()}

@@ -21,8 +21,9 @@ def roberta_positions(input_ids: jax.Array, pad_token_id: int, offset: int) -> j
 class TextEncoder(nn.Module):
     """Encodes token ids [B, L] with a padding mask [B, L] into tokens [B, L, width].
 
-    Returns (tokens, aux); aux keys (after `aux_prefix`): `tokens`, `pooled` (the [CLS] token, through
-    Dense + tanh when `pooler`) and `hidden_states` (embedding output, then every layer's output).
+    Returns (tokens, aux); aux keys (after `aux_prefix`): `tokens`, `mask` (bool attention_mask), `pooled`
+    (the [CLS] token, through Dense + tanh when `pooler`) and `hidden_states` (embedding output, then every
+    layer's output).
     """
 
     vocab_size: int
@@ -78,9 +79,10 @@ class TextEncoder(nn.Module):
             layer_norm_eps=self.layer_norm_eps,
             name="encoder",
         )
-        x, hidden_states = encoder(x, attention_mask.astype(bool), deterministic=deterministic)
+        mask = attention_mask.astype(bool)
+        x, hidden_states = encoder(x, mask, deterministic=deterministic)
         pooled = x[:, 0]
         if self.pooler:
             pooled = jnp.tanh(nn.Dense(self.width, name="pooler")(pooled))
-        aux = {"tokens": x, "pooled": pooled, "hidden_states": hidden_states}
+        aux = {"tokens": x, "mask": mask, "pooled": pooled, "hidden_states": hidden_states}
         return x, {self.aux_prefix + k: v for k, v in aux.items()}

@@ -12,6 +12,7 @@ class MultiHeadAttention(nn.Module):
 
     Masked keys get a large finite negative logit; a query whose keys are all masked outputs exactly zero.
     The attention weights [B, H, Lq, Lk] are sown under ("intermediates", "attention").
+    With `causal`, query i also never sees keys after position i (self-attention, CLIP's text tower).
     The key projection has no bias: it adds the same q.b_k to every logit of a query, so softmax cancels it;
     as a parameter it would only collect rounding noise, which Adam amplifies into lr-sized steps.
     """
@@ -19,6 +20,7 @@ class MultiHeadAttention(nn.Module):
     num_heads: int
     dropout_rate: float = 0.0
     use_bias: bool = True
+    causal: bool = False
 
     @nn.compact
     def __call__(
@@ -43,11 +45,14 @@ class MultiHeadAttention(nn.Module):
         k = project("key", context, False)
         v = project("value", context, self.use_bias)
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head_dim)
-        if context_mask is not None:
-            key_mask = context_mask[:, None, None, :]
+        key_mask = None if context_mask is None else context_mask[:, None, None, :]
+        if self.causal:
+            causal = jnp.tril(jnp.ones((x.shape[1], context.shape[1]), bool))[None, None]
+            key_mask = causal if key_mask is None else key_mask & causal
+        if key_mask is not None:
             logits = jnp.where(key_mask, logits, jnp.finfo(logits.dtype).min)
         weights = jax.nn.softmax(logits, axis=-1)
-        if context_mask is not None:
+        if key_mask is not None:
             weights = jnp.where(key_mask, weights, 0.0)  # all-masked rows: uniform -> exactly zero
         self.sow("intermediates", "attention", weights)
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)

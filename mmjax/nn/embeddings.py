@@ -36,19 +36,36 @@ class ClsToken(nn.Module):
         return jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])), x], axis=1)
 
 
-class PatchEmbedding(nn.Module):
-    """Cuts x [B, H, W, C] into non-overlapping (ph, pw) patches, embeds each: -> [B, H/ph * W/pw, width].
+def windows(x: jax.Array, axis: int, size: int, stride: int) -> jax.Array:
+    """Cuts `axis` (length n) into (n - size) // stride + 1 windows: [.., n, ..] -> [.., count, size, ..]."""
+    count = (x.shape[axis] - size) // stride + 1
+    index = jnp.arange(count)[:, None] * stride + jnp.arange(size)[None, :]
+    return jnp.take(x, index, axis=axis)
 
-    Patches are ordered row-major over the (H, W) grid.
+
+class PatchEmbedding(nn.Module):
+    """Cuts x [B, H, W, C] into (ph, pw) patches and embeds each: -> [B, num_patches, width].
+
+    Patches are ordered row-major over the (H, W) grid and flattened in (ph, pw, C) order. With a
+    `stride` smaller than the patch they overlap (AST), and a remainder too small for a patch is dropped,
+    as by a strided convolution; without one, H and W must be divisible by the patch size.
     """
 
     patch_size: tuple[int, int]
     width: int
+    stride: tuple[int, int] | None = None  # None: the patch size (non-overlapping)
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         ph, pw = self.patch_size
-        if x.shape[1] % ph or x.shape[2] % pw:
-            raise ValueError(f"input {x.shape[1:3]} is not divisible by patch_size {self.patch_size}")
-        patches = einops.rearrange(x, "b (h p) (w q) c -> b (h w) (p q c)", p=ph, q=pw)
-        return nn.Dense(self.width, name="proj")(patches)
+        if self.stride is None or tuple(self.stride) == (ph, pw):
+            if x.shape[1] % ph or x.shape[2] % pw:
+                raise ValueError(f"input {x.shape[1:3]} is not divisible by patch_size {self.patch_size}")
+            patches = einops.rearrange(x, "b (h p) (w q) c -> b (h w) (p q c)", p=ph, q=pw)
+        else:
+            if x.shape[1] < ph or x.shape[2] < pw:
+                raise ValueError(f"input {x.shape[1:3]} is smaller than patch_size {self.patch_size}")
+            grid = windows(windows(x, 1, ph, self.stride[0]), 3, pw, self.stride[1])  # [B, h, p, w, q, C]
+            patches = einops.rearrange(grid, "b h p w q c -> b (h w) (p q c)")
+        return nn.Dense(self.width, use_bias=self.use_bias, name="proj")(patches)

@@ -60,6 +60,7 @@ class TransformerBlock(nn.Module):
     cross_attention: bool = False
     activation: str = "gelu"  # a key of ACTIVATIONS
     layer_norm_eps: float = 1e-6
+    causal: bool = False  # self-attention sees only earlier positions
 
     @nn.compact
     def __call__(
@@ -78,7 +79,7 @@ class TransformerBlock(nn.Module):
                 return x + drop(fn(norm(x)), deterministic=deterministic)
             return norm(x + drop(fn(x), deterministic=deterministic))
 
-        attn = MultiHeadAttention(self.num_heads, self.dropout_rate, name="self_attn")
+        attn = MultiHeadAttention(self.num_heads, self.dropout_rate, causal=self.causal, name="self_attn")
         x = sublayer(x, lambda h: attn(h, context_mask=mask, deterministic=deterministic), "self_attn")
         if self.cross_attention:
             if context is None:
@@ -95,7 +96,8 @@ class Encoder(nn.Module):
     """A stack of `depth` self-attention blocks over tokens with a key padding mask.
 
     Returns (output, hidden_states): hidden_states is the input followed by every block's output
-    (Hugging Face's `output_hidden_states` order; with pre_ln the last one precedes the final LayerNorm).
+    (Hugging Face's `output_hidden_states` order; with pre_ln the last one precedes the final LayerNorm,
+    which `final_ln=False` leaves out, as in CLIP's vision tower).
     """
 
     depth: int
@@ -105,6 +107,8 @@ class Encoder(nn.Module):
     pre_ln: bool = True
     activation: str = "gelu"  # a key of ACTIVATIONS
     layer_norm_eps: float = 1e-6
+    causal: bool = False
+    final_ln: bool = True  # pre_ln only: LayerNorm after the last block
 
     @nn.compact
     def __call__(
@@ -119,10 +123,11 @@ class Encoder(nn.Module):
                 self.pre_ln,
                 activation=self.activation,
                 layer_norm_eps=self.layer_norm_eps,
+                causal=self.causal,
                 name=f"layer_{i}",
             )
             x = block(x, mask, deterministic=deterministic)
             hidden_states.append(x)
-        if self.pre_ln:
+        if self.pre_ln and self.final_ln:
             x = nn.LayerNorm(self.layer_norm_eps, name="final_ln")(x)
         return x, tuple(hidden_states)

@@ -11,8 +11,9 @@ from flax import linen as nn
 from mmjax.port import bert, vit
 from mmjax.port.common import merge, read_config, read_state_dict, strip_prefix
 
-# HF model_type -> the port file that builds its module (encoder_from_config), its init inputs
-# (dummy_inputs), maps its keys (key_map) and names its tower (TOWER).
+# HF model_type -> its port file, which names the towers a checkpoint holds (TOWERS, the first is the
+# default) and, per tower, builds the module (encoder_from_config(hf_config, keys, tower)), its init inputs
+# (dummy_inputs(hf_config, tower)) and maps HF keys to its params (key_map(key, module, tower)).
 FAMILIES = {
     "bert": bert,
     "roberta": bert,
@@ -39,17 +40,17 @@ def from_hf(
             f"supported: {sorted(FAMILIES)}"
         )
     family = FAMILIES[model_type]
-    if tower not in (None, family.TOWER):
-        raise ValueError(f"{model_type} checkpoints have only the {family.TOWER} tower, not tower={tower!r}")
+    tower = family.TOWERS[0] if tower is None and len(family.TOWERS) == 1 else tower
+    if tower not in family.TOWERS:
+        raise ValueError(f"{path}: {model_type} checkpoints hold the towers {family.TOWERS}, not {tower!r}")
     state_dict = read_state_dict(path)
-    pooler = any(strip_prefix(k).startswith("pooler.") for k in state_dict)
-    module = family.encoder_from_config(config, pooler=pooler)
-    inputs = family.dummy_inputs(config)
+    module = family.encoder_from_config(config, {strip_prefix(k) for k in state_dict}, tower)
+    inputs = family.dummy_inputs(config, tower)
     dont_load = tuple(dont_load)
     if dont_load:
         template = module.init(jax.random.key(0), *inputs)["params"]
     else:
         template = jax.eval_shape(module.init, jax.random.key(0), *inputs)["params"]
-    key_map = partial(family.key_map, num_heads=module.num_heads)
+    key_map = partial(family.key_map, module=module, tower=tower)
     params = merge(template, state_dict, key_map, dont_load, source=str(path))
     return module, jax.tree.map(jnp.asarray, params)

@@ -4,11 +4,12 @@ import re
 
 import jax
 import jax.numpy as jnp
+from flax import linen as nn
 
 from mmjax.encoders.text import TextEncoder
 from mmjax.port.common import Transform, identity, map_layer_key, transpose
 
-TOWER = "text"
+TOWERS = ("text",)
 
 # HF keys dropped on purpose: the position-id buffer, and the key bias (it adds q.b_k to every logit of
 # a query, which softmax cancels; mmjax's attention has no key bias).
@@ -33,7 +34,7 @@ LAYER = {  # HF module inside encoder.layer.{i} -> mmjax module inside encoder/l
 }
 
 
-def encoder_from_config(hf_config: dict, pooler: bool = True) -> TextEncoder:
+def encoder_from_config(hf_config: dict, keys: set[str], tower: str) -> TextEncoder:
     """A post-LN TextEncoder computing the HF BertModel/RobertaModel that `hf_config` describes."""
     roberta = hf_config["model_type"] == "roberta"
     pad = hf_config.get("pad_token_id", 1 if roberta else 0)
@@ -50,12 +51,12 @@ def encoder_from_config(hf_config: dict, pooler: bool = True) -> TextEncoder:
         layer_norm_eps=hf_config.get("layer_norm_eps", 1e-12),
         position_offset=pad if roberta else None,
         pad_token_id=pad,
-        pooler=pooler,
+        pooler="pooler.dense.weight" in keys,
         aux_prefix="",
     )
 
 
-def key_map(key: str, num_heads: int) -> tuple[str, Transform] | None:
+def key_map(key: str, module: nn.Module, tower: str) -> tuple[str, Transform] | None:
     """HF BertModel/RobertaModel key -> (TextEncoder param path, transform); None for IGNORED keys."""
     if any(re.fullmatch(p, key) for p in IGNORED):
         return None
@@ -63,9 +64,9 @@ def key_map(key: str, num_heads: int) -> tuple[str, Transform] | None:
         return EMBEDDINGS[key[len("embeddings.") :]], identity
     if key in ("pooler.dense.weight", "pooler.dense.bias"):
         return ("pooler/kernel", transpose) if key.endswith("weight") else ("pooler/bias", identity)
-    return map_layer_key(key, LAYER, num_heads)
+    return map_layer_key(key, LAYER, module.num_heads)
 
 
-def dummy_inputs(hf_config: dict) -> tuple[jax.Array, ...]:
+def dummy_inputs(hf_config: dict, tower: str) -> tuple[jax.Array, ...]:
     """Init inputs: a [1, 2] batch of token ids."""
     return (jnp.zeros((1, 2), jnp.int32),)

@@ -4,11 +4,12 @@ import re
 
 import jax
 import jax.numpy as jnp
+from flax import linen as nn
 
 from mmjax.encoders.image import ViTEncoder
 from mmjax.port.common import Transform, identity, map_layer_key, transpose
 
-TOWER = "image"
+TOWERS = ("image",)
 # The key bias is dropped on purpose: it adds q.b_k to every logit of a query, which softmax cancels.
 IGNORED = (r"encoder\.layer\.\d+\.attention\.attention\.key\.bias",)
 
@@ -38,7 +39,7 @@ LAYER = {  # HF module inside encoder.layer.{i} -> mmjax module inside encoder/l
 }
 
 
-def encoder_from_config(hf_config: dict, pooler: bool = True) -> ViTEncoder:
+def encoder_from_config(hf_config: dict, keys: set[str], tower: str) -> ViTEncoder:
     """A pre-LN ViTEncoder on [B, C, H, W] `pixel_values` computing the HF ViTModel `hf_config` describes."""
     return ViTEncoder(
         patch_size=hf_config["patch_size"],
@@ -49,22 +50,22 @@ def encoder_from_config(hf_config: dict, pooler: bool = True) -> ViTEncoder:
         pre_ln=True,
         activation=hf_config.get("hidden_act", "gelu"),
         layer_norm_eps=hf_config.get("layer_norm_eps", 1e-12),
-        pooler=pooler,
+        pooler="pooler.dense.weight" in keys,
         channels_first=True,
         aux_prefix="",
     )
 
 
-def dummy_inputs(hf_config: dict) -> tuple[jax.Array, ...]:
+def dummy_inputs(hf_config: dict, tower: str) -> tuple[jax.Array, ...]:
     """Init inputs: one image of the checkpoint's size, which fixes the position table's length."""
     size = hf_config.get("image_size", 224)
     return (jnp.zeros((1, hf_config.get("num_channels", 3), size, size), jnp.float32),)
 
 
-def key_map(key: str, num_heads: int) -> tuple[str, Transform] | None:
+def key_map(key: str, module: nn.Module, tower: str) -> tuple[str, Transform] | None:
     """HF ViTModel key -> (ViTEncoder param path, transform); None for IGNORED keys."""
     if any(re.fullmatch(p, key) for p in IGNORED):
         return None
     if key in EMBEDDINGS:
         return EMBEDDINGS[key]
-    return map_layer_key(key, LAYER, num_heads)
+    return map_layer_key(key, LAYER, module.num_heads)

@@ -70,7 +70,8 @@ def test_vit_encoder_shapes_and_errors():
     image = np.random.default_rng(0).normal(size=(2, 28, 28, 1)).astype(np.float32)
     encoder = ViTEncoder(patch_size=7, **TINY)
     variables = encoder.init(jax.random.key(0), image, deterministic=True)
-    (tokens, mask), aux = encoder.apply(variables, image, deterministic=True)
+    tokens, aux = encoder.apply(variables, image, deterministic=True)
+    mask = aux["img/mask"]
     assert tokens.shape == (2, 17, 32) and mask.shape == (2, 17) and mask.all()
     np.testing.assert_array_equal(aux["img/pooled"], tokens[:, 0])
     assert variables["params"]["position_embedding"]["embedding"].shape == (17, 32)
@@ -95,7 +96,8 @@ def test_spectrogram_encoder_masks_and_padding():
     audio, mask = _audio_inputs()
     encoder = SpectrogramEncoder(patch_time=3, patch_freq=4, **TINY)
     variables = encoder.init(jax.random.key(0), audio, mask, deterministic=True)
-    (tokens, out_mask), aux = encoder.apply(variables, audio, mask, deterministic=True)
+    tokens, aux = encoder.apply(variables, audio, mask, deterministic=True)
+    out_mask = aux["aud/mask"]
     assert tokens.shape == (2, 1 + 4 * 2, 32)
     valid_time = np.array([True, True, True, True, False])  # CLS, then time patches 0..3
     expected = np.concatenate([valid_time[:1], np.repeat(valid_time[1:], 2)])
@@ -103,10 +105,10 @@ def test_spectrogram_encoder_masks_and_padding():
     assert out_mask[1].all()
     np.testing.assert_array_equal(aux["aud/pooled"], tokens[:, 0])
     changed = np.where(mask[..., None], audio, 1e3).astype(np.float32)
-    (tokens_changed, _), _ = encoder.apply(variables, changed, mask, deterministic=True)
+    tokens_changed, _ = encoder.apply(variables, changed, mask, deterministic=True)
     np.testing.assert_allclose(tokens[out_mask], tokens_changed[out_mask], rtol=1e-5, atol=1e-6)
     changed[0, 0, 0] = 1e3
-    (tokens_changed, _), _ = encoder.apply(variables, changed, mask, deterministic=True)
+    tokens_changed, _ = encoder.apply(variables, changed, mask, deterministic=True)
     assert not np.allclose(tokens[0, 0], tokens_changed[0, 0])
 
 
