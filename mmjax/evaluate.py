@@ -18,14 +18,23 @@ import numpy as np
 
 from mmjax import checkpoint, metrics, parallel
 from mmjax.data import av_digits, pipeline
+from mmjax.data.text import PretrainedTokenizer, WordTokenizer, load_tokenizer
 from mmjax.model import build_model, dummy_batch
+from mmjax.port.pretrained import tokenizer_dir
+
+
+def make_tokenizer(config: ml_collections.ConfigDict) -> WordTokenizer | PretrainedTokenizer:
+    """data.tokenizer's folder, else the text encoder's checkpoint (model.text.init_from), else words."""
+    init_from = config.model.text.get("init_from", "")
+    folder = config.data.get("tokenizer", "") or (str(tokenizer_dir(init_from)) if init_from else "")
+    return load_tokenizer(folder) if folder else av_digits.make_tokenizer()
 
 
 def make_preprocess(config: ml_collections.ConfigDict, questions: Mapping[str, list[str]] | None = None):
     """The per-example preprocessing of an experiment (optionally with other question phrasings)."""
     return functools.partial(
         pipeline.preprocess,
-        tokenizer=av_digits.make_tokenizer(),
+        tokenizer=make_tokenizer(config),
         text_len=config.data.text_len,
         audio_frames=config.data.audio_frames,
         questions=questions,

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
+from flax import traverse_util
 
 from mmjax.encoders.audio import SpectrogramEncoder
 from mmjax.encoders.image import ViTEncoder
@@ -13,6 +14,7 @@ from mmjax.encoders.text import TextEncoder
 from mmjax.fusion import FUSIONS, CrossAttentionFusion, LateFusion
 from mmjax.heads import ClassificationHead
 from mmjax.nn.transformer import SIZES
+from mmjax.port.pretrained import load_pretrained
 
 
 class MultimodalModel(nn.Module):
@@ -20,6 +22,7 @@ class MultimodalModel(nn.Module):
 
     `__call__(batch, train=...)` returns ({task: logits [B, num_classes]}, aux) where aux holds the
     encoders' and fusion's named intermediates (`txt/tokens`, `img/pooled`, `fusion/pooled`, ...).
+    Tokens of an encoder whose width is not `width` (e.g. a pretrained one) pass through a Dense first.
     """
 
     text: TextEncoder
@@ -27,6 +30,7 @@ class MultimodalModel(nn.Module):
     audio: SpectrogramEncoder
     fusion: nn.Module  # one of mmjax.fusion.FUSIONS
     tasks: tuple[tuple[str, int], ...]  # (task name, number of classes)
+    width: int  # the fusion's token width
     head_dropout: float = 0.0
 
     @nn.compact
@@ -42,6 +46,8 @@ class MultimodalModel(nn.Module):
         encoded["audio"] = (audio, aud_aux["aud/mask"])
         tokens, masks = {}, {}
         for m, (x, mask) in encoded.items():
+            if x.shape[-1] != self.width:
+                x = nn.Dense(self.width, name=f"{m}_proj")(x)
             masks[m] = mask & present[m][:, None]
             tokens[m] = jnp.where(masks[m][..., None], x, 0.0)
         fused, fusion_aux = self.fusion(tokens, masks, present, deterministic=det)
@@ -54,13 +60,20 @@ class MultimodalModel(nn.Module):
         return outputs, {**txt_aux, **img_aux, **aud_aux, **fusion_aux}
 
 
+AUX_PREFIXES = {"text": "txt/", "image": "img/", "audio": "aud/"}
+
+
 def _check_divisible(size: int, size_field: str, patch: int, patch_field: str) -> None:
     if size % patch:
         raise ValueError(f"{size_field}={size} is not divisible by {patch_field}={patch}")
 
 
 def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> MultimodalModel:
-    """Builds the model from the experiment config (see the module fields read below)."""
+    """Builds the model from the experiment config (see the module fields read below).
+
+    An encoder whose config has `init_from` (`hf:DIR` or a `python -m mmjax.port` folder; `tower` for
+    CLIP) takes that checkpoint's architecture; its weights come from pretrained_params at init.
+    """
     if cfg.size not in SIZES:
         raise ValueError(f"cfg.size={cfg.size!r} is not one of {sorted(SIZES)}")
     if cfg.fusion.name not in FUSIONS:
@@ -83,14 +96,52 @@ def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> Mul
         fusion = CrossAttentionFusion(
             **common | {"depth": cfg.fusion.depth}, bidirectional=cfg.fusion.bidirectional
         )
-    return MultimodalModel(
+    encoders = dict(
         text=TextEncoder(vocab_size=cfg.text.vocab_size, max_len=cfg.text.max_len, **common),
         image=ViTEncoder(patch_size=cfg.image.patch_size, **common),
         audio=SpectrogramEncoder(patch_time=cfg.audio.patch_time, patch_freq=cfg.audio.patch_freq, **common),
+    )
+    for m, (spec, tower) in _pretrained_specs(cfg).items():
+        pretrained, _ = load_pretrained(spec, tower)
+        updates = dict(channels_first=False) if m == "image" else {}  # batches hold images [B, H, W, C]
+        encoders[m] = pretrained.clone(aux_prefix=AUX_PREFIXES[m], dropout_rate=cfg.dropout, **updates)
+    return MultimodalModel(
+        **encoders,
         fusion=fusion,
         tasks=tuple(tasks.items()),
+        width=size["width"],
         head_dropout=cfg.head_dropout,
     )
+
+
+def _pretrained_specs(cfg: ml_collections.ConfigDict) -> dict[str, tuple[str, str | None]]:
+    """{modality: (init_from, tower)} of the encoders that start from a checkpoint."""
+    specs = {m: (cfg[m].get("init_from", ""), cfg[m].get("tower", "") or None) for m in AUX_PREFIXES}
+    return {m: spec for m, spec in specs.items() if spec[0]}
+
+
+def pretrained_params(cfg: ml_collections.ConfigDict) -> dict[str, dict]:
+    """{modality: host (numpy) params} of every encoder with `init_from` (see build_model)."""
+    specs = _pretrained_specs(cfg)
+    return {m: jax.device_get(load_pretrained(spec, tower)[1]) for m, (spec, tower) in specs.items()}
+
+
+def with_pretrained(params: dict, pretrained: Mapping[str, dict]) -> dict:
+    """`params` with each pretrained modality's subtree swapped in; structures and shapes must agree."""
+    params = dict(params)
+    for m, tree in pretrained.items():
+        ours, theirs = _shapes(params[m]), _shapes(tree)
+        if ours != theirs:
+            diff = sorted(set(ours.items()) ^ set(theirs.items()))
+            raise ValueError(
+                f"pretrained {m} params do not fit the {m} encoder; differing (path, shape): {diff}"
+            )
+        params[m] = tree
+    return params
+
+
+def _shapes(tree: dict) -> dict[str, tuple[int, ...]]:
+    return {"/".join(path): tuple(x.shape) for path, x in traverse_util.flatten_dict(tree).items()}
 
 
 def dummy_batch(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int], batch_size: int = 1) -> dict:

@@ -1,4 +1,8 @@
-"""Optimizer from config: AdamW with linear warm-up then cosine decay, clipping, no decay on biases/norms."""
+"""Optimizer from config: AdamW with linear warm-up then cosine decay, clipping, no decay on biases/norms,
+and per-parameter learning-rate multipliers from regex rules (multiplier 0 freezes).
+"""
+
+import re
 
 import jax
 import ml_collections
@@ -24,14 +28,54 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key in DECAYED, params)
 
 
+def parse_lr_rules(text: str) -> list[tuple[re.Pattern, float]]:
+    """`"REGEX=MULT;REGEX=MULT"` -> [(pattern, multiplier)], e.g. "text/.*=0.1;image/patch.*=0".
+
+    A regex is matched in full against param paths like `text/encoder/layer_0/mlp/fc1/kernel`.
+    """
+    rules = []
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        pattern, sep, raw = item.rpartition("=")
+        try:
+            rule = (re.compile(pattern), float(raw))
+        except (ValueError, re.error) as e:
+            raise ValueError(f"optim.lr_rules item {item!r} must be REGEX=MULTIPLIER: {e}") from e
+        if not sep or not pattern or rule[1] < 0:
+            raise ValueError(f"optim.lr_rules item {item!r} must be REGEX=MULTIPLIER with MULTIPLIER >= 0")
+        rules.append(rule)
+    return rules
+
+
+def lr_multipliers(rules: list[tuple[re.Pattern, float]], params):
+    """The learning-rate multiplier of every param: the first rule whose regex matches its path, else 1."""
+
+    def multiplier(path, _) -> float:
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        return next((m for pattern, m in rules if pattern.fullmatch(name)), 1.0)
+
+    return jax.tree_util.tree_map_with_path(multiplier, params)
+
+
+def frozen_params(cfg: ml_collections.ConfigDict, params) -> list:
+    """The params (leaves) that `cfg.lr_rules` freezes."""
+    multipliers = lr_multipliers(parse_lr_rules(cfg.get("lr_rules", "")), params)
+    return [x for x, m in zip(jax.tree.leaves(params), jax.tree.leaves(multipliers), strict=True) if m == 0]
+
+
 def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+    """Frozen grads are zeroed first (they count neither in clipping nor in any update or decay)."""
+    schedule = learning_rate_schedule(cfg, total_steps)
+    rules = parse_lr_rules(cfg.get("lr_rules", ""))
+
+    def adamw(scale: float) -> optax.GradientTransformation:
+        learning_rate = schedule if scale == 1 else (lambda step: scale * schedule(step))
+        return optax.adamw(
+            learning_rate, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask
+        )
+
+    groups = {str(m): optax.set_to_zero() if m == 0 else adamw(m) for m in {1.0, *(m for _, m in rules)}}
     return optax.chain(
+        optax.masked(optax.set_to_zero(), lambda p: jax.tree.map(lambda m: m == 0, lr_multipliers(rules, p))),
         optax.clip_by_global_norm(cfg.clip_norm),
-        optax.adamw(
-            learning_rate_schedule(cfg, total_steps),
-            b1=cfg.b1,
-            b2=cfg.b2,
-            weight_decay=cfg.weight_decay,
-            mask=decay_mask,
-        ),
+        optax.multi_transform(groups, lambda p: jax.tree.map(str, lr_multipliers(rules, p))),
     )

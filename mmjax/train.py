@@ -21,7 +21,7 @@ import tqdm
 from mmjax import checkpoint, evaluate, losses, metrics, optim, parallel
 from mmjax.config import load_config
 from mmjax.data import av_digits, pipeline
-from mmjax.model import build_model, dummy_batch
+from mmjax.model import build_model, dummy_batch, pretrained_params, with_pretrained
 
 
 @flax.struct.dataclass
@@ -36,9 +36,11 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or Inf; the message names the step and the tasks."""
 
 
-def init_state(model, optimizer, example_batch, seed: int) -> TrainState:
+def init_state(model, optimizer, example_batch, seed: int, pretrained: dict | None = None) -> TrainState:
+    """A fresh state; `pretrained` ({modality: params}) replaces those encoders' random init."""
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
     params = model.init({"params": init_rng}, example_batch, train=False)["params"]
+    params = with_pretrained(params, pretrained or {})
     step = jnp.zeros((), jnp.int32)
     return TrainState(step=step, params=params, opt_state=optimizer.init(params), rng=train_rng)
 
@@ -141,7 +143,7 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
     # State: planned with eval_shape, created replicated, or restored from the latest checkpoint.
     replicated = parallel.replicated(mesh)
     make_state = functools.partial(init_state, model, optimizer, example, config.seed)
-    abstract_state = parallel.with_sharding(jax.eval_shape(make_state), replicated)
+    abstract_state = parallel.with_sharding(jax.eval_shape(make_state), replicated)  # same with pretrained
     manager = checkpoint.make_manager(
         workdir / "checkpoints",
         keep=config.train.keep,
@@ -150,13 +152,17 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
     )
     latest = manager.latest_step()
     if latest is None:
-        state = jax.jit(make_state, out_shardings=replicated)()
+        state = jax.jit(make_state, out_shardings=replicated)(pretrained_params(config.model))
     else:
         state = checkpoint.restore(manager, latest, abstract_state, train_iter)
         print(f"mmjax: resumed from the checkpoint of step {latest} in {workdir}")
     start_step = int(state.step)
     num_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
-    print(f"mmjax: {num_params:,} parameters, {mesh.size} devices, steps {start_step}->{total_steps}")
+    frozen = sum(x.size for x in jax.tree.leaves(optim.frozen_params(config.optim, abstract_state.params)))
+    print(
+        f"mmjax: {num_params:,} parameters ({frozen:,} frozen), {mesh.size} devices, "
+        f"steps {start_step}->{total_steps}"
+    )
 
     # Step.
     task_weights = {task: float(w) for task, w in config.tasks.items()}

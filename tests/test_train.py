@@ -203,3 +203,32 @@ def test_nan_in_training_stops_the_run(av_digits_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(train.losses, "multitask_loss", poisoned)
     with pytest.raises(train.NonFiniteLossError, match="at step 1 .*image_digit"):
         train.main(smoke_config(av_digits_dir, **{"train.log_every": 1}), tmp_path)
+
+
+@pytest.mark.parity
+def test_text_encoder_from_a_port_starts_pretrained_and_a_rule_freezes_it(av_digits_dir, tmp_path):
+    import torch
+    import transformers
+
+    from mmjax.port.pretrained import load_pretrained, save_ported
+
+    torch.manual_seed(0)
+    vocab = av_digits.make_tokenizer().vocab  # as a WordPiece vocab.txt: whole words, same specials
+    config = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    transformers.BertModel(config).save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    save_ported(tmp_path / "hf", tmp_path / "ported")
+    overrides = {"model.text.init_from": str(tmp_path / "ported"), "optim.lr_rules": "text/.*=0"}
+    config = smoke_config(av_digits_dir, **overrides)
+    train.main(config, tmp_path / "run")
+    _, params = final_params(tmp_path / "run", config)
+    _, pretrained = load_pretrained(str(tmp_path / "ported"))
+    jax.tree.map(np.testing.assert_array_equal, params["text"], jax.device_get(pretrained))
+    assert params["text_proj"]["kernel"].shape == (48, 32)  # BERT width -> the tiny fusion width
+    assert "answer/accuracy" in evaluate.main(tmp_path / "run", split="test")  # rebuilds the architecture

@@ -14,7 +14,7 @@ from absl import flags
 
 from mmjax.data import audio
 from mmjax.data.av_digits import QUESTION_TYPES, TASKS
-from mmjax.data.text import WordTokenizer
+from mmjax.data.text import PretrainedTokenizer, WordTokenizer
 
 IMAGE_MEAN, IMAGE_STD = 0.1307, 0.3081  # MNIST pixel statistics
 
@@ -32,7 +32,7 @@ def pick_phrasing(phrasings: Sequence[str], seed: int, recording: str, image_ind
 def preprocess(
     example: Mapping,
     *,
-    tokenizer: WordTokenizer,
+    tokenizer: WordTokenizer | PretrainedTokenizer,
     text_len: int,
     audio_frames: int,
     questions: Mapping[str, Sequence[str]] | None = None,

@@ -1,11 +1,18 @@
-"""Word-level tokenizer for short templated text such as the AV-Digits questions."""
+"""Tokenizers: a word-level one for short templated text (AV-Digits questions) and a pretrained checkpoint's
+own WordPiece/BPE tokenizer (`load_tokenizer`, via the `tokenizers` library, offline).
+
+Both have `encode(text, max_len) -> (int32 ids [max_len], bool mask [max_len])` and `vocab_size`.
+"""
 
 import dataclasses
 import functools
+import json
 import re
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
+import tokenizers
 
 PAD, UNK, CLS, SEP = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
 SPECIALS = (PAD, UNK, CLS, SEP)
@@ -57,3 +64,90 @@ def build_vocab(texts: Iterable[str]) -> WordTokenizer:
     """Tokenizer over the sorted unique words of `texts`, after the special tokens."""
     words = sorted({word for text in texts for word in split_words(text)})
     return WordTokenizer(vocab=SPECIALS + tuple(words))
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedTokenizer:
+    """A Hugging Face checkpoint's tokenizer: special tokens added, truncated and padded like HF's."""
+
+    tokenizer: tokenizers.Tokenizer
+    pad_id: int
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def encode(self, text: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """int32 ids [max_len] (truncated with the special tokens kept, then padded) and a mask."""
+        self.tokenizer.enable_truncation(max_len)
+        ids = self.tokenizer.encode(text).ids
+        out = np.full(max_len, self.pad_id, dtype=np.int32)
+        out[: len(ids)] = ids
+        return out, np.arange(max_len) < len(ids)
+
+
+def _read_json(file: Path) -> dict:
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def _special(config: dict, name: str, default: str) -> str:
+    token = config.get(name, default)
+    return token["content"] if isinstance(token, dict) else token
+
+
+def _wordpiece(folder: Path, config: dict) -> tokenizers.Tokenizer:
+    """BERT's tokenizer from vocab.txt: normalise (lowercase per do_lower_case), split, WordPiece."""
+    unk, cls, sep = (
+        _special(config, k, d)
+        for k, d in (("unk_token", "[UNK]"), ("cls_token", "[CLS]"), ("sep_token", "[SEP]"))
+    )
+    tokenizer = tokenizers.Tokenizer(
+        tokenizers.models.WordPiece.from_file(str(folder / "vocab.txt"), unk_token=unk)
+    )
+    tokenizer.normalizer = tokenizers.normalizers.BertNormalizer(
+        lowercase=config.get("do_lower_case", True), strip_accents=config.get("strip_accents")
+    )
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = tokenizers.processors.BertProcessing(
+        (sep, tokenizer.token_to_id(sep)), (cls, tokenizer.token_to_id(cls))
+    )
+    return tokenizer
+
+
+def _byte_level_bpe(folder: Path, config: dict) -> tokenizers.Tokenizer:
+    """RoBERTa's tokenizer from vocab.json + merges.txt: byte-level BPE wrapped in <s> ... </s>."""
+    model = tokenizers.models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    tokenizer = tokenizers.Tokenizer(model)
+    prefix_space = config.get("add_prefix_space", False)
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=prefix_space)
+    bos, eos = _special(config, "bos_token", "<s>"), _special(config, "eos_token", "</s>")
+    tokenizer.post_processor = tokenizers.processors.RobertaProcessing(
+        (eos, tokenizer.token_to_id(eos)), (bos, tokenizer.token_to_id(bos)), add_prefix_space=prefix_space
+    )
+    return tokenizer
+
+
+def load_tokenizer(path: str | Path) -> PretrainedTokenizer:
+    """The tokenizer of the checkpoint folder `path`: tokenizer.json, else vocab.txt (WordPiece, BERT) or
+    vocab.json + merges.txt (byte-level BPE, RoBERTa), with tokenizer_config.json's options."""
+    folder = Path(path)
+    config = _read_json(folder / "tokenizer_config.json") | _read_json(folder / "special_tokens_map.json")
+    if (folder / "tokenizer.json").is_file():
+        tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    elif (folder / "vocab.txt").is_file():
+        tokenizer = _wordpiece(folder, config)
+    elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        tokenizer = _byte_level_bpe(folder, config)
+    else:
+        raise FileNotFoundError(
+            f"no tokenizer in {folder}: expected tokenizer.json, vocab.txt or vocab.json + merges.txt"
+        )
+    configured = tokenizer.padding  # tokenizer.json may name its pad token
+    tokenizer.no_padding()
+    names = [_special(config, "pad_token", None), configured and configured["pad_token"], "[PAD]", "<pad>"]
+    pad_id = next(
+        (tokenizer.token_to_id(n) for n in names if n and tokenizer.token_to_id(n) is not None), None
+    )
+    if pad_id is None:
+        raise ValueError(f"{folder}: no pad token in the vocabulary (tried {[n for n in names if n]})")
+    return PretrainedTokenizer(tokenizer, pad_id)

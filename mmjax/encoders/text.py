@@ -1,7 +1,9 @@
-"""BERT/RoBERTa-style text encoder: token + position + token-type embeddings -> LayerNorm -> transformer.
+"""Text encoder: token + position (+ token-type) embeddings (-> LayerNorm) -> transformer.
 
 With pre_ln=False, activation and layer_norm_eps from a Hugging Face config (and position_offset for
-RoBERTa) it computes exactly BERT, MiniLM or RoBERTa; mmjax.port fills it from their checkpoints.
+RoBERTa) it computes exactly BERT, MiniLM or RoBERTa; with pre_ln=True, type_vocab_size=0,
+embedding_ln=False, causal=True and EOS pooling it is CLIP's text tower. mmjax.port fills it from their
+checkpoints.
 """
 
 import jax
@@ -18,12 +20,25 @@ def roberta_positions(input_ids: jax.Array, pad_token_id: int, offset: int) -> j
     return jnp.cumsum(not_pad, axis=1) * not_pad + offset
 
 
+def pool_index(input_ids: jax.Array, pool: str, eos_token_id: int | None = None) -> jax.Array:
+    """Position [B] of the pooled token: 0, the first `eos_token_id` (0 if absent), or the highest id."""
+    if pool == "first":
+        return jnp.zeros(input_ids.shape[:1], jnp.int32)
+    if pool == "eos":
+        if eos_token_id is None:
+            raise ValueError("pool='eos' needs an eos_token_id")
+        return jnp.argmax(input_ids == eos_token_id, axis=1)
+    if pool == "max_id":
+        return jnp.argmax(input_ids, axis=1)  # the first of equal maxima, as torch.argmax
+    raise ValueError(f"pool={pool!r} is not one of 'first', 'eos', 'max_id'")
+
+
 class TextEncoder(nn.Module):
     """Encodes token ids [B, L] with a padding mask [B, L] into tokens [B, L, width].
 
     Returns (tokens, aux); aux keys (after `aux_prefix`): `tokens`, `mask` (bool attention_mask), `pooled`
-    (the [CLS] token, through Dense + tanh when `pooler`) and `hidden_states` (embedding output, then every
-    layer's output).
+    (the token picked by `pool`, through Dense + tanh when `pooler`), `hidden_states` (embedding output,
+    then every layer's output) and, with `projection_dim`, `embeds` (pooled through a bias-free Dense).
     """
 
     vocab_size: int
@@ -32,14 +47,19 @@ class TextEncoder(nn.Module):
     depth: int
     num_heads: int
     mlp_dim: int
-    type_vocab_size: int = 2
+    type_vocab_size: int = 2  # 0: no token-type embedding (CLIP)
     dropout_rate: float = 0.0
     pre_ln: bool = True  # True: pre-LN blocks + final LayerNorm; False: BERT's post-LN blocks
     activation: str = "gelu"  # a key of mmjax.nn.transformer.ACTIVATIONS (HF hidden_act names)
     layer_norm_eps: float = 1e-6
     position_offset: int | None = None  # None: positions 0..L-1 (BERT); int: roberta_positions (RoBERTa: 1)
     pad_token_id: int = 0  # only read with position_offset
-    pooler: bool = False  # HF's pooler: pooled = tanh(Dense([CLS]))
+    embedding_ln: bool = True  # LayerNorm on the embeddings (BERT); CLIP has none
+    causal: bool = False  # tokens attend only to earlier ones (CLIP)
+    pool: str = "first"  # "first" ([CLS]), "eos" (first eos_token_id: CLIP), "max_id" (highest id: old CLIP)
+    eos_token_id: int | None = None  # only read with pool="eos"
+    pooler: bool = False  # HF's pooler: pooled = tanh(Dense(pooled))
+    projection_dim: int | None = None  # CLIP's text_projection: embeds = Dense(pooled), no bias
     aux_prefix: str = "txt/"
 
     @nn.compact
@@ -51,10 +71,10 @@ class TextEncoder(nn.Module):
         *,
         deterministic: bool = True,
     ) -> tuple[jax.Array, dict]:
+        if token_type_ids is not None and not self.type_vocab_size:
+            raise ValueError("token_type_ids given but type_vocab_size=0 (no token-type embedding)")
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        if token_type_ids is None:
-            token_type_ids = jnp.zeros_like(input_ids)
         positions = None
         if self.position_offset is not None:
             last = input_ids.shape[1] + self.position_offset
@@ -65,9 +85,11 @@ class TextEncoder(nn.Module):
             positions = roberta_positions(input_ids, self.pad_token_id, self.position_offset)
         x = nn.Embed(self.vocab_size, self.width, embedding_init=INIT, name="token_embedding")(input_ids)
         x = PositionEmbedding(self.max_len, name="position_embedding")(x, positions)
-        types = nn.Embed(self.type_vocab_size, self.width, embedding_init=INIT, name="type_embedding")
-        x = x + types(token_type_ids)
-        x = nn.LayerNorm(self.layer_norm_eps, name="embedding_ln")(x)
+        if self.type_vocab_size:
+            types = nn.Embed(self.type_vocab_size, self.width, embedding_init=INIT, name="type_embedding")
+            x = x + types(jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
+        if self.embedding_ln:
+            x = nn.LayerNorm(self.layer_norm_eps, name="embedding_ln")(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         encoder = Encoder(
             self.depth,
@@ -77,12 +99,16 @@ class TextEncoder(nn.Module):
             self.pre_ln,
             activation=self.activation,
             layer_norm_eps=self.layer_norm_eps,
+            causal=self.causal,
             name="encoder",
         )
         mask = attention_mask.astype(bool)
         x, hidden_states = encoder(x, mask, deterministic=deterministic)
-        pooled = x[:, 0]
+        index = pool_index(input_ids, self.pool, self.eos_token_id)
+        pooled = x[jnp.arange(x.shape[0]), index]
         if self.pooler:
             pooled = jnp.tanh(nn.Dense(self.width, name="pooler")(pooled))
         aux = {"tokens": x, "mask": mask, "pooled": pooled, "hidden_states": hidden_states}
+        if self.projection_dim is not None:
+            aux["embeds"] = nn.Dense(self.projection_dim, use_bias=False, name="projection")(pooled)
         return x, {self.aux_prefix + k: v for k, v in aux.items()}

@@ -3,13 +3,15 @@
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mmjax.port import bert, vit
+from mmjax.port import ast, bert, clip, vit, whisper
 from mmjax.port.common import merge, read_config, read_state_dict, strip_prefix
+from mmjax.port.export import to_hf  # noqa: F401  (re-exported: mmjax.port.to_hf)
 
 # HF model_type -> its port file, which names the towers a checkpoint holds (TOWERS, the first is the
 # default) and, per tower, builds the module (encoder_from_config(hf_config, keys, tower)), its init inputs
@@ -18,7 +20,29 @@ FAMILIES = {
     "bert": bert,
     "roberta": bert,
     "vit": vit,
+    "audio-spectrogram-transformer": ast,
+    "whisper": whisper,
+    "clip": clip,
+    "clip_text_model": clip.TEXT_MODEL,
+    "clip_vision_model": clip.VISION_MODEL,
 }
+
+
+def family_and_tower(
+    config: dict, tower: str | None, source: str | Path
+) -> tuple[ModuleType | SimpleNamespace, str]:
+    """The port of config["model_type"] (a port file, or clip's one-tower namespaces) and the tower to
+    build (the only one when `tower` is None)."""
+    model_type = config.get("model_type")
+    if model_type not in FAMILIES:
+        raise ValueError(f"{source}: model_type={model_type!r} is not supported; known: {sorted(FAMILIES)}")
+    family = FAMILIES[model_type]
+    tower = family.TOWERS[0] if tower is None and len(family.TOWERS) == 1 else tower
+    if tower not in family.TOWERS:
+        raise ValueError(
+            f"{source}: {model_type} checkpoints hold the towers {family.TOWERS}; got tower={tower!r}"
+        )
+    return family, tower
 
 
 def from_hf(
@@ -33,16 +57,7 @@ def from_hf(
     see mmjax.port.common.merge.
     """
     config = read_config(path)
-    model_type = config.get("model_type")
-    if model_type not in FAMILIES:
-        raise ValueError(
-            f"{Path(path) / 'config.json'}: model_type={model_type!r} is not supported; "
-            f"supported: {sorted(FAMILIES)}"
-        )
-    family = FAMILIES[model_type]
-    tower = family.TOWERS[0] if tower is None and len(family.TOWERS) == 1 else tower
-    if tower not in family.TOWERS:
-        raise ValueError(f"{path}: {model_type} checkpoints hold the towers {family.TOWERS}, not {tower!r}")
+    family, tower = family_and_tower(config, tower, Path(path) / "config.json")
     state_dict = read_state_dict(path)
     module = family.encoder_from_config(config, {strip_prefix(k) for k in state_dict}, tower)
     inputs = family.dummy_inputs(config, tower)

@@ -1,4 +1,4 @@
-"""BERT, MiniLM (BERT architecture) and RoBERTa -> mmjax TextEncoder: config and key map."""
+"""BERT, MiniLM (BERT architecture) and RoBERTa <-> mmjax TextEncoder: config, key map, export shapes."""
 
 import re
 
@@ -70,3 +70,41 @@ def key_map(key: str, module: nn.Module, tower: str) -> tuple[str, Transform] | 
 def dummy_inputs(hf_config: dict, tower: str) -> tuple[jax.Array, ...]:
     """Init inputs: a [1, 2] batch of token ids."""
     return (jnp.zeros((1, 2), jnp.int32),)
+
+
+def hf_config(module: TextEncoder, params: dict) -> dict:
+    """The HF config of `module`: RobertaModel when positions count from `position_offset`, else BertModel.
+
+    The inverse of encoder_from_config (`params` is unused: the fields fix every shape); mmjax.port.export
+    checks that it gives `module` back.
+    """
+    roberta = module.position_offset is not None
+    return {
+        "architectures": ["RobertaModel" if roberta else "BertModel"],
+        "model_type": "roberta" if roberta else "bert",
+        "vocab_size": module.vocab_size,
+        "max_position_embeddings": module.max_len,
+        "hidden_size": module.width,
+        "num_hidden_layers": module.depth,
+        "num_attention_heads": module.num_heads,
+        "intermediate_size": module.mlp_dim,
+        "type_vocab_size": module.type_vocab_size,
+        "hidden_act": module.activation,
+        "layer_norm_eps": module.layer_norm_eps,
+        "pad_token_id": module.pad_token_id,
+    }
+
+
+def hf_shapes(hf_config: dict, pooler: bool) -> dict[str, tuple[int, ...]]:
+    """Shapes of the HF keys outside `encoder.layer.{i}` (the pooler's only when `pooler`)."""
+    width = hf_config["hidden_size"]
+    shapes = {
+        "embeddings.word_embeddings.weight": (hf_config["vocab_size"], width),
+        "embeddings.position_embeddings.weight": (hf_config["max_position_embeddings"], width),
+        "embeddings.token_type_embeddings.weight": (hf_config["type_vocab_size"], width),
+        "embeddings.LayerNorm.weight": (width,),
+        "embeddings.LayerNorm.bias": (width,),
+    }
+    if pooler:
+        shapes |= {"pooler.dense.weight": (width, width), "pooler.dense.bias": (width,)}
+    return shapes

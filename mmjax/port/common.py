@@ -11,7 +11,7 @@ from flax import traverse_util
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-PREFIXES = ("bert.", "roberta.", "vit.", "model.")  # task-model wrappers put the base model under these
+PREFIXES = ("bert.", "roberta.", "vit.", "model.", "audio_spectrogram_transformer.")  # task-model wrappers
 
 # A key map turns an HF key (prefix stripped) into (mmjax param path, transform), or None to
 # drop the key on purpose; it raises KeyError for a key it does not know.
@@ -43,7 +43,7 @@ def layer_transform(module: str, kind: str, num_heads: int) -> Transform:
     return transpose if kind == "weight" else identity
 
 
-LAYER_KEY = re.compile(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)")
+LAYER_KEY = re.compile(r"encoder\.layers?\.(\d+)\.(.+)\.(weight|bias)")  # Whisper: encoder.layers.{i}
 
 
 def map_layer_key(key: str, layer: dict[str, str], num_heads: int) -> tuple[str, Transform]:

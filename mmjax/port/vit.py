@@ -1,5 +1,6 @@
-"""ViT (HF ViTModel) -> mmjax ViTEncoder: config, dummy input and key map."""
+"""ViT (HF ViTModel) <-> mmjax ViTEncoder: config, dummy input, key map and the shapes for export."""
 
+import math
 import re
 
 import jax
@@ -69,3 +70,47 @@ def key_map(key: str, module: nn.Module, tower: str) -> tuple[str, Transform] | 
     if key in EMBEDDINGS:
         return EMBEDDINGS[key]
     return map_layer_key(key, LAYER, module.num_heads)
+
+
+def hf_config(module: ViTEncoder, params: dict) -> dict:
+    """The HF ViTModel config of `module`; image size and channels come from the param shapes.
+
+    The inverse of encoder_from_config; mmjax.port.export checks that it gives `module` back.
+    """
+    patches = params["position_embedding"]["embedding"].shape[0] - 1
+    grid = math.isqrt(patches)
+    if grid * grid != patches:
+        raise ValueError(
+            f"position_embedding/embedding holds {patches} patches, not a square grid: "
+            "HF ViT needs square images"
+        )
+    return {
+        "architectures": ["ViTModel"],
+        "model_type": "vit",
+        "hidden_size": module.width,
+        "num_hidden_layers": module.depth,
+        "num_attention_heads": module.num_heads,
+        "intermediate_size": module.mlp_dim,
+        "hidden_act": module.activation,
+        "layer_norm_eps": module.layer_norm_eps,
+        "image_size": grid * module.patch_size,
+        "patch_size": module.patch_size,
+        "num_channels": params["patch_embedding"]["proj"]["kernel"].shape[0] // module.patch_size**2,
+        "qkv_bias": True,
+    }
+
+
+def hf_shapes(hf_config: dict, pooler: bool) -> dict[str, tuple[int, ...]]:
+    """Shapes of the HF keys outside `encoder.layer.{i}` (the pooler's only when `pooler`)."""
+    width, patch = hf_config["hidden_size"], hf_config["patch_size"]
+    shapes = {
+        "embeddings.cls_token": (1, 1, width),
+        "embeddings.position_embeddings": (1, 1 + (hf_config["image_size"] // patch) ** 2, width),
+        "embeddings.patch_embeddings.projection.weight": (width, hf_config["num_channels"], patch, patch),
+        "embeddings.patch_embeddings.projection.bias": (width,),
+        "layernorm.weight": (width,),
+        "layernorm.bias": (width,),
+    }
+    if pooler:
+        shapes |= {"pooler.dense.weight": (width, width), "pooler.dense.bias": (width,)}
+    return shapes

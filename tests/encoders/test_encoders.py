@@ -6,7 +6,7 @@ import pytest
 
 from mmjax.encoders.audio import SpectrogramEncoder, patch_mask
 from mmjax.encoders.image import ViTEncoder
-from mmjax.encoders.text import TextEncoder, roberta_positions
+from mmjax.encoders.text import TextEncoder, pool_index, roberta_positions
 from mmjax.nn.embeddings import PatchEmbedding, PositionEmbedding
 
 TINY = dict(width=32, depth=1, num_heads=2, mlp_dim=64)
@@ -66,6 +66,47 @@ def test_roberta_positions_count_non_pad_tokens_from_the_offset():
         encoder.init(jax.random.key(0), np.zeros((1, 7), np.int32))
 
 
+def test_text_encoder_clip_options():
+    text, mask = _text_inputs()
+    text[:, 3] = 60  # the highest id
+    text[0, 2] = text[1, 6] = 55  # EOS
+    clip = dict(type_vocab_size=0, embedding_ln=False, causal=True, pool="eos", eos_token_id=55)
+    encoder = TextEncoder(vocab_size=61, max_len=10, projection_dim=6, **clip, **TINY)
+    variables = encoder.init(jax.random.key(0), text, mask)
+    assert not {"type_embedding", "embedding_ln"} & set(variables["params"])
+    tokens, aux = encoder.apply(variables, text, mask)
+    np.testing.assert_array_equal(aux["txt/pooled"], tokens[[0, 1], [2, 6]])
+    assert aux["txt/embeds"].shape == (2, 6)
+    changed = text.copy()
+    changed[:, 4] = 7
+    tokens_changed, _ = encoder.apply(variables, changed, mask)
+    np.testing.assert_allclose(tokens[:, :4], tokens_changed[:, :4], rtol=1e-6, atol=1e-6)  # causal
+    assert not np.allclose(tokens[:, 4:], tokens_changed[:, 4:])
+    np.testing.assert_array_equal(pool_index(text, "max_id"), [3, 3])
+    np.testing.assert_array_equal(pool_index(text, "eos", eos_token_id=0), [0, 0])  # absent: the first
+    with pytest.raises(ValueError, match="type_vocab_size=0"):
+        encoder.apply(variables, text, mask, np.zeros_like(text))
+    with pytest.raises(ValueError, match="pool='eos' needs an eos_token_id"):
+        TextEncoder(vocab_size=61, max_len=10, pool="eos", **TINY).init(jax.random.key(0), text)
+
+
+def test_vit_encoder_clip_options():
+    image = np.random.default_rng(0).normal(size=(2, 3, 12, 12)).astype(np.float32)
+    clip = dict(patch_bias=False, embedding_ln=True, final_ln=False, pooled_ln=True, channels_first=True)
+    encoder = ViTEncoder(patch_size=4, projection_dim=6, **clip, **TINY)
+    variables = encoder.init(jax.random.key(0), image)
+    params = variables["params"]
+    assert "bias" not in params["patch_embedding"]["proj"] and "final_ln" not in params["encoder"]
+    tokens, aux = encoder.apply(variables, image)
+    np.testing.assert_array_equal(tokens, aux["img/hidden_states"][-1])  # no final LayerNorm
+    np.testing.assert_allclose(aux["img/hidden_states"][0].std(-1), 1.0, rtol=1e-2)  # normalised embeddings
+    cls = tokens[:, 0]
+    normed = (cls - cls.mean(-1, keepdims=True)) / np.sqrt(cls.var(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(aux["img/pooled"], normed, rtol=1e-5, atol=1e-5)  # LN at init: scale 1, bias 0
+    embeds = aux["img/pooled"] @ params["projection"]["kernel"]
+    np.testing.assert_allclose(aux["img/embeds"], embeds, rtol=1e-5, atol=1e-5)
+
+
 def test_vit_encoder_shapes_and_errors():
     image = np.random.default_rng(0).normal(size=(2, 28, 28, 1)).astype(np.float32)
     encoder = ViTEncoder(patch_size=7, **TINY)
@@ -83,6 +124,12 @@ def test_patch_mask_any_valid_frame():
     frames = np.array([[1, 1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]], bool)
     expected = np.array([[1, 1, 1, 1, 1, 1, 0, 0], [1] * 8], bool)  # 4 time patches x 2 freq patches
     np.testing.assert_array_equal(patch_mask(frames, patch_time=2, num_freq_patches=2), expected)
+    # Overlapping time patches start at frames 0, 3 (3..6: one valid) and 6 (none); frame 10 is left over.
+    frames = np.array([[1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]], bool)
+    time_major = patch_mask(frames, 4, num_freq_patches=2, time_stride=3)
+    np.testing.assert_array_equal(time_major, [[1, 1, 1, 1, 0, 0]])
+    freq_major = patch_mask(frames, 4, num_freq_patches=2, time_stride=3, freq_major=True)
+    np.testing.assert_array_equal(freq_major, [[1, 1, 0, 1, 1, 0]])
 
 
 def _audio_inputs():
