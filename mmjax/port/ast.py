@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mmjax.encoders.audio import SpectrogramEncoder
-from mmjax.port.common import Transform, identity, map_layer_key
+from mmjax.port.common import Transform, conv_patch_kernel, identity, map_layer_key
 from mmjax.port.vit import LAYER  # AST's layers are ViT's, key for key
 
 TOWERS = ("audio",)
@@ -19,10 +19,7 @@ EMBEDDINGS = {  # HF key -> (SpectrogramEncoder param path, transform)
     "embeddings.distillation_token": ("distillation/cls", lambda w: w.reshape(-1)),
     "embeddings.position_embeddings": ("position_embedding/embedding", lambda w: w[0]),  # [1, 2 + N, D]
     # Conv2d [D, 1, p_freq, p_time] over the [F, T] spectrogram -> Dense over (p_freq p_time 1) patches.
-    "embeddings.patch_embeddings.projection.weight": (
-        "patch_embedding/proj/kernel",
-        lambda w: w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]),
-    ),
+    "embeddings.patch_embeddings.projection.weight": ("patch_embedding/proj/kernel", conv_patch_kernel),
     "embeddings.patch_embeddings.projection.bias": ("patch_embedding/proj/bias", identity),
     "layernorm.weight": ("encoder/final_ln/scale", identity),
     "layernorm.bias": ("encoder/final_ln/bias", identity),

@@ -14,7 +14,7 @@ from flax import linen as nn
 
 from mmjax.encoders.image import ViTEncoder
 from mmjax.encoders.text import TextEncoder
-from mmjax.port.common import Transform, identity, map_layer_key, transpose
+from mmjax.port.common import Transform, conv_patch_kernel, identity, map_layer_key, transpose
 
 TOWERS = ("text", "vision")
 PREFIX = {"text": "text_model.", "vision": "vision_model."}  # v5 CLIPTextModel/CLIPVisionModel save none
@@ -59,11 +59,7 @@ OUTSIDE_LAYERS = {  # per tower: HF key (tower prefix stripped) -> (param path, 
     },
     "vision": {
         "embeddings.class_embedding": ("cls/cls", identity),
-        # Conv2d [D, C, p, q] -> Dense over patches flattened in (p q c) order (nn.embeddings.PatchEmbedding).
-        "embeddings.patch_embedding.weight": (
-            "patch_embedding/proj/kernel",
-            lambda w: w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]),
-        ),
+        "embeddings.patch_embedding.weight": ("patch_embedding/proj/kernel", conv_patch_kernel),
         "embeddings.position_embedding.weight": ("position_embedding/embedding", identity),
         "pre_layrnorm.weight": ("embedding_ln/scale", identity),  # sic: HF's spelling
         "pre_layrnorm.bias": ("embedding_ln/bias", identity),

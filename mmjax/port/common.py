@@ -27,6 +27,11 @@ def transpose(w: np.ndarray) -> np.ndarray:
     return w.T
 
 
+def conv_patch_kernel(w: np.ndarray) -> np.ndarray:
+    """Patch Conv2d [D, C, p, q] -> the Dense kernel [(p q C), D] of mmjax.nn.embeddings.PatchEmbedding."""
+    return w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])
+
+
 def layer_transform(module: str, kind: str, num_heads: int) -> Transform:
     """torch Linear [out, in] -> flax kernels; q/k/v split their outputs, `out` its inputs, into heads.
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mmjax.encoders.image import ViTEncoder
-from mmjax.port.common import Transform, identity, map_layer_key, transpose
+from mmjax.port.common import Transform, conv_patch_kernel, identity, map_layer_key, transpose
 
 TOWERS = ("image",)
 # The key bias is dropped on purpose: it adds q.b_k to every logit of a query, which softmax cancels.
@@ -17,11 +17,7 @@ IGNORED = (r"encoder\.layer\.\d+\.attention\.attention\.key\.bias",)
 EMBEDDINGS = {  # HF key -> (ViTEncoder param path, transform)
     "embeddings.cls_token": ("cls/cls", lambda w: w.reshape(-1)),  # [1, 1, D]
     "embeddings.position_embeddings": ("position_embedding/embedding", lambda w: w[0]),  # [1, 1 + N, D]
-    # Conv2d [D, C, p, q] -> Dense over patches flattened in (p q c) order (nn.embeddings.PatchEmbedding).
-    "embeddings.patch_embeddings.projection.weight": (
-        "patch_embedding/proj/kernel",
-        lambda w: w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]),
-    ),
+    "embeddings.patch_embeddings.projection.weight": ("patch_embedding/proj/kernel", conv_patch_kernel),
     "embeddings.patch_embeddings.projection.bias": ("patch_embedding/proj/bias", identity),
     "layernorm.weight": ("encoder/final_ln/scale", identity),
     "layernorm.bias": ("encoder/final_ln/bias", identity),
