@@ -58,7 +58,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     c.model.image = dict(size=28, channels=1, patch_size=7, **pretrained)
     c.model.audio = dict(frames=c.data.audio_frames, mels=64, patch_time=8, patch_freq=16, **pretrained)
-    c.model.fusion = dict(name=args.fusion, depth=2, bidirectional=False)
+    c.model.modality_dropout = 0.0  # training: drop each modality of an example with this probability
+    c.model.fusion = dict(
+        name=args.fusion,  # a key of mmjax.fusion.FUSIONS
+        depth=2,  # fusion layers (cross_attention, co_attention, early, bottleneck, perceiver)
+        bidirectional=False,  # cross_attention: the context attends to the text too
+        num_bottlenecks=4,  # bottleneck: shared tokens
+        fusion_layer=1,  # bottleneck: first layer that exchanges through them (0: from the start)
+        num_latents=8,  # perceiver
+        rank=8,  # low_rank_tensor
+    )
 
     # Loss weight per task (task names and class counts come from the data set).
     c.tasks = dict(answer=1.0, image_digit=0.5, audio_digit=0.5, speaker=0.5, match=0.5)

@@ -11,7 +11,7 @@ from flax import traverse_util
 from mmjax.encoders.audio import SpectrogramEncoder
 from mmjax.encoders.image import ViTEncoder
 from mmjax.encoders.text import TextEncoder
-from mmjax.fusion import FUSIONS, CrossAttentionFusion, LateFusion
+from mmjax.fusion import build_fusion
 from mmjax.heads import ClassificationHead
 from mmjax.nn.transformer import SIZES
 from mmjax.port.pretrained import load_pretrained
@@ -76,8 +76,6 @@ def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> Mul
     """
     if cfg.size not in SIZES:
         raise ValueError(f"cfg.size={cfg.size!r} is not one of {sorted(SIZES)}")
-    if cfg.fusion.name not in FUSIONS:
-        raise ValueError(f"cfg.fusion.name={cfg.fusion.name!r} is not one of {sorted(FUSIONS)}")
     _check_divisible(cfg.image.size, "cfg.image.size", cfg.image.patch_size, "cfg.image.patch_size")
     _check_divisible(cfg.audio.frames, "cfg.audio.frames", cfg.audio.patch_time, "cfg.audio.patch_time")
     _check_divisible(cfg.audio.mels, "cfg.audio.mels", cfg.audio.patch_freq, "cfg.audio.patch_freq")
@@ -90,12 +88,14 @@ def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> Mul
         dropout_rate=cfg.dropout,
         pre_ln=cfg.pre_ln,
     )
-    if cfg.fusion.name == "late":
-        fusion = LateFusion(width=size["width"], mlp_dim=size["mlp_dim"], dropout_rate=cfg.dropout)
-    else:
-        fusion = CrossAttentionFusion(
-            **common | {"depth": cfg.fusion.depth}, bidirectional=cfg.fusion.bidirectional
-        )
+    fusion = build_fusion(
+        cfg.fusion,
+        width=size["width"],
+        num_heads=size["num_heads"],
+        mlp_dim=size["mlp_dim"],
+        dropout_rate=cfg.dropout,
+        pre_ln=cfg.pre_ln,
+    )
     encoders = dict(
         text=TextEncoder(vocab_size=cfg.text.vocab_size, max_len=cfg.text.max_len, **common),
         image=ViTEncoder(patch_size=cfg.image.patch_size, **common),

@@ -138,7 +138,7 @@ def test_small_size_sets_the_width():
     ("overrides", "field"),
     [
         ({"size": "huge"}, "cfg.size"),
-        ({"fusion.name": "early"}, "cfg.fusion.name"),
+        ({"fusion.name": "no_such_fusion"}, "model.fusion.name"),
         ({"image.patch_size": 6}, "cfg.image.patch_size"),
         ({"audio.patch_time": 3}, "cfg.audio.patch_time"),
         ({"audio.patch_freq": 10}, "cfg.audio.patch_freq"),
