@@ -5,6 +5,7 @@ Writes DIR/eval_<split>.json and prints a table.
 """
 
 import argparse
+import dataclasses
 import functools
 import json
 import pathlib
@@ -30,8 +31,12 @@ def make_tokenizer(config: ml_collections.ConfigDict) -> WordTokenizer | Pretrai
     return load_tokenizer(folder) if folder else av_digits.make_tokenizer()
 
 
-def make_preprocess(config: ml_collections.ConfigDict, questions: Mapping[str, list[str]] | None = None):
-    """The per-example preprocessing of an experiment (optionally with other question phrasings)."""
+def make_preprocess(
+    config: ml_collections.ConfigDict,
+    questions: Mapping[str, list[str]] | None = None,
+    corruption: pipeline.Corruption | None = None,
+):
+    """The per-example preprocessing of an experiment (optionally other phrasings, a robustness condition)."""
     return functools.partial(
         pipeline.preprocess,
         tokenizer=make_tokenizer(config),
@@ -39,6 +44,7 @@ def make_preprocess(config: ml_collections.ConfigDict, questions: Mapping[str, l
         audio_frames=config.data.audio_frames,
         questions=questions,
         seed=config.seed,
+        corruption=corruption,
     )
 
 
@@ -99,8 +105,22 @@ def format_table(summary: Mapping[str, float], tasks: Iterable[str]) -> str:
     return "\n".join(lines)
 
 
-def main(workdir: str | pathlib.Path, split: str = "test", questions: str = "", which: str = "best") -> dict:
-    """Evaluate the best (or latest) checkpoint of `workdir` on `split`; writes eval_<split>.json."""
+def main(
+    workdir: str | pathlib.Path,
+    split: str = "test",
+    questions: str = "",
+    which: str = "best",
+    drop: str = "",
+    audio_snr: float | None = None,
+    image_noise: float = 0.0,
+    max_batches: int = 0,
+) -> dict:
+    """Evaluate the best (or latest) checkpoint of `workdir` on `split`; writes eval_<split><condition>.json.
+
+    Robustness conditions: `drop` a modality ("text" | "image" | "audio") in every example, white noise at
+    `audio_snr` dB on the recordings, Gaussian noise of std `image_noise` on the normalised images.
+    `max_batches` > 0 evaluates only that many batches.
+    """
     workdir = pathlib.Path(workdir)
     config_path = workdir / "config.json"
     if not config_path.is_file():
@@ -125,16 +145,21 @@ def main(workdir: str | pathlib.Path, split: str = "test", questions: str = "", 
         split, data_dir=config.data.data_dir or None, tfds_dir=config.data.tfds_dir or None
     )
     phrasings = pipeline.load_questions(questions) if questions else None
-    preprocess = make_preprocess(config, phrasings)
+    recordings = ""
+    if audio_snr is not None:
+        recordings = str(av_digits.resolve_data_dir(config.data.data_dir or None) / "fsdd" / "recordings")
+    corruption = pipeline.Corruption(drop, audio_snr, image_noise, recordings)
+    preprocess = make_preprocess(config, phrasings, corruption)
     example = dummy_batch(config.model, tasks)
     init = functools.partial(model.init, {"params": jax.random.PRNGKey(0)}, example, train=False)
     abstract_params = parallel.with_sharding(jax.eval_shape(init)["params"], parallel.replicated(mesh))
     params = checkpoint.restore_params(manager, step, abstract_params)
     batches = pipeline.eval_batches(source, batch_size=config.data.eval_batch_size, preprocess_fn=preprocess)
-    summary = summarize(predict(params, batches, make_eval_step(model, mesh), mesh), tasks)
+    summary = summarize(predict(params, batches, make_eval_step(model, mesh), mesh, max_batches), tasks)
     report = {"split": split, "step": step, "checkpoint": which, "questions": questions, "metrics": summary}
-    (workdir / f"eval_{split}.json").write_text(json.dumps(report, indent=2))
-    print(f"{split} split, checkpoint of step {step} ({which}):")
+    report["condition"] = {k: v for k, v in dataclasses.asdict(corruption).items() if k != "recordings_dir"}
+    (workdir / f"eval_{split}{corruption.suffix}.json").write_text(json.dumps(report, indent=2))
+    print(f"{split} split{corruption.suffix.replace('_', ' ')}, checkpoint of step {step} ({which}):")
     print(format_table(summary, tasks))
     return summary
 
@@ -147,5 +172,18 @@ if __name__ == "__main__":
     parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
     parser.add_argument("--questions", default="", help="JSON file {question_type: [phrasings]}")
     parser.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+    parser.add_argument("--drop", default="", choices=("", "text", "image", "audio"), help="missing modality")
+    parser.add_argument("--audio-snr", type=float, default=None, help="white noise on the audio (dB SNR)")
+    parser.add_argument("--image-noise", type=float, default=0.0, help="noise std on the normalised images")
+    parser.add_argument("--max-batches", type=int, default=0, help="evaluate only this many batches")
     args = parser.parse_args(sys.argv[1:])
-    main(args.workdir, args.split, args.questions, args.checkpoint)
+    main(
+        args.workdir,
+        args.split,
+        args.questions,
+        args.checkpoint,
+        args.drop,
+        args.audio_snr,
+        args.image_noise,
+        args.max_batches,
+    )

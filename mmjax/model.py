@@ -1,6 +1,7 @@
 """MultimodalModel: text/image/audio encoders -> fusion -> one classification head per task."""
 
 from collections.abc import Mapping
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,9 @@ class MultimodalModel(nn.Module):
     `__call__(batch, train=...)` returns ({task: logits [B, num_classes]}, aux) where aux holds the
     encoders' and fusion's named intermediates (`txt/tokens`, `img/pooled`, `fusion/pooled`, ...).
     Tokens of an encoder whose width is not `width` (e.g. a pretrained one) pass through a Dense first.
+    In training, each modality of each example is hidden with probability `modality_dropout` (never all
+    of an example's modalities). A fusion that returns `per_modality` pooled vectors [B, M, width] and
+    `weights` [B, M] (late_logits) gets one head per task and modality, logits averaged with the weights.
     """
 
     text: TextEncoder
@@ -32,6 +36,7 @@ class MultimodalModel(nn.Module):
     tasks: tuple[tuple[str, int], ...]  # (task name, number of classes)
     width: int  # the fusion's token width
     head_dropout: float = 0.0
+    modality_dropout: float = 0.0
 
     @nn.compact
     def __call__(
@@ -39,6 +44,8 @@ class MultimodalModel(nn.Module):
     ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
         det = not train
         present = {m: jnp.asarray(p, bool) for m, p in batch["present"].items()}
+        if train and self.modality_dropout > 0:
+            present = drop_modalities(present, self.modality_dropout, self.make_rng("dropout"))
         text, txt_aux = self.text(batch["text"], batch["text_mask"], deterministic=det)
         image, img_aux = self.image(batch["image"], deterministic=det)
         audio, aud_aux = self.audio(batch["audio"], batch["audio_mask"], deterministic=det)
@@ -51,13 +58,28 @@ class MultimodalModel(nn.Module):
             masks[m] = mask & present[m][:, None]
             tokens[m] = jnp.where(masks[m][..., None], x, 0.0)
         fused, fusion_aux = self.fusion(tokens, masks, present, deterministic=det)
-        outputs = {
-            task: ClassificationHead(n, dropout_rate=self.head_dropout, name=f"head_{task}")(
-                fused["pooled"], deterministic=det
-            )
-            for task, n in self.tasks
-        }
+        outputs = {}
+        for task, n in self.tasks:
+            head = partial(ClassificationHead, n, dropout_rate=self.head_dropout)
+            if "per_modality" in fused:  # late_logits: weighted mean of per-modality logits
+                per_modality = [
+                    head(name=f"head_{task}_{i}")(fused["per_modality"][:, i], deterministic=det)
+                    for i in range(fused["per_modality"].shape[1])
+                ]
+                outputs[task] = jnp.einsum("bmc,bm->bc", jnp.stack(per_modality, 1), fused["weights"])
+            else:
+                outputs[task] = head(name=f"head_{task}")(fused["pooled"], deterministic=det)
         return outputs, {**txt_aux, **img_aux, **aud_aux, **fusion_aux}
+
+
+def drop_modalities(present: dict[str, jax.Array], rate: float, rng: jax.Array) -> dict[str, jax.Array]:
+    """Hides each present modality of each example with probability `rate`; an example that would lose
+    all its modalities keeps them all."""
+    names = sorted(present)
+    kept = jax.random.bernoulli(rng, 1.0 - rate, (len(names), *present[names[0]].shape))
+    dropped = {m: present[m] & kept[i] for i, m in enumerate(names)}
+    any_left = jnp.any(jnp.stack([dropped[m] for m in names]), axis=0)
+    return {m: jnp.where(any_left, dropped[m], present[m]) for m in names}
 
 
 AUX_PREFIXES = {"text": "txt/", "image": "img/", "audio": "aud/"}
@@ -111,6 +133,7 @@ def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> Mul
         tasks=tuple(tasks.items()),
         width=size["width"],
         head_dropout=cfg.head_dropout,
+        modality_dropout=cfg.get("modality_dropout", 0.0),
     )
 
 

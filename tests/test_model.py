@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mmjax.losses import multitask_loss
-from mmjax.model import build_model, dummy_batch
+from mmjax.model import build_model, drop_modalities, dummy_batch
 
 TASKS = {"answer": 30, "image_digit": 10, "speaker": 6}
 
@@ -147,3 +147,30 @@ def test_small_size_sets_the_width():
 def test_build_model_rejects_bad_config(overrides, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         build_model(_config(**overrides), TASKS)
+
+
+def test_drop_modalities_never_hides_everything_and_keeps_absent_absent():
+    n = 4000
+    present = {"text": np.ones(n, bool), "image": np.ones(n, bool), "audio": np.arange(n) % 2 == 0}
+    kept = drop_modalities(present, 0.5, jax.random.key(0))
+    stacked = np.stack([np.asarray(kept[m]) for m in ("text", "image", "audio")])
+    assert stacked.any(axis=0).all() and not kept["audio"][1::2].any()
+    # Two present: text is hidden when it is dropped and image is not (both dropped -> both stay): p = 1/4.
+    assert 0.21 < 1 - np.asarray(kept["text"])[1::2].mean() < 0.29
+    for rate in (0.0, 1.0):
+        same = drop_modalities(present, rate, jax.random.key(1))
+        assert all(np.array_equal(same[m], present[m]) for m in present)
+
+
+def test_modality_dropout_changes_training_outputs_only():
+    cfg = _config(modality_dropout=0.9)
+    model = build_model(cfg, TASKS)
+    batch = _batch(cfg, batch_size=8)
+    variables = model.init(jax.random.key(0), batch, train=False)
+    plain = build_model(_config(), TASKS)
+    eval_out, _ = model.apply(variables, batch, train=False)
+    np.testing.assert_array_equal(eval_out["answer"], plain.apply(variables, batch, train=False)[0]["answer"])
+    rngs = {"dropout": jax.random.key(3)}
+    train_out, _ = model.apply(variables, batch, train=True, rngs=rngs)
+    plain_out, _ = plain.apply(variables, batch, train=True, rngs=rngs)
+    assert not np.allclose(train_out["answer"], plain_out["answer"])

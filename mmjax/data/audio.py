@@ -53,6 +53,13 @@ def log_mel(
     return np.log(mel + 1e-6).T.astype(np.float32)
 
 
+def add_white_noise(wave: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    """`wave` plus Gaussian white noise whose power is the wave's mean power / 10^(snr_db / 10)."""
+    power = float(np.mean(np.square(wave, dtype=np.float64)))
+    noise = rng.normal(0.0, np.sqrt(power / 10 ** (snr_db / 10)), size=wave.shape)
+    return (wave + noise).astype(wave.dtype)
+
+
 def normalize(features: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     """Per-utterance mean and variance normalisation over all values."""
     features = features.astype(np.float32)

@@ -156,9 +156,14 @@ def list_recordings(recordings_dir: str | os.PathLike) -> list[str]:
     return sorted(p.name for p in pathlib.Path(recordings_dir).iterdir() if p.suffix == ".wav")
 
 
-def audio_features(path: str | os.PathLike) -> np.ndarray:
-    """WAV -> 16 kHz -> normalised log-mel, float32 [frames, 64]."""
+def audio_features(
+    path: str | os.PathLike, snr_db: float | None = None, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """WAV -> 16 kHz -> normalised log-mel, float32 [frames, 64]; with `snr_db`, white noise at that
+    signal-to-noise ratio (drawn from `rng`) is added to the recording first."""
     wave, sample_rate = audio.load_wav(path)
+    if snr_db is not None:
+        wave = audio.add_white_noise(wave, snr_db, rng or np.random.default_rng(0))
     return audio.normalize(audio.log_mel(audio.resample(wave, sample_rate, SAMPLE_RATE), SAMPLE_RATE))
 
 

@@ -3,8 +3,10 @@
 Batches are process-local numpy dicts; turning them into global device arrays is parallel.py's job.
 """
 
+import dataclasses
 import json
 import os
+import pathlib
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -13,7 +15,7 @@ import numpy as np
 from absl import flags
 
 from mmjax.data import audio
-from mmjax.data.av_digits import QUESTION_TYPES, TASKS
+from mmjax.data.av_digits import QUESTION_TYPES, TASKS, audio_features
 from mmjax.data.text import PretrainedTokenizer, WordTokenizer
 
 IMAGE_MEAN, IMAGE_STD = 0.1307, 0.3081  # MNIST pixel statistics
@@ -29,6 +31,49 @@ def pick_phrasing(phrasings: Sequence[str], seed: int, recording: str, image_ind
     return phrasings[int(rng.integers(len(phrasings)))]
 
 
+@dataclasses.dataclass(frozen=True)
+class Corruption:
+    """Evaluation-time robustness conditions: a modality marked absent, noisy audio, noisy images."""
+
+    drop: str = ""  # "", "text", "image" or "audio": absent in every example
+    audio_snr: float | None = None  # dB: white noise added to the recording before the features
+    image_noise: float = 0.0  # std of Gaussian noise added to the normalised image
+    recordings_dir: str = ""  # FSDD recordings, re-read when audio_snr is set
+
+    def __post_init__(self):
+        if self.drop not in ("", "text", "image", "audio"):
+            raise ValueError(f"drop={self.drop!r} must be one of text, image, audio")
+        if self.image_noise < 0:
+            raise ValueError(f"image_noise={self.image_noise} must be >= 0")
+        if self.audio_snr is not None and not self.recordings_dir:
+            raise ValueError("audio_snr needs the FSDD recordings_dir to re-read the recordings")
+
+    @property
+    def suffix(self) -> str:
+        """File-name suffix naming the condition, "" when clean: e.g. `_drop-image_snr-10`."""
+        parts = [f"drop-{self.drop}"] if self.drop else []
+        parts += [f"snr-{self.audio_snr:g}"] if self.audio_snr is not None else []
+        parts += [f"image-noise-{self.image_noise:g}"] if self.image_noise else []
+        return "".join(f"_{p}" for p in parts)
+
+
+def corrupt(example: dict, raw: Mapping, corruption: Corruption, *, audio_frames: int, seed: int) -> dict:
+    """Applies `corruption` to one preprocessed example; noise is seeded by (seed, recording, image)."""
+    recording, image_index = _as_str(raw["recording"]), int(raw["image_index"])
+    rng = np.random.default_rng([seed, zlib.crc32(recording.encode("utf-8")), image_index, 1])
+    example = dict(example, present=dict(example["present"]))
+    if corruption.drop:
+        example["present"][corruption.drop] = np.bool_(False)
+    if corruption.audio_snr is not None:
+        wav = pathlib.Path(corruption.recordings_dir) / recording
+        features = audio_features(wav, corruption.audio_snr, rng)
+        example["audio"], example["audio_mask"] = audio.pad_or_crop(features, audio_frames)
+    if corruption.image_noise:
+        noise = rng.normal(0.0, corruption.image_noise, size=example["image"].shape)
+        example["image"] = (example["image"] + noise).astype(np.float32)
+    return example
+
+
 def preprocess(
     example: Mapping,
     *,
@@ -37,10 +82,12 @@ def preprocess(
     audio_frames: int,
     questions: Mapping[str, Sequence[str]] | None = None,
     seed: int = 0,
+    corruption: Corruption | None = None,
 ) -> dict:
     """One decoded AV-Digits example -> one unbatched example of the batch contract.
 
-    With `questions` ({question type: phrasings}), the stored question is replaced by one of those phrasings.
+    With `questions` ({question type: phrasings}), the stored question is replaced by one of those phrasings;
+    with `corruption`, that robustness condition is applied.
     """
     qtype = int(example["question_type"])
     question = _as_str(example["question"])
@@ -50,7 +97,7 @@ def preprocess(
     text_ids, text_mask = tokenizer.encode(question, text_len)
     features, audio_mask = audio.pad_or_crop(np.asarray(example["audio"], dtype=np.float32), audio_frames)
     image = (np.asarray(example["image"], dtype=np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD
-    return {
+    processed = {
         "text": text_ids,
         "text_mask": text_mask,
         "image": image[..., None],
@@ -60,6 +107,9 @@ def preprocess(
         "question_type": np.int32(qtype),
         **{f"labels/{task}": np.int32(example[task]) for task in TASKS},
     }
+    if corruption is None:
+        return processed
+    return corrupt(processed, example, corruption, audio_frames=audio_frames, seed=seed)
 
 
 def random_shift(example: dict, rng: np.random.Generator, *, max_shift: int) -> dict:
