@@ -64,7 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         depth=2,  # fusion layers (cross_attention, co_attention, early, bottleneck, perceiver)
         bidirectional=False,  # cross_attention: the context attends to the text too
         num_bottlenecks=4,  # bottleneck: shared tokens
-        fusion_layer=1,  # bottleneck: first layer that exchanges through them (0: from the start)
+        fusion_layer=0,  # bottleneck: first layer that exchanges through them (MBT: 0 = early, depth = late)
         num_latents=8,  # perceiver
         rank=8,  # low_rank_tensor
     )

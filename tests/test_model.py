@@ -174,3 +174,21 @@ def test_modality_dropout_changes_training_outputs_only():
     train_out, _ = model.apply(variables, batch, train=True, rngs=rngs)
     plain_out, _ = plain.apply(variables, batch, train=True, rngs=rngs)
     assert not np.allclose(train_out["answer"], plain_out["answer"])
+
+
+def test_late_logits_averages_per_modality_heads_over_present_modalities():
+    cfg = _config(**{"fusion.name": "late_logits"})
+    model = build_model(cfg, TASKS)
+    batch = _batch(cfg, batch_size=2)
+    batch["present"]["image"] = jnp.array([True, False])
+    variables = model.init(jax.random.key(0), batch, train=False)
+    outputs, aux = model.apply(variables, batch, train=False)
+    heads = variables["params"]
+    per_modality = np.asarray(aux["fusion/per_modality"])
+    for row, present in enumerate([(0, 1, 2), (0, 2)]):
+        logits = [
+            per_modality[row, i] @ heads[f"head_answer_{i}"]["logits"]["kernel"]
+            + heads[f"head_answer_{i}"]["logits"]["bias"]
+            for i in present
+        ]
+        np.testing.assert_allclose(outputs["answer"][row], np.mean(logits, axis=0), rtol=1e-5, atol=1e-5)

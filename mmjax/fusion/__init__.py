@@ -6,10 +6,30 @@
 import ml_collections
 from flax import linen as nn
 
+from mmjax.fusion.bottleneck import BottleneckFusion
+from mmjax.fusion.co_attention import CoAttentionFusion
 from mmjax.fusion.cross_attention import CrossAttentionFusion
+from mmjax.fusion.early import EarlyFusion
+from mmjax.fusion.film import FiLMFusion
+from mmjax.fusion.gated import GatedFusion
 from mmjax.fusion.late import LateFusion
+from mmjax.fusion.late_logits import LateLogitsFusion
+from mmjax.fusion.perceiver import PerceiverFusion
+from mmjax.fusion.tensor import LowRankTensorFusion, TensorFusion
 
-FUSIONS = {"late": LateFusion, "cross_attention": CrossAttentionFusion}
+FUSIONS = {
+    "late": LateFusion,
+    "late_logits": LateLogitsFusion,
+    "early": EarlyFusion,
+    "cross_attention": CrossAttentionFusion,
+    "co_attention": CoAttentionFusion,
+    "bottleneck": BottleneckFusion,
+    "gated": GatedFusion,
+    "film": FiLMFusion,
+    "tensor": TensorFusion,
+    "low_rank_tensor": LowRankTensorFusion,
+    "perceiver": PerceiverFusion,
+}
 
 
 def build_fusion(
@@ -29,4 +49,24 @@ def build_fusion(
         return LateFusion(width=width, mlp_dim=mlp_dim, dropout_rate=dropout_rate)
     if cfg.name == "cross_attention":
         return CrossAttentionFusion(**blocks, depth=cfg.depth, bidirectional=cfg.bidirectional)
+    if cfg.name == "late_logits":
+        return LateLogitsFusion(width=width, mlp_dim=mlp_dim, dropout_rate=dropout_rate)
+    if cfg.name == "early":
+        return EarlyFusion(**blocks, depth=cfg.depth)
+    if cfg.name == "co_attention":
+        return CoAttentionFusion(**blocks, depth=cfg.depth)
+    if cfg.name == "bottleneck":
+        return BottleneckFusion(
+            **blocks, depth=cfg.depth, num_bottlenecks=cfg.num_bottlenecks, fusion_layer=cfg.fusion_layer
+        )
+    if cfg.name == "gated":
+        return GatedFusion(width=width, dropout_rate=dropout_rate)
+    if cfg.name == "film":
+        return FiLMFusion(width=width, depth=cfg.depth, dropout_rate=dropout_rate)
+    if cfg.name == "tensor":
+        return TensorFusion(width=width, dropout_rate=dropout_rate)
+    if cfg.name == "low_rank_tensor":
+        return LowRankTensorFusion(width=width, rank=cfg.rank, dropout_rate=dropout_rate)
+    if cfg.name == "perceiver":
+        return PerceiverFusion(**blocks, depth=cfg.depth, num_latents=cfg.num_latents)
     raise AssertionError(f"build_fusion has no case for {cfg.name!r}")

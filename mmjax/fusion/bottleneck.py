@@ -1,0 +1,95 @@
+"""Attention bottleneck fusion (MBT, Nagrani et al. 2021): modalities meet only through shared tokens."""
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from mmjax.fusion.co_attention import mean_of_present_firsts
+from mmjax.nn.embeddings import INIT
+from mmjax.nn.transformer import TransformerBlock
+
+MODALITIES = ("text", "image", "audio")  # fixed stream order
+
+
+class BottleneckFusion(nn.Module):
+    """One Transformer stack of `depth` layers per modality over its tokens (Dense to `width`).
+
+    Layers before `fusion_layer` are unimodal. From layer `fusion_layer` on, every stream appends the
+    `num_bottlenecks` bottleneck tokens (learned at the start) to its sequence; after the layer the
+    bottleneck becomes the mean of the present modalities' updated copies (absent ones excluded; zero if
+    none is present). As in MBT, the bottleneck written by layer l reaches the streams in layer l + 1: a
+    stream's state after layer l carries other modalities only when l > fusion_layer (the bottleneck already
+    does after layer fusion_layer). fusion_layer=0 is MBT's early fusion: the exchange starts at the first
+    layer, there are no unimodal layers. fusion_layer=depth is late fusion (no exchange at all); so is
+    fusion_layer=depth - 1 for out["tokens"] and out["pooled"], whose last exchange reaches only the aux.
+
+    pooled = mean over the present modalities of each stream's first token (MBT averages per-modality [CLS]
+    outputs); out["tokens"] concatenates the streams (text, image, audio); aux["fusion/bottleneck"] is the
+    last bottleneck [B, num_bottlenecks, width]. Every layer's stream states are sown to
+    ("intermediates", "<modality>_hidden") and the bottleneck after each fusion layer to
+    ("intermediates", "bottleneck_hidden").
+    """
+
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    dropout_rate: float = 0.0
+    pre_ln: bool = True
+    num_bottlenecks: int = 4  # shared tokens per fusion layer (MBT uses 4)
+    fusion_layer: int = 0  # first layer with cross-modal exchange; 0..depth
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens: dict[str, jax.Array],
+        masks: dict[str, jax.Array],
+        present: dict[str, jax.Array],
+        *,
+        deterministic: bool,
+    ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        if not 0 <= self.fusion_layer <= self.depth:
+            raise ValueError(f"fusion_layer={self.fusion_layer} must be in 0..depth={self.depth}")
+        if self.num_bottlenecks < 1:
+            raise ValueError(f"num_bottlenecks={self.num_bottlenecks} must be at least 1")
+        names = [m for m in MODALITIES if m in tokens]
+        here = {m: present[m].astype(bool) for m in names}
+        mask = {m: masks[m].astype(bool) & here[m][:, None] for m in names}
+        x = {
+            m: nn.Dense(self.width, name=f"{m}_proj")(jnp.where(here[m][:, None, None], tokens[m], 0.0))
+            for m in names
+        }
+        batch = x[names[0]].shape[0]
+        bottleneck = self.param("bottleneck", INIT, (self.num_bottlenecks, self.width))
+        bottleneck = jnp.broadcast_to(bottleneck, (batch, *bottleneck.shape))
+        bottleneck_mask = jnp.ones((batch, self.num_bottlenecks), bool)
+        for i in range(self.depth):
+            copies = {}
+            for m in names:
+                layer = TransformerBlock(
+                    self.num_heads, self.mlp_dim, self.dropout_rate, self.pre_ln, name=f"{m}_layer_{i}"
+                )
+                if i < self.fusion_layer:
+                    x[m] = layer(x[m], mask[m], deterministic=deterministic)
+                else:
+                    joint = jnp.concatenate([x[m], bottleneck], axis=1)
+                    joint_mask = jnp.concatenate([mask[m], bottleneck_mask], axis=1)
+                    joint = layer(joint, joint_mask, deterministic=deterministic)
+                    x[m], copies[m] = joint[:, : x[m].shape[1]], joint[:, x[m].shape[1] :]
+                self.sow("intermediates", f"{m}_hidden", x[m])
+            if copies:
+                bottleneck = mean_of_present(copies, here)
+                self.sow("intermediates", "bottleneck_hidden", bottleneck)
+        if self.pre_ln:
+            x = {m: nn.LayerNorm(name=f"{m}_final_ln")(x[m]) for m in names}
+        out_mask = jnp.concatenate([mask[m] for m in names], axis=1)
+        out_tokens = jnp.where(out_mask[..., None], jnp.concatenate([x[m] for m in names], axis=1), 0.0)
+        out = {"tokens": out_tokens, "mask": out_mask, "pooled": mean_of_present_firsts(x, here)}
+        return out, {f"fusion/{k}": v for k, v in out.items()} | {"fusion/bottleneck": bottleneck}
+
+
+def mean_of_present(copies: dict[str, jax.Array], here: dict[str, jax.Array]) -> jax.Array:
+    """Mean of copies[m] [B, K, D] over the modalities present in each row; zeros where none is present."""
+    total = sum(jnp.where(here[m][:, None, None], c, 0.0) for m, c in copies.items())
+    count = sum(here[m].astype(jnp.int32) for m in copies)
+    return total / jnp.maximum(count, 1)[:, None, None]

@@ -1,0 +1,80 @@
+"""Co-attention fusion (ViLBERT's two streams, generalised to any number of modalities)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from mmjax.nn.embeddings import INIT
+from mmjax.nn.transformer import TransformerBlock
+
+MODALITIES = ("text", "image", "audio")  # fixed stream order
+
+
+class CoAttentionFusion(nn.Module):
+    """One stream per modality: Dense to `width` + learned modality embedding, then `depth` layers where every
+    stream runs a TransformerBlock (self-attention, cross-attention to the concatenated tokens of the other
+    modalities, MLP). All streams of a layer read the previous layer's states; keys are masked by padding
+    and presence, so absent modalities are never attended to.
+
+    pooled = mean over the present modalities of each stream's first token (zero if none is present): every
+    modality counts alike, whichever are missing. out["tokens"] concatenates the streams (text, image, audio).
+    """
+
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    dropout_rate: float = 0.0
+    pre_ln: bool = True
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens: dict[str, jax.Array],
+        masks: dict[str, jax.Array],
+        present: dict[str, jax.Array],
+        *,
+        deterministic: bool,
+    ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        names = [m for m in MODALITIES if m in tokens]
+        if len(names) < 2:
+            raise ValueError(f"CoAttentionFusion needs at least two of {MODALITIES}, got {names}")
+        here = {m: present[m].astype(bool) for m in names}
+        mask = {m: masks[m].astype(bool) & here[m][:, None] for m in names}
+        x = {
+            m: nn.Dense(self.width, name=f"{m}_proj")(jnp.where(here[m][:, None, None], tokens[m], 0.0))
+            + self.param(f"{m}_embedding", INIT, (self.width,))
+            for m in names
+        }
+        block = functools.partial(
+            TransformerBlock,
+            self.num_heads,
+            self.mlp_dim,
+            self.dropout_rate,
+            self.pre_ln,
+            cross_attention=True,
+        )
+        for i in range(self.depth):
+            new_x = {}
+            for m in names:
+                others = [o for o in names if o != m]
+                ctx = jnp.concatenate([x[o] for o in others], axis=1)
+                ctx_mask = jnp.concatenate([mask[o] for o in others], axis=1)
+                layer = block(name=f"{m}_layer_{i}")
+                new_x[m] = layer(x[m], mask[m], ctx, ctx_mask, deterministic=deterministic)
+            x = new_x
+        if self.pre_ln:
+            x = {m: nn.LayerNorm(name=f"{m}_final_ln")(x[m]) for m in names}
+        out_mask = jnp.concatenate([mask[m] for m in names], axis=1)
+        out_tokens = jnp.where(out_mask[..., None], jnp.concatenate([x[m] for m in names], axis=1), 0.0)
+        out = {"tokens": out_tokens, "mask": out_mask, "pooled": mean_of_present_firsts(x, here)}
+        return out, {f"fusion/{k}": v for k, v in out.items()}
+
+
+def mean_of_present_firsts(x: dict[str, jax.Array], here: dict[str, jax.Array]) -> jax.Array:
+    """Mean over the present modalities of each x[m][:, 0]; rows with nothing present give zeros."""
+    firsts = jnp.stack([jnp.where(here[m][:, None], x[m][:, 0], 0.0) for m in x], axis=1)
+    count = jnp.stack([here[m] for m in x], axis=1).sum(axis=1)
+    return firsts.sum(axis=1) / jnp.maximum(count, 1)[:, None]

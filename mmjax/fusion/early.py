@@ -1,0 +1,56 @@
+"""Early fusion: one joint Transformer over the concatenated tokens of every modality."""
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from mmjax.nn.embeddings import INIT, ClsToken
+from mmjax.nn.transformer import Encoder
+
+MODALITIES = ("text", "image", "audio")  # fixed concatenation order
+
+
+class EarlyFusion(nn.Module):
+    """Per-modality Dense to `width` + learned modality embedding, concatenated (text, image, audio) behind
+    a learned fusion [CLS] token, then an Encoder of `depth` blocks with keys masked by padding and presence.
+
+    pooled = the fusion [CLS] output: a learned token favours no modality (the text [CLS] would) and still
+    exists when text is absent. out["tokens"] holds the modality tokens only (without the [CLS]), so
+    N = sum of the input lengths, in the same layout as the other fusions.
+    """
+
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    dropout_rate: float = 0.0
+    pre_ln: bool = True
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens: dict[str, jax.Array],
+        masks: dict[str, jax.Array],
+        present: dict[str, jax.Array],
+        *,
+        deterministic: bool,
+    ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        embedded, token_masks = [], []
+        for m in (m for m in MODALITIES if m in tokens):
+            here = present[m].astype(bool)
+            x = nn.Dense(self.width, name=f"{m}_proj")(jnp.where(here[:, None, None], tokens[m], 0.0))
+            embedded.append(x + self.param(f"{m}_embedding", INIT, (self.width,)))
+            token_masks.append(masks[m].astype(bool) & here[:, None])
+        x = ClsToken(name="cls")(jnp.concatenate(embedded, axis=1))
+        token_mask = jnp.concatenate(token_masks, axis=1)
+        mask = jnp.concatenate([jnp.ones_like(token_mask[:, :1]), token_mask], axis=1)
+        encoder = Encoder(
+            self.depth, self.num_heads, self.mlp_dim, self.dropout_rate, self.pre_ln, name="encoder"
+        )
+        x, _ = encoder(x, mask, deterministic=deterministic)
+        out = {
+            "tokens": jnp.where(token_mask[..., None], x[:, 1:], 0.0),
+            "mask": token_mask,
+            "pooled": x[:, 0],
+        }
+        return out, {f"fusion/{k}": v for k, v in out.items()}

@@ -1,0 +1,61 @@
+"""Perceiver-style fusion (Jaegle et al. 2021): learned latents read every modality's tokens."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from mmjax.fusion.late import MODALITIES
+from mmjax.nn.embeddings import INIT
+from mmjax.nn.transformer import TransformerBlock
+
+
+class PerceiverFusion(nn.Module):
+    """`num_latents` learned latents pass `depth` blocks (self-attention, cross-attention to the concatenated
+    tokens of all modalities, MLP). The context is each modality through Dense(width) + a learned modality
+    embedding, keys masked by padding and presence; with nothing present the cross-attention adds zero.
+
+    out["tokens"] = the latents (after a final LayerNorm when pre_ln), mask all True; pooled = their mean.
+    """
+
+    width: int
+    depth: int
+    num_latents: int
+    num_heads: int
+    mlp_dim: int
+    dropout_rate: float = 0.0
+    pre_ln: bool = True
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens: dict[str, jax.Array],
+        masks: dict[str, jax.Array],
+        present: dict[str, jax.Array],
+        *,
+        deterministic: bool,
+    ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        contexts, context_masks = [], []
+        for m in [m for m in MODALITIES if m in tokens]:
+            valid = masks[m].astype(bool) & present[m].astype(bool)[:, None]
+            x = nn.Dense(self.width, name=f"{m}_proj")(jnp.where(valid[..., None], tokens[m], 0.0))
+            contexts.append(x + self.param(f"{m}_embedding", INIT, (self.width,)))
+            context_masks.append(valid)
+        context, context_mask = jnp.concatenate(contexts, axis=1), jnp.concatenate(context_masks, axis=1)
+        latents = self.param("latents", INIT, (self.num_latents, self.width))
+        x = jnp.broadcast_to(latents, (context.shape[0], *latents.shape))
+        block = functools.partial(
+            TransformerBlock,
+            self.num_heads,
+            self.mlp_dim,
+            self.dropout_rate,
+            self.pre_ln,
+            cross_attention=True,
+        )
+        for i in range(self.depth):
+            x = block(name=f"layer_{i}")(x, None, context, context_mask, deterministic=deterministic)
+        if self.pre_ln:
+            x = nn.LayerNorm(name="final_ln")(x)
+        out = {"tokens": x, "mask": jnp.ones(x.shape[:2], bool), "pooled": x.mean(axis=1)}
+        return out, {f"fusion/{k}": v for k, v in out.items()}

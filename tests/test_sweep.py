@@ -1,0 +1,226 @@
+"""Sweeps: grid expansion and naming, aggregation over seeds, tables, resuming, and one real smoke sweep."""
+
+import csv
+import json
+import pathlib
+
+import jax
+import pytest
+
+from mmjax import sweep
+from mmjax.fusion import FUSIONS
+
+ROOT = pathlib.Path(__file__).parents[1]
+ABLATION = str(ROOT / "experiments/fusion_ablation.py")
+
+
+def fake_sweep(**changes):
+    base = dict(
+        base=str(ROOT / "experiments/av_digits.py:smoke"),
+        grid={"model.fusion.name": ["late", "cross_attention"], "seed": [0, 1]},
+        overrides={"train.steps": 3},
+        robustness=[{"drop": "image"}, {"audio_snr": 10.0}, {"audio_snr": 0.0}, {"image_noise": 0.5}],
+        split="test",
+        eval_max_batches=0,
+    )
+    return sweep.check_sweep(base | changes)
+
+
+def fake_record(fusion, seed, answer, status="complete", conditions=("clean",)):
+    values = {"model.fusion.name": fusion, "seed": seed}
+    metrics = {c: {"answer/accuracy": answer, "speaker/accuracy": answer / 2} for c in conditions}
+    return dict(
+        name=sweep.run_name(values),
+        values=values,
+        status=status,
+        error="" if status == "complete" else "NonFiniteLossError: loss is nan at step 3",
+        metrics=metrics if status == "complete" else {},
+        num_params=1_500_000,
+        flops_per_example=2.5e9,
+        examples_per_sec=100.0 + seed,
+    )
+
+
+def test_grid_expands_to_named_runs_first_axis_slowest():
+    runs = sweep.expand_grid({"model.fusion.name": ["late", "film"], "seed": [0, 1, 2]})
+    assert [sweep.run_name(v) for v in runs] == [
+        "fusion=late,seed=0",
+        "fusion=late,seed=1",
+        "fusion=late,seed=2",
+        "fusion=film,seed=0",
+        "fusion=film,seed=1",
+        "fusion=film,seed=2",
+    ]
+    assert runs[4] == {"model.fusion.name": "film", "seed": 1}
+    assert sweep.run_name({"model.fusion.fusion_layer": 2, "optim.learning_rate": 0.0005}) == (
+        "fusion_layer=2,learning_rate=0.0005"
+    )
+    assert sweep.group_name(runs[4]) == "fusion=film"
+    assert [sweep.run_name(v) for v in sweep.select(runs, "film,seed=[01]")] == [
+        "fusion=film,seed=0",
+        "fusion=film,seed=1",
+    ]
+
+
+def test_bad_grids_and_conditions_are_named():
+    with pytest.raises(ValueError, match="clashing run-name labels"):
+        fake_sweep(grid={"model.dropout": [0.1], "model.fusion.dropout": [0.1]})
+    with pytest.raises(ValueError, match="grid axis 'seed' needs a non-empty list"):
+        fake_sweep(grid={"seed": 0})
+    with pytest.raises(ValueError, match="run name"):
+        sweep.run_name({"data.tfds_dir": "/tmp/x"})
+    with pytest.raises(ValueError, match=r"unknown robustness argument\(s\) \['snr'\]"):
+        fake_sweep(robustness=[{"snr": 10}])
+    assert [sweep.condition_name(c) for c in fake_sweep()["robustness"]] == [
+        "drop-image",
+        "snr-10",
+        "snr-0",
+        "image-noise-0.5",
+    ]
+    assert list(sweep.conditions(fake_sweep()))[0] == "clean"
+
+
+def test_unknown_config_key_in_the_grid_stops_before_any_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep.train, "main", lambda *a: pytest.fail("trained despite a bad grid"))
+    bad = fake_sweep(grid={"seed": [0], "model.fusion.nme": ["late"]})
+    with pytest.raises(
+        ValueError, match=r"sweep run seed=0,nme=late .*unknown config key 'model.fusion.nme'"
+    ):
+        sweep.run_sweep(bad, tmp_path)
+    with pytest.raises(ValueError, match="must be int, got 'x'"):
+        sweep.run_sweep(fake_sweep(grid={"seed": ["x"]}), tmp_path)
+
+
+def test_fusion_ablation_covers_every_fusion_and_seed():
+    full = sweep.load_sweep(ABLATION)
+    assert full["grid"] == {"model.fusion.name": list(FUSIONS), "seed": [0, 1, 2]}
+    assert list(sweep.conditions(full)) == [
+        "clean",
+        "drop-image",
+        "drop-audio",
+        "drop-text",
+        "snr-20",
+        "snr-10",
+        "snr-0",
+        "image-noise-0.5",
+        "image-noise-1",
+    ]
+    for values in sweep.expand_grid(full["grid"]):
+        config = sweep.run_config(full, values)
+        assert (config.model.fusion.name, config.seed) == (values["model.fusion.name"], values["seed"])
+    smoke = sweep.load_sweep(f"{ABLATION}:smoke")
+    assert len(sweep.expand_grid(smoke["grid"])) == 4
+    assert sweep.run_config(smoke, {"seed": 1}, ["data.tfds_dir=/data"]).data.tfds_dir == "/data"
+
+
+def test_aggregation_is_mean_and_sample_std_over_seeds_of_complete_runs():
+    records = [fake_record("late", s, a) for s, a in enumerate([0.5, 0.7, 0.6])]
+    records += [fake_record("film", 0, 0.9), fake_record("film", 1, 0.0, status="failed")]
+    stats = sweep.aggregate(records, sweep.metric("clean", "answer/accuracy"))
+    assert list(stats) == ["fusion=late", "fusion=film"]
+    mean, std, n = stats["fusion=late"]
+    assert (round(mean, 6), round(std, 6), n) == (0.6, 0.1, 3)
+    assert stats["fusion=film"] == (0.9, 0.0, 1)
+    speed = sweep.aggregate(records, sweep.field("examples_per_sec"))
+    assert speed["fusion=late"][:2] == (101.0, 1.0)
+    assert sweep.mean_std([])[2] == 0 and sweep.mean_std([float("nan"), 1.0]) == (1.0, 0.0, 1)
+
+
+def test_tables_format_mean_and_std():
+    assert sweep.format_mean_std((0.61234, 0.1, 3)) == "0.612 ± 0.100"
+    assert sweep.format_mean_std((0.9, 0.0, 1)) == "0.900"
+    assert sweep.format_mean_std((float("nan"), float("nan"), 0)) == "–"
+    assert sweep.format_count((1_500_000, 0, 2)) == "1.50M" and sweep.format_count((2.5e9, 0, 1)) == "2.50G"
+    assert sweep.markdown_table(["a", "b"], [["1", "2"]]) == "| a | b |\n|---|---|\n| 1 | 2 |"
+    names = ["clean", "drop-image"]
+    records = [fake_record("late", s, a, conditions=names) for s, a in enumerate([0.5, 0.7, 0.6])]
+    records.append(fake_record("film", 0, 0.0, status="failed"))
+    main = sweep.main_table(records[:3]).splitlines()
+    assert main[0] == (
+        "| run | seeds | answer/accuracy | speaker/accuracy | parameters | FLOPs/example | train examples/s |"
+    )
+    assert main[2] == "| fusion=late | 3 | 0.600 ± 0.100 | 0.300 ± 0.050 | 1.50M | 2.50G | 101.0 ± 1.0 |"
+    robust = sweep.robustness_table(records[:3], names).splitlines()
+    assert robust[0] == "| run | clean | drop-image |" and robust[2].count("0.600 ± 0.100") == 2
+    report = sweep.markdown_report(fake_sweep(), records)
+    assert "3 complete, 1 failed, 0 not run" in report
+    assert "- `fusion=film,seed=0`: NonFiniteLossError: loss is nan at step 3" in report
+    header, rows = sweep.csv_rows(records, ["model.fusion.name", "seed"])
+    assert header[:4] == ["name", "status", "model.fusion.name", "seed"] and header[-1] == "error"
+    assert rows[0][header.index("drop-image/answer/accuracy")] == 0.5 and rows[3][1] == "failed"
+
+
+def fake_training(monkeypatch, calls, fail=()):
+    """train/evaluate stand-ins that write nothing but a config and count calls; `fail`: run names to NaN."""
+
+    def fake_train(config, workdir):
+        calls.append(("train", pathlib.Path(workdir).name))
+        if pathlib.Path(workdir).name in fail:
+            raise RuntimeError("loss is nan at step 2")
+
+    def fake_evaluate(workdir, split="test", questions="", which="best", max_batches=0, **condition):
+        calls.append(("evaluate", pathlib.Path(workdir).name, sweep.condition_name(condition)))
+        return {"answer/accuracy": 0.5 + 0.1 * len(calls) % 0.4, "speaker/accuracy": 0.25}
+
+    monkeypatch.setattr(sweep.train, "main", fake_train)
+    monkeypatch.setattr(sweep.evaluate, "main", fake_evaluate)
+    monkeypatch.setattr(sweep, "model_cost", lambda config: (1000, 2e6))
+    monkeypatch.setattr(sweep, "median_examples_per_sec", lambda run_dir: 50.0)
+
+
+def test_rerun_skips_complete_runs_and_retries_failed_ones(tmp_path, monkeypatch):
+    calls = []
+    fake_training(monkeypatch, calls, fail={"fusion=late,seed=1"})
+    records = sweep.run_sweep(fake_sweep(), tmp_path)
+    assert [r["status"] for r in records] == ["complete", "failed", "complete", "complete"]
+    assert len(calls) == 4 + 3 * 5
+    failed = json.loads((tmp_path / "runs/fusion=late,seed=1/results.json").read_text())
+    assert failed["error"] == "RuntimeError: loss is nan at step 2" and "Traceback" in failed["traceback"]
+    assert "fusion=late,seed=1`: RuntimeError" in (tmp_path / "results.md").read_text()
+    assert all((tmp_path / name).stat().st_size > 0 for name in ("accuracy.png", "robustness.png"))
+
+    calls.clear()
+    sweep.run_sweep(fake_sweep(), tmp_path)  # only the failed run again
+    assert {c[1] for c in calls} == {"fusion=late,seed=1"}
+
+    calls.clear()
+    more = fake_sweep(robustness=[*fake_sweep()["robustness"], {"drop": "text"}])
+    records = sweep.run_sweep(more, tmp_path, only="cross_attention")  # resumes with the new condition only
+    assert [c for c in calls if c[0] == "evaluate"] == [
+        ("evaluate", "fusion=cross_attention,seed=0", "drop-text"),
+        ("evaluate", "fusion=cross_attention,seed=1", "drop-text"),
+    ]
+    assert set(records[2]["metrics"]) == set(sweep.conditions(more))
+
+    calls.clear()
+    sweep.main([ABLATION + ":smoke", "--workdir", str(tmp_path), "--report"])
+    assert calls == []
+
+
+def test_smoke_sweep_trains_tests_reports_and_resumes(av_digits_dir, tmp_path, monkeypatch):
+    argv = [f"{ABLATION}:smoke", "--workdir", str(tmp_path), f"--config.data.tfds_dir={av_digits_dir}"]
+    records = sweep.main(argv)
+    smoke = sweep.load_sweep(f"{ABLATION}:smoke")
+    assert [r["status"] for r in records] == ["complete"] * 4, [r["error"] for r in records]
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["name"] for row in rows] == [
+        "fusion=late,seed=0",
+        "fusion=late,seed=1",
+        "fusion=cross_attention,seed=0",
+        "fusion=cross_attention,seed=1",
+    ]
+    for row in rows:
+        assert int(row["num_params"]) > 0 and float(row["flops_per_example"]) > 0
+        assert float(row["examples_per_sec"]) > 0
+        for name in sweep.conditions(smoke):
+            assert 0.0 <= float(row[f"{name}/answer/accuracy"]) <= 1.0
+    assert rows[0]["num_params"] != rows[2]["num_params"]  # different fusions, different sizes
+    report = (tmp_path / "results.md").read_text()
+    assert "| fusion=late | 2 |" in report and "| fusion=cross_attention | 2 |" in report
+    assert all((tmp_path / name).stat().st_size > 0 for name in ("accuracy.png", "robustness.png"))
+    assert any((tmp_path / "jax_cache").iterdir()) and not jax.config.jax_compilation_cache_dir
+
+    monkeypatch.setattr(sweep.train, "main", lambda *a: pytest.fail("a complete run trained again"))
+    monkeypatch.setattr(sweep.evaluate, "main", lambda *a, **k: pytest.fail("a complete run evaluated again"))
+    assert [r["status"] for r in sweep.main(argv)] == ["complete"] * 4
