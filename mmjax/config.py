@@ -52,6 +52,10 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     module_spec = importlib.util.spec_from_file_location(f"mmjax_config_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        sweep = hasattr(module, "get_sweep")
+        hint = " (a sweep definition: run it with python -m mmjax.sweep)" if sweep else ""
+        raise ValueError(f"experiment config {path!r} has no get_config(arg){hint}")
     config = module.get_config(arg or None)
     for override in overrides:
         apply_override(config, override)

@@ -6,7 +6,9 @@ import pytest
 
 from mmjax.config import apply_override, load_config, parse_arg
 
-EXPERIMENTS = sorted(str(p) for p in pathlib.Path(__file__).parents[1].glob("experiments/*.py"))
+ROOT = pathlib.Path(__file__).parents[1]
+# Experiment configs; sweep definitions (get_sweep) are tested in test_sweep.py.
+EXPERIMENTS = sorted(str(p) for p in ROOT.glob("experiments/*.py") if "def get_config" in p.read_text())
 
 
 def test_parse_arg_types_flags_and_defaults():
@@ -70,3 +72,8 @@ def test_every_experiment_has_a_smoke_config(path):
     full, smoke = load_config(path), load_config(f"{path}:smoke")
     assert smoke.train.steps > 0 and smoke.train.steps <= 20
     assert smoke.model.size == "tiny" and full.model.size != "tiny"
+
+
+def test_a_sweep_file_is_not_an_experiment_config():
+    with pytest.raises(ValueError, match="no get_config.*python -m mmjax.sweep"):
+        load_config(str(ROOT / "experiments/fusion_ablation.py"))

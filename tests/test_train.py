@@ -20,7 +20,9 @@ from mmjax.metrics import read_metrics
 from mmjax.model import build_model
 
 ROOT = pathlib.Path(__file__).parents[1]
-EXPERIMENTS = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("experiments/*.py"))
+EXPERIMENTS = sorted(
+    str(p.relative_to(ROOT)) for p in ROOT.glob("experiments/*.py") if "def get_config" in p.read_text()
+)
 
 
 def smoke_config(tfds_dir, spec="experiments/av_digits.py:smoke", **overrides):

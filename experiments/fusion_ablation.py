@@ -1,0 +1,43 @@
+"""Fusion ablation on AV-Digits: every fusion x 3 seeds, tested clean, without a modality and with noise.
+
+  python -m mmjax.sweep experiments/fusion_ablation.py --workdir runs/fusion_ablation [--only 'fusion=late,']
+  python -m mmjax.sweep experiments/fusion_ablation.py --workdir runs/fusion_ablation --report
+Argument `smoke`: the base experiment's smoke config, 2 fusions x 2 seeds, 3 corruptions (seconds per run).
+
+`get_sweep` returns a plain dict (dotted config keys do not fit ConfigDict attribute names):
+  base        the experiment config spec that every run starts from
+  grid        {config key: [values]}; runs are the Cartesian product, named by their values
+  overrides   {config key: value} applied to every run (before the grid values)
+  robustness  [evaluate.main keyword arguments]: one test condition each, besides the clean one
+  split       the split the runs are tested on
+  eval_max_batches  test only this many batches per condition (0: the whole split)
+"""
+
+import pathlib
+
+from mmjax.config import parse_arg
+from mmjax.fusion import FUSIONS
+
+BASE = str(pathlib.Path(__file__).with_name("av_digits.py"))
+
+
+def get_sweep(arg: str | None = None) -> dict:
+    args = parse_arg(arg, smoke=False)
+    missing = [{"drop": modality} for modality in ("image", "audio", "text")]
+    snr = [{"audio_snr": db} for db in (20.0, 10.0, 0.0)]
+    image_noise = [{"image_noise": std} for std in (0.5, 1.0)]
+    sweep = dict(
+        base=BASE,
+        grid={"model.fusion.name": list(FUSIONS), "seed": [0, 1, 2]},
+        overrides={},
+        robustness=missing + snr + image_noise,
+        split="test",
+        eval_max_batches=0,
+    )
+    if args.smoke:
+        sweep["base"] = f"{BASE}:smoke"
+        sweep["grid"] = {"model.fusion.name": ["late", "cross_attention"], "seed": [0, 1]}
+        sweep["robustness"] = [{"drop": "audio"}, {"audio_snr": 0.0}, {"image_noise": 1.0}]
+        sweep["overrides"] = {"train.eval_every": 1000, "train.checkpoint_every": 1000}  # at the end only
+        sweep["eval_max_batches"] = 2
+    return sweep

@@ -1,0 +1,481 @@
+"""Sweep runner: train every point of an experiment grid, test it clean and under corruptions, tabulate, plot.
+
+  python -m mmjax.sweep experiments/fusion_ablation.py[:arg] --workdir DIR [--only REGEX] [--report]
+      [--config.key=value ...]
+Each run trains in DIR/runs/<name> (name = its grid values, e.g. `fusion=late,seed=1`) and records
+DIR/runs/<name>/results.json; DIR gets results.csv, results.md, accuracy.png and robustness.png. Rerunning
+resumes: complete runs are skipped, an interrupted one continues from its checkpoint, failed ones are retried.
+`--config.key=value` overrides every run (e.g. a data path); `--report` only rewrites the tables and plots.
+Runs share a persistent XLA compilation cache in DIR/jax_cache unless JAX_COMPILATION_CACHE_DIR is set.
+"""
+
+import argparse
+import contextlib
+import csv
+import functools
+import importlib.util
+import itertools
+import json
+import math
+import pathlib
+import re
+import sys
+import traceback
+from collections.abc import Mapping, Sequence
+
+import jax
+import matplotlib
+import ml_collections
+import numpy as np
+from jax.experimental.compilation_cache import compilation_cache as jax_cache
+
+from mmjax import evaluate, train
+from mmjax.config import load_config
+from mmjax.data import av_digits
+from mmjax.metrics import read_metrics
+from mmjax.model import build_model, dummy_batch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
+
+SEED_AXIS = "seed"  # the grid axis that tables average over
+CONDITION_KEYS = ("drop", "audio_snr", "image_noise")  # evaluate.main's corruption arguments
+SWEEP_KEYS = ("base", "grid", "overrides", "robustness", "split", "eval_max_batches")
+ANSWER = "answer/accuracy"
+
+
+# Sweep definition and grid.
+
+
+def load_sweep(spec: str) -> dict:
+    """Load `path/to/sweep.py[:arg]` (its `get_sweep(arg)`) and check the sweep's fields."""
+    path, _, arg = spec.partition(":")
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"sweep file {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"mmjax_sweep_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_sweep"):
+        raise ValueError(f"sweep file {path!r} defines no get_sweep(arg)")
+    return check_sweep(dict(module.get_sweep(arg or None)), path)
+
+
+def check_sweep(sweep: dict, source: str = "sweep") -> dict:
+    """The sweep itself, after checking its keys, grid and robustness conditions (errors name them)."""
+    if set(sweep) != set(SWEEP_KEYS):
+        raise ValueError(f"{source}: a sweep has the keys {SWEEP_KEYS}, got {sorted(sweep)}")
+    for key, values in sweep["grid"].items():
+        if isinstance(values, str) or not isinstance(values, Sequence) or not values:
+            raise ValueError(f"{source}: grid axis {key!r} needs a non-empty list of values, got {values!r}")
+    labels = [axis_label(key) for key in sweep["grid"]]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{source}: grid axes {list(sweep['grid'])} give clashing run-name labels {labels}")
+    names = [condition_name(condition) for condition in sweep["robustness"]]
+    if "clean" in names or len(set(names)) != len(names):
+        raise ValueError(f"{source}: robustness conditions must be distinct and not clean, got {names}")
+    return sweep
+
+
+def axis_label(key: str) -> str:
+    """The short label of a grid axis in run names: the key's last part (`model.fusion.name` -> `fusion`)."""
+    parts = key.split(".")
+    return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
+
+
+def format_value(value) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    if re.search(r"[/\\,=\s]", text) or not text:
+        raise ValueError(f"grid value {value!r} cannot be part of a run name (no '/', ',', '=' or spaces)")
+    return text
+
+
+def run_name(values: Mapping[str, object]) -> str:
+    return ",".join(f"{axis_label(key)}={format_value(value)}" for key, value in values.items())
+
+
+def expand_grid(grid: Mapping[str, Sequence]) -> list[dict]:
+    """Every combination of the grid values, the first axis varying slowest: [{config key: value}]."""
+    return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
+
+
+def run_overrides(sweep: Mapping, values: Mapping[str, object], extra: Sequence[str] = ()) -> list[str]:
+    """`key=value` overrides of one run: the sweep's fixed ones, then `extra`, then the grid values."""
+    fixed = [f"{key}={value}" for key, value in sweep["overrides"].items()]
+    return fixed + list(extra) + [f"{key}={value}" for key, value in values.items()]
+
+
+def run_config(sweep: Mapping, values: Mapping[str, object], extra: Sequence[str] = ()):
+    """The experiment config of one run; an unknown key or a bad value raises naming it."""
+    try:
+        return load_config(sweep["base"], run_overrides(sweep, values, extra))
+    except ValueError as e:
+        raise ValueError(f"sweep run {run_name(values)} (base {sweep['base']}): {e}") from e
+
+
+def condition_name(condition: Mapping[str, object]) -> str:
+    """`clean`, `drop-image`, `snr-10`, `image-noise-0.5`, ... (joined by `+` if several are set)."""
+    unknown = set(condition) - set(CONDITION_KEYS)
+    if unknown:
+        raise ValueError(f"unknown robustness argument(s) {sorted(unknown)}; known: {CONDITION_KEYS}")
+    parts = []
+    if condition.get("drop"):
+        parts.append(f"drop-{condition['drop']}")
+    if condition.get("audio_snr") is not None:
+        parts.append(f"snr-{condition['audio_snr']:g}")
+    if condition.get("image_noise"):
+        parts.append(f"image-noise-{condition['image_noise']:g}")
+    return "+".join(parts) or "clean"
+
+
+def conditions(sweep: Mapping) -> dict[str, dict]:
+    """{condition name: evaluate.main keyword arguments}, the clean test first."""
+    return {"clean": {}} | {condition_name(c): dict(c) for c in sweep["robustness"]}
+
+
+# One run.
+
+
+def is_complete(record: Mapping | None, condition_names: Sequence[str]) -> bool:
+    return bool(record) and record["status"] == "complete" and set(condition_names) <= set(record["metrics"])
+
+
+def read_record(run_dir: pathlib.Path) -> dict | None:
+    path = run_dir / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it to rerun that run") from e
+
+
+def write_record(run_dir: pathlib.Path, record: Mapping) -> None:
+    """Written to a temporary file and renamed, so a kill never leaves half a record."""
+    tmp = run_dir / "results.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(run_dir / "results.json")
+
+
+def model_cost(config: ml_collections.ConfigDict) -> tuple[int, float]:
+    """(parameter count, FLOPs per example of the eval forward pass from XLA's cost analysis)."""
+    tasks = {task: av_digits.TASKS[task] for task in config.tasks}
+    model = build_model(config.model, tasks)
+    batch_size = config.data.eval_batch_size
+    batch = jax.eval_shape(functools.partial(dummy_batch, config.model, tasks, batch_size))
+    init = functools.partial(model.init, {"params": jax.random.PRNGKey(0)}, train=False)
+    params = jax.eval_shape(init, batch)["params"]
+    num_params = sum(x.size for x in jax.tree.leaves(params))
+
+    def forward(params, batch):
+        return model.apply({"params": params}, batch, train=False)[0]
+
+    cost = jax.jit(forward).lower(params, batch).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost  # a list of one dict on older jax
+    return num_params, float(cost["flops"]) / batch_size
+
+
+def median_examples_per_sec(run_dir: pathlib.Path) -> float:
+    """Median training throughput over the logged windows (the last record of each step)."""
+    per_step = {r["step"]: r["examples_per_sec"] for r in read_metrics(run_dir) if "examples_per_sec" in r}
+    return float(np.median(list(per_step.values()))) if per_step else float("nan")
+
+
+def run_one(
+    sweep: Mapping, values: Mapping[str, object], run_dir: pathlib.Path, extra: Sequence[str] = ()
+) -> dict:
+    """Train (or resume) one run and test it under every condition not yet in its record."""
+    record = read_record(run_dir) or {}
+    done = record.get("metrics", {}) if record.get("status") in ("complete", "evaluating") else {}
+    record = dict(name=run_name(values), values=dict(values), status="training", error="", metrics=done)
+    try:
+        config = run_config(sweep, values, extra)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_record(run_dir, record)
+        train.main(config, run_dir)
+        record["num_params"], record["flops_per_example"] = model_cost(config)
+        record["examples_per_sec"] = median_examples_per_sec(run_dir)
+        record["status"] = "evaluating"
+        for name, kwargs in conditions(sweep).items():
+            if name not in record["metrics"]:
+                record["metrics"][name] = evaluate.main(
+                    run_dir, split=sweep["split"], max_batches=sweep["eval_max_batches"], **kwargs
+                )
+                write_record(run_dir, record)
+        record["status"] = "complete"
+    except Exception as e:  # noqa: BLE001 (a failed run is recorded and the sweep goes on)
+        record["status"], record["error"] = "failed", f"{type(e).__name__}: {e}"
+        record["traceback"] = traceback.format_exc()
+        print(f"mmjax.sweep: run {record['name']} failed: {record['error']}", file=sys.stderr)
+    if run_dir.is_dir():
+        write_record(run_dir, record)
+    return record
+
+
+@contextlib.contextmanager
+def compilation_cache(path: pathlib.Path):
+    """A persistent XLA cache while the sweep runs: seeds and test conditions compile the same programs.
+
+    A cache the user set (JAX_COMPILATION_CACHE_DIR) is kept; otherwise the setting is undone afterwards.
+    """
+    if jax.config.jax_compilation_cache_dir:
+        yield
+        return
+    jax_cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    try:
+        yield
+    finally:
+        jax.config.update("jax_compilation_cache_dir", None)
+        jax_cache.reset_cache()
+
+
+def select(runs: Sequence[Mapping], only: str = "") -> list[Mapping]:
+    """The runs whose name matches the regex `only` (all if empty)."""
+    return [values for values in runs if re.search(only, run_name(values))] if only else list(runs)
+
+
+def run_sweep(sweep: Mapping, workdir: str | pathlib.Path, extra: Sequence[str] = (), only: str = "") -> list:
+    """Run every selected grid point that is not complete yet; writes the report; returns all records."""
+    workdir = pathlib.Path(workdir)
+    runs = select(expand_grid(sweep["grid"]), only)
+    for values in runs:  # check every run's config before training anything
+        run_config(sweep, values, extra)
+    names = list(conditions(sweep))
+    with compilation_cache(workdir / "jax_cache"):
+        for index, values in enumerate(runs):
+            run_dir = workdir / "runs" / run_name(values)
+            if is_complete(read_record(run_dir), names):
+                print(f"mmjax.sweep: [{index + 1}/{len(runs)}] {run_name(values)} is complete, skipped")
+                continue
+            print(f"mmjax.sweep: [{index + 1}/{len(runs)}] {run_name(values)}")
+            run_one(sweep, values, run_dir, extra)
+    return write_report(sweep, workdir)
+
+
+# Aggregation and report.
+
+
+def collect(sweep: Mapping, workdir: pathlib.Path) -> list[dict]:
+    """The records of every grid run that has started (in grid order)."""
+    records = (read_record(workdir / "runs" / run_name(v)) for v in expand_grid(sweep["grid"]))
+    return [record for record in records if record]
+
+
+def group_name(values: Mapping[str, object]) -> str:
+    """A run's name without the seed axis: the rows of the tables."""
+    rest = {key: value for key, value in values.items() if key != SEED_AXIS}
+    return run_name(rest) if rest else "all"
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    """(mean, sample standard deviation, count) of the finite values; std is 0 for a single value."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return float("nan"), float("nan"), 0
+    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+    return float(np.mean(finite)), std, len(finite)
+
+
+def aggregate(records: Sequence[Mapping], value_fn) -> dict[str, tuple[float, float, int]]:
+    """{group: (mean, std, n)} of value_fn(record) over the complete runs of each group (i.e. over seeds)."""
+    groups: dict[str, list[float]] = {}
+    for record in records:
+        if record["status"] == "complete":
+            groups.setdefault(group_name(record["values"]), []).append(value_fn(record))
+    return {group: mean_std(values) for group, values in groups.items()}
+
+
+def metric(condition: str, key: str):
+    """A value_fn for aggregate: one test metric under one condition."""
+    return lambda record: record["metrics"].get(condition, {}).get(key, float("nan"))
+
+
+def field(key: str):
+    """A value_fn for aggregate: a per-run number (num_params, flops_per_example, examples_per_sec)."""
+    return lambda record: record.get(key, float("nan"))
+
+
+def format_mean_std(stats: tuple[float, float, int], digits: int = 3) -> str:
+    mean, std, n = stats
+    if n == 0:
+        return "–"
+    if n == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def format_count(stats: tuple[float, float, int]) -> str:
+    """A large number (parameters, FLOPs) as 1.23M / 4.56G; mean over the group."""
+    mean, _, n = stats
+    if n == 0:
+        return "–"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(mean) >= size:
+            return f"{mean / size:.2f}{unit}"
+    return f"{mean:.0f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def task_accuracy_keys(records: Sequence[Mapping]) -> list[str]:
+    """`answer/accuracy` first, then every other `<task>/accuracy` the clean test reported."""
+    keys = {k for r in records for k in r["metrics"].get("clean", {}) if re.fullmatch(r"[^/]+/accuracy", k)}
+    return sorted(keys, key=lambda k: (k != ANSWER, k))
+
+
+def main_table(records: Sequence[Mapping]) -> str:
+    """Clean test accuracies, size, cost and speed per group, mean ± std over seeds."""
+    keys = task_accuracy_keys(records)
+    columns = [aggregate(records, metric("clean", key)) for key in keys]
+    params, flops = aggregate(records, field("num_params")), aggregate(records, field("flops_per_example"))
+    speed = aggregate(records, field("examples_per_sec"))
+    header = ["run", "seeds", *keys, "parameters", "FLOPs/example", "train examples/s"]
+    rows = []
+    for group, answer in (columns[0] if columns else {}).items():
+        rows.append(
+            [group, str(answer[2])]
+            + [format_mean_std(column[group]) for column in columns]
+            + [format_count(params[group]), format_count(flops[group]), format_mean_std(speed[group], 1)]
+        )
+    return markdown_table(header, rows)
+
+
+def robustness_table(records: Sequence[Mapping], condition_names: Sequence[str]) -> str:
+    """Answer accuracy under every test condition per group, mean ± std over seeds."""
+    columns = [aggregate(records, metric(name, ANSWER)) for name in condition_names]
+    rows = [[group] + [format_mean_std(column[group]) for column in columns] for group in columns[0]]
+    return markdown_table(["run", *condition_names], rows)
+
+
+def markdown_report(sweep: Mapping, records: Sequence[Mapping]) -> str:
+    names = list(conditions(sweep))
+    complete = [r for r in records if r["status"] == "complete"]
+    failed = [r for r in records if r["status"] == "failed"]
+    pending = len(expand_grid(sweep["grid"])) - len(complete) - len(failed)
+    lines = [
+        f"# Sweep over {', '.join(sweep['grid'])} (base {sweep['base']}, {sweep['split']} split)",
+        "",
+        f"{len(complete)} complete, {len(failed)} failed, {pending} not run or unfinished. "
+        f"Mean ± sample std over the `{SEED_AXIS}` axis; accuracies on the {sweep['split']} split.",
+        "",
+        "## Clean test accuracy, size and cost",
+        "",
+        main_table(complete),
+        "",
+        "## Robustness: answer accuracy per test condition",
+        "",
+        robustness_table(complete, names),
+    ]
+    if failed:
+        lines += ["", "## Failed runs", ""] + [f"- `{r['name']}`: {r['error']}" for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+def csv_rows(records: Sequence[Mapping], grid_keys: Sequence[str]) -> tuple[list[str], list[list]]:
+    """(header, rows) of results.csv: one row per run, metrics as `<condition>/<metric>` columns."""
+    metric_keys = list(
+        dict.fromkeys(
+            f"{cond}/{key}" for r in records for cond, values in r["metrics"].items() for key in values
+        )
+    )
+    header = ["name", "status", *grid_keys, "num_params", "flops_per_example", "examples_per_sec"]
+    header += metric_keys + ["error"]
+    rows = []
+    for r in records:
+        flat = {f"{cond}/{key}": v for cond, values in r["metrics"].items() for key, v in values.items()}
+        row = [r["name"], r["status"], *(r["values"][key] for key in grid_keys)]
+        row += [r.get(key, "") for key in ("num_params", "flops_per_example", "examples_per_sec")]
+        rows.append(row + [flat.get(key, "") for key in metric_keys] + [r["error"]])
+    return header, rows
+
+
+def plot_accuracy(records: Sequence[Mapping], path: pathlib.Path) -> None:
+    """Clean answer accuracy per group, error bars = std over seeds."""
+    stats = aggregate(records, metric("clean", ANSWER))
+    groups = list(stats)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(groups) + 2), 4))
+    ax.bar(range(len(groups)), [stats[g][0] for g in groups], yerr=[stats[g][1] for g in groups], capsize=4)
+    ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
+    ax.set_ylabel("answer accuracy (test)")
+    ax.set_ylim(0, 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_robustness(sweep: Mapping, records: Sequence[Mapping], path: pathlib.Path) -> None:
+    """Left: answer accuracy vs audio SNR per group (clean at the right). Right: bars for other conditions."""
+    snr = sorted((c["audio_snr"], condition_name(c)) for c in sweep["robustness"] if set(c) == {"audio_snr"})
+    others = ["clean"] + [condition_name(c) for c in sweep["robustness"] if set(c) != {"audio_snr"}]
+    per_condition = {name: aggregate(records, metric(name, ANSWER)) for name in conditions(sweep)}
+    groups = list(per_condition["clean"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    xs = [db for db, _ in snr] + [max([db for db, _ in snr], default=0) + 10]
+    for group in groups:
+        points = [per_condition[name][group] for _, name in snr] + [per_condition["clean"][group]]
+        left.errorbar(
+            xs, [p[0] for p in points], yerr=[p[1] for p in points], marker="o", capsize=3, label=group
+        )
+    left.set_xticks(xs, [f"{db:g}" for db, _ in snr] + ["clean"])
+    left.set_xlabel("audio SNR (dB)")
+    left.set_ylabel("answer accuracy (test)")
+    left.set_ylim(0, 1)
+    left.legend(fontsize="small")
+    width = 0.8 / max(len(groups), 1)
+    for index, group in enumerate(groups):
+        stats = [per_condition[name][group] for name in others]
+        positions = [i + (index - (len(groups) - 1) / 2) * width for i in range(len(others))]
+        right.bar(positions, [s[0] for s in stats], width, yerr=[s[1] for s in stats], capsize=2, label=group)
+    right.set_xticks(range(len(others)), others, rotation=30, ha="right")
+    right.set_ylim(0, 1)
+    right.set_title("missing modality / image noise")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(sweep: Mapping, workdir: str | pathlib.Path) -> list[dict]:
+    """results.csv, results.md, accuracy.png and robustness.png from the runs' records; returns them."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    records = collect(sweep, workdir)
+    header, rows = csv_rows(records, list(sweep["grid"]))
+    with open(workdir / "results.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    (workdir / "results.md").write_text(markdown_report(sweep, records))
+    complete = [r for r in records if r["status"] == "complete"]
+    plot_accuracy(complete, workdir / "accuracy.png")
+    plot_robustness(sweep, complete, workdir / "robustness.png")
+    failed = [r["name"] for r in records if r["status"] == "failed"]
+    print(f"mmjax.sweep: {len(complete)} complete runs reported in {workdir / 'results.md'}")
+    if failed:
+        print(f"mmjax.sweep: {len(failed)} failed: {', '.join(failed)}")
+    return records
+
+
+def main(argv: Sequence[str]) -> list[dict]:
+    parser = argparse.ArgumentParser(
+        prog="python -m mmjax.sweep", description=__doc__.strip().splitlines()[0]
+    )
+    parser.add_argument("sweep", help="experiments/SWEEP.py[:arg,...] defining get_sweep(arg)")
+    parser.add_argument("--workdir", required=True, help="runs/<name>/ and the results go here")
+    parser.add_argument("--only", default="", help="run only the grid points whose name matches this regex")
+    parser.add_argument("--report", action="store_true", help="only rewrite tables and plots from the runs")
+    args, rest = parser.parse_known_args(argv)
+    extra = []
+    for item in rest:
+        if not item.startswith("--config."):
+            parser.error(f"unrecognised argument {item!r} (overrides look like --config.data.tfds_dir=DIR)")
+        extra.append(item.removeprefix("--config."))
+    sweep = load_sweep(args.sweep)
+    if args.report:
+        return write_report(sweep, args.workdir)
+    return run_sweep(sweep, args.workdir, extra, args.only)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
