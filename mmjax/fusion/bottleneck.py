@@ -5,10 +5,9 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mmjax.fusion.co_attention import mean_of_present_firsts
+from mmjax.fusion.common import MODALITIES, project
 from mmjax.nn.embeddings import INIT
 from mmjax.nn.transformer import TransformerBlock
-
-MODALITIES = ("text", "image", "audio")  # fixed stream order
 
 
 class BottleneckFusion(nn.Module):
@@ -54,11 +53,9 @@ class BottleneckFusion(nn.Module):
             raise ValueError(f"num_bottlenecks={self.num_bottlenecks} must be at least 1")
         names = [m for m in MODALITIES if m in tokens]
         here = {m: present[m].astype(bool) for m in names}
-        mask = {m: masks[m].astype(bool) & here[m][:, None] for m in names}
-        x = {
-            m: nn.Dense(self.width, name=f"{m}_proj")(jnp.where(here[m][:, None, None], tokens[m], 0.0))
-            for m in names
-        }
+        x, mask = {}, {}
+        for m in names:
+            x[m], mask[m] = project(self, m, tokens, masks, present, embedding=False)
         batch = x[names[0]].shape[0]
         bottleneck = self.param("bottleneck", INIT, (self.num_bottlenecks, self.width))
         bottleneck = jnp.broadcast_to(bottleneck, (batch, *bottleneck.shape))

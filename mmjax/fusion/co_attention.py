@@ -6,10 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mmjax.nn.embeddings import INIT
+from mmjax.fusion.common import MODALITIES, project
 from mmjax.nn.transformer import TransformerBlock
-
-MODALITIES = ("text", "image", "audio")  # fixed stream order
 
 
 class CoAttentionFusion(nn.Module):
@@ -42,12 +40,9 @@ class CoAttentionFusion(nn.Module):
         if len(names) < 2:
             raise ValueError(f"CoAttentionFusion needs at least two of {MODALITIES}, got {names}")
         here = {m: present[m].astype(bool) for m in names}
-        mask = {m: masks[m].astype(bool) & here[m][:, None] for m in names}
-        x = {
-            m: nn.Dense(self.width, name=f"{m}_proj")(jnp.where(here[m][:, None, None], tokens[m], 0.0))
-            + self.param(f"{m}_embedding", INIT, (self.width,))
-            for m in names
-        }
+        x, mask = {}, {}
+        for m in names:
+            x[m], mask[m] = project(self, m, tokens, masks, present)
         block = functools.partial(
             TransformerBlock,
             self.num_heads,

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mmjax.nn.embeddings import INIT
+from mmjax.fusion.common import project
 from mmjax.nn.transformer import TransformerBlock
 
 CONTEXT_MODALITIES = ("image", "audio")  # concatenated in this order as keys/values
@@ -41,14 +41,8 @@ class CrossAttentionFusion(nn.Module):
         if not context_names:
             raise ValueError(f"CrossAttentionFusion needs at least one of {CONTEXT_MODALITIES}")
 
-        def embed(m: str) -> tuple[jax.Array, jax.Array]:
-            here = present[m].astype(bool)
-            mask = masks[m].astype(bool) & here[:, None]
-            x = nn.Dense(self.width, name=f"{m}_proj")(jnp.where(here[:, None, None], tokens[m], 0.0))
-            return x + self.param(f"{m}_embedding", INIT, (self.width,)), mask
-
-        x, x_mask = embed("text")
-        embedded = [embed(m) for m in context_names]
+        x, x_mask = project(self, "text", tokens, masks, present)
+        embedded = [project(self, m, tokens, masks, present) for m in context_names]
         ctx = jnp.concatenate([e[0] for e in embedded], axis=1)
         ctx_mask = jnp.concatenate([e[1] for e in embedded], axis=1)
         block = functools.partial(

@@ -4,10 +4,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mmjax.nn.embeddings import INIT, ClsToken
+from mmjax.fusion.common import MODALITIES, project
+from mmjax.nn.embeddings import ClsToken
 from mmjax.nn.transformer import Encoder
-
-MODALITIES = ("text", "image", "audio")  # fixed concatenation order
 
 
 class EarlyFusion(nn.Module):
@@ -37,10 +36,9 @@ class EarlyFusion(nn.Module):
     ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
         embedded, token_masks = [], []
         for m in (m for m in MODALITIES if m in tokens):
-            here = present[m].astype(bool)
-            x = nn.Dense(self.width, name=f"{m}_proj")(jnp.where(here[:, None, None], tokens[m], 0.0))
-            embedded.append(x + self.param(f"{m}_embedding", INIT, (self.width,)))
-            token_masks.append(masks[m].astype(bool) & here[:, None])
+            x, valid = project(self, m, tokens, masks, present)
+            embedded.append(x)
+            token_masks.append(valid)
         x = ClsToken(name="cls")(jnp.concatenate(embedded, axis=1))
         token_mask = jnp.concatenate(token_masks, axis=1)
         mask = jnp.concatenate([jnp.ones_like(token_mask[:, :1]), token_mask], axis=1)

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mmjax.fusion.gated import masked_mean
+from mmjax.fusion.common import masked_mean, project
 
 STREAMS = ("image", "audio")  # the modulated modalities, in this order
 
@@ -41,21 +41,17 @@ class FiLMFusion(nn.Module):
         if self.depth < 1:
             raise ValueError(f"FiLMFusion needs depth >= 1 (got {self.depth})")
 
-        def project(m: str) -> tuple[jax.Array, jax.Array]:
-            valid = masks[m].astype(bool) & present[m].astype(bool)[:, None]
-            return nn.Dense(self.width, name=f"{m}_proj")(jnp.where(valid[..., None], tokens[m], 0.0)), valid
-
         text_here = present["text"].astype(bool)[:, None]
 
         def modulation(t: jax.Array, name: str) -> tuple[jax.Array, jax.Array]:
             gamma = jnp.where(text_here, 1.0 + nn.Dense(self.width, name=f"{name}_gamma")(t), 1.0)
             return gamma, jnp.where(text_here, nn.Dense(self.width, name=f"{name}_beta")(t), 0.0)
 
-        x, valid = project("text")
+        x, valid = project(self, "text", tokens, masks, present, embedding=False)
         t = masked_mean(x, valid)
         all_tokens, all_masks, summaries, aux = [x], [valid], [t], {}
         for m in streams:
-            x, valid = project(m)
+            x, valid = project(self, m, tokens, masks, present, embedding=False)
             gammas, betas = [], []
             for i in range(self.depth):
                 gamma, beta = modulation(t, f"{m}_film_{i}")

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-MODALITIES = ("text", "image", "audio")  # fixed concatenation order
+from mmjax.fusion.common import MODALITIES
 
 
 class LateFusion(nn.Module):

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-MODALITIES = ("text", "image", "audio")  # fixed order of the M axis
+from mmjax.fusion.common import MODALITIES
 
 
 class LateLogitsFusion(nn.Module):

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mmjax.fusion.late import MODALITIES
+from mmjax.fusion.common import MODALITIES, project
 from mmjax.nn.embeddings import INIT
 from mmjax.nn.transformer import TransformerBlock
 
@@ -38,9 +38,8 @@ class PerceiverFusion(nn.Module):
     ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
         contexts, context_masks = [], []
         for m in [m for m in MODALITIES if m in tokens]:
-            valid = masks[m].astype(bool) & present[m].astype(bool)[:, None]
-            x = nn.Dense(self.width, name=f"{m}_proj")(jnp.where(valid[..., None], tokens[m], 0.0))
-            contexts.append(x + self.param(f"{m}_embedding", INIT, (self.width,)))
+            x, valid = project(self, m, tokens, masks, present)
+            contexts.append(x)
             context_masks.append(valid)
         context, context_mask = jnp.concatenate(contexts, axis=1), jnp.concatenate(context_masks, axis=1)
         latents = self.param("latents", INIT, (self.num_latents, self.width))

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mmjax.fusion.gated import tokens_and_summaries
+from mmjax.fusion.common import tokens_and_summaries
 
 # Factors of LowRankTensorFusion: [rank, factor_dim + 1, width], Glorot over the last two axes (as LMF).
 FACTOR_INIT = nn.initializers.xavier_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
@@ -24,17 +24,17 @@ def outer_product(zs: list[jax.Array]) -> jax.Array:
 
 
 def _tokens_and_factors(
+    module: nn.Module,
     tokens: dict[str, jax.Array],
     masks: dict[str, jax.Array],
     present: dict[str, jax.Array],
-    width: int,
     factor_dim: int,
 ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """(out tokens and mask as in LateFusion, {modality: z_m = [1; h_m] [B, factor_dim + 1]})."""
-    out, summaries = tokens_and_summaries(tokens, masks, present, width)
+    out, summaries = tokens_and_summaries(module, tokens, masks, present)
     zs = {}
     for m, summary in summaries.items():
-        h = nn.Dense(factor_dim, name=f"{m}_factor")(summary)
+        h = nn.Dense(factor_dim, name=f"{m}_factor", parent=module)(summary)
         h = jnp.where(present[m].astype(bool)[:, None], h, 0.0)
         zs[m] = jnp.concatenate([jnp.ones_like(h[:, :1]), h], axis=-1)
     return out, zs
@@ -60,7 +60,7 @@ class TensorFusion(nn.Module):
         *,
         deterministic: bool,
     ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-        out, zs = _tokens_and_factors(tokens, masks, present, self.width, self.factor_dim)
+        out, zs = _tokens_and_factors(self, tokens, masks, present, self.factor_dim)
         product = nn.Dropout(self.dropout_rate)(outer_product(list(zs.values())), deterministic=deterministic)
         out["pooled"] = nn.Dense(self.width, use_bias=False, name="pooled_proj")(product)
         aux = {f"fusion/{m}_z": z for m, z in zs.items()}
@@ -90,7 +90,7 @@ class LowRankTensorFusion(nn.Module):
         *,
         deterministic: bool,
     ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-        out, zs = _tokens_and_factors(tokens, masks, present, self.width, self.factor_dim)
+        out, zs = _tokens_and_factors(self, tokens, masks, present, self.factor_dim)
         product = 1.0
         for m, z in zs.items():
             factors = self.param(f"{m}_rank_factors", FACTOR_INIT, (self.rank, z.shape[-1], self.width))
