@@ -43,20 +43,26 @@ def _convert(key: str, raw: str, kind: type) -> Any:
         raise ValueError(f"config argument {key!r} must be {kind.__name__}, got {raw!r}") from e
 
 
+def load_python(path: str, kind: str, function: str):
+    """Executes the Python file `path` (an experiment config or sweep definition, named `kind` in errors)
+    and returns its module, which must define `function`."""
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{kind} {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"mmjax_{kind.replace(' ', '_')}_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, function):
+        sweep = function == "get_config" and hasattr(module, "get_sweep")
+        hint = " (a sweep definition: run it with python -m mmjax.sweep)" if sweep else ""
+        raise ValueError(f"{kind} {path!r} has no {function}(arg){hint}")
+    return module
+
+
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """Load `path/to/config.py[:arg]` and apply `key.sub=value` overrides (unknown keys rejected)."""
     path, _, arg = spec.partition(":")
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"experiment config {path!r} does not exist")
-    module_spec = importlib.util.spec_from_file_location(f"mmjax_config_{file.stem}", file)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        sweep = hasattr(module, "get_sweep")
-        hint = " (a sweep definition: run it with python -m mmjax.sweep)" if sweep else ""
-        raise ValueError(f"experiment config {path!r} has no get_config(arg){hint}")
-    config = module.get_config(arg or None)
+    config = load_python(path, "experiment config", "get_config").get_config(arg or None)
     for override in overrides:
         apply_override(config, override)
     return config

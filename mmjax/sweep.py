@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import csv
 import functools
-import importlib.util
 import itertools
 import json
 import math
@@ -30,7 +29,7 @@ import numpy as np
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from mmjax import evaluate, train
-from mmjax.config import load_config
+from mmjax.config import load_config, load_python
 from mmjax.data import av_digits
 from mmjax.metrics import read_metrics
 from mmjax.model import build_model, dummy_batch
@@ -50,14 +49,7 @@ ANSWER = "answer/accuracy"
 def load_sweep(spec: str) -> dict:
     """Load `path/to/sweep.py[:arg]` (its `get_sweep(arg)`) and check the sweep's fields."""
     path, _, arg = spec.partition(":")
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"sweep file {path!r} does not exist")
-    module_spec = importlib.util.spec_from_file_location(f"mmjax_sweep_{file.stem}", file)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_sweep"):
-        raise ValueError(f"sweep file {path!r} defines no get_sweep(arg)")
+    module = load_python(path, "sweep file", "get_sweep")
     return check_sweep(dict(module.get_sweep(arg or None)), path)
 
 

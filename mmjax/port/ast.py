@@ -1,13 +1,11 @@
 """AST (HF ASTModel, model_type audio-spectrogram-transformer) -> mmjax SpectrogramEncoder."""
 
-import re
-
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from mmjax.encoders.audio import SpectrogramEncoder
-from mmjax.port.common import Transform, conv_patch_kernel, identity, map_layer_key
+from mmjax.port.common import Transform, conv_patch_kernel, identity, map_key
 from mmjax.port.vit import LAYER  # AST's layers are ViT's, key for key
 
 TOWERS = ("audio",)
@@ -59,8 +57,4 @@ def dummy_inputs(hf_config: dict, tower: str) -> tuple[jax.Array, ...]:
 
 def key_map(key: str, module: nn.Module, tower: str) -> tuple[str, Transform] | None:
     """HF ASTModel key -> (SpectrogramEncoder param path, transform); None for IGNORED keys."""
-    if any(re.fullmatch(p, key) for p in IGNORED):
-        return None
-    if key in EMBEDDINGS:
-        return EMBEDDINGS[key]
-    return map_layer_key(key, LAYER, module.num_heads)
+    return map_key(key, IGNORED, EMBEDDINGS, LAYER, module.num_heads)

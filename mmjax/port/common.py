@@ -64,6 +64,22 @@ def map_layer_key(key: str, layer: dict[str, str], num_heads: int) -> tuple[str,
     return f"encoder/layer_{match[1]}/{module}/{leaf}", layer_transform(module, match[3], num_heads)
 
 
+def map_key(
+    key: str,
+    ignored: Iterable[str],
+    table: dict[str, tuple[str, Transform]],
+    layer: dict[str, str],
+    num_heads: int,
+) -> tuple[str, Transform] | None:
+    """A family's key map: None for `ignored` regexes, then `table` (HF key -> (path, transform)), then the
+    encoder-layer keys through `layer` (map_layer_key); KeyError for anything else."""
+    if any(re.fullmatch(p, key) for p in ignored):
+        return None
+    if key in table:
+        return table[key]
+    return map_layer_key(key, layer, num_heads)
+
+
 def read_config(path: str | Path) -> dict:
     """The checkpoint folder's config.json as a dict."""
     file = Path(path) / "config.json"

@@ -1,14 +1,13 @@
 """ViT (HF ViTModel) <-> mmjax ViTEncoder: config, dummy input, key map and the shapes for export."""
 
 import math
-import re
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from mmjax.encoders.image import ViTEncoder
-from mmjax.port.common import Transform, conv_patch_kernel, identity, map_layer_key, transpose
+from mmjax.port.common import Transform, conv_patch_kernel, identity, map_key, transpose
 
 TOWERS = ("image",)
 # The key bias is dropped on purpose: it adds q.b_k to every logit of a query, which softmax cancels.
@@ -61,11 +60,7 @@ def dummy_inputs(hf_config: dict, tower: str) -> tuple[jax.Array, ...]:
 
 def key_map(key: str, module: nn.Module, tower: str) -> tuple[str, Transform] | None:
     """HF ViTModel key -> (ViTEncoder param path, transform); None for IGNORED keys."""
-    if any(re.fullmatch(p, key) for p in IGNORED):
-        return None
-    if key in EMBEDDINGS:
-        return EMBEDDINGS[key]
-    return map_layer_key(key, LAYER, module.num_heads)
+    return map_key(key, IGNORED, EMBEDDINGS, LAYER, module.num_heads)
 
 
 def hf_config(module: ViTEncoder, params: dict) -> dict:

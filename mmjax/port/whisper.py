@@ -1,14 +1,12 @@
 """Whisper (HF WhisperModel / WhisperForConditionalGeneration) encoder -> mmjax WhisperEncoder."""
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
 from mmjax.encoders.audio import WhisperEncoder
-from mmjax.port.common import Transform, identity, map_layer_key
+from mmjax.port.common import Transform, identity, map_key
 
 TOWERS = ("audio",)
 # The text decoder and the LM head (proj_out) are dropped on purpose: this port is the audio encoder.
@@ -63,8 +61,4 @@ def dummy_inputs(hf_config: dict, tower: str) -> tuple[jax.Array, ...]:
 
 def key_map(key: str, module: nn.Module, tower: str) -> tuple[str, Transform] | None:
     """HF Whisper key (`model.` stripped) -> (WhisperEncoder param path, transform); None for IGNORED keys."""
-    if any(re.fullmatch(p, key) for p in IGNORED):
-        return None
-    if key in EMBEDDINGS:
-        return EMBEDDINGS[key]
-    return map_layer_key(key, LAYER, module.num_heads)
+    return map_key(key, IGNORED, EMBEDDINGS, LAYER, module.num_heads)
