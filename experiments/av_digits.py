@@ -61,6 +61,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.image = dict(size=28, channels=1, patch_size=7, **pretrained)
     c.model.audio = dict(frames=c.data.audio_frames, mels=64, patch_time=8, patch_freq=16, **pretrained)
     c.model.modality_dropout = 0.0  # training: drop each modality of an example with this probability
+    # Contrastive alignment (task `align`): modalities "image,audio" ("" = none); loss info_nce | siglip;
+    # positives: "labels" (the same digit, mmjax.data.av_digits.MODALITY_LABELS) or "pairs" (the same example).
+    c.model.align = dict(modalities="", loss="info_nce", dim=64, positives="labels")
+    # Parameter-efficient fine-tuning (mmjax/nn/lora.py): LoRA on the Dense layers whose path matches `lora`,
+    # bottleneck adapters after the modules matching `adapters`; freeze the rest with optim.lr_rules.
+    c.model.peft = dict(lora="", rank=8, alpha=16.0, dropout=0.0, adapters="", adapter_dim=16)
     c.model.fusion = dict(
         name=args.fusion,  # a key of mmjax.fusion.FUSIONS
         depth=2,  # fusion layers (cross_attention, co_attention, early, bottleneck, perceiver)
@@ -71,8 +77,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         rank=8,  # low_rank_tensor
     )
 
-    # Loss weight per task (task names and class counts come from the data set).
-    c.tasks = dict(answer=1.0, image_digit=0.5, audio_digit=0.5, speaker=0.5, match=0.5)
+    # Loss weight per task (task names and class counts come from the data set); weight 0: no head, no loss.
+    c.tasks = dict(answer=1.0, image_digit=0.5, audio_digit=0.5, speaker=0.5, match=0.5, align=0.0)
+    # Task weighting (mmjax/multitask.py): static | uncertainty | gradnorm | pcgrad | dwa, on top of c.tasks.
+    c.multitask = ml_collections.ConfigDict()
+    c.multitask.method = "static"
+    c.multitask.lr = 0.01  # uncertainty log-variances and GradNorm weights
+    c.multitask.alpha = 1.5  # GradNorm's restoring force
+    c.multitask.temperature = 2.0  # DWA
+    c.multitask.period = 150  # DWA: steps per loss-averaging period (about an epoch)
+    # Params whose per-task gradient norms are logged and GradNorm balances: the last layer every task shares
+    # (align reads the image and audio encoders' pooled outputs, the other tasks the fusion of all three).
+    c.multitask.shared = "(image|audio)/encoder/final_ln/.*"
+    c.multitask.grad_norms = True  # log per-task gradient norms every step (T extra backward passes)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-3
@@ -94,6 +111,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.keep_best = 1  # best checkpoints kept, ranked by best_metric on the validation split
     c.train.best_metric = "answer/accuracy"
     c.train.eval_max_batches = 0  # 0 = the whole validation split
+    c.train.early_stop_patience = 0  # stop after this many evaluations without a better best_metric (0: off)
+    c.train.early_stop_min_delta = 0.0  # an improvement must beat the best by more than this
 
     if args.text == "minilm":
         c.data.text_len = c.model.text.max_len = 24  # WordPiece splits the longest phrasing into 19 tokens

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmjax import checkpoint, metrics, parallel
+from mmjax import checkpoint, losses, metrics, parallel
 from mmjax.data import av_digits, pipeline
 from mmjax.data.text import PretrainedTokenizer, WordTokenizer, load_tokenizer
 from mmjax.model import build_model, dummy_batch
@@ -48,20 +48,34 @@ def make_preprocess(
     )
 
 
-def eval_step(params, batch: dict, *, model) -> dict[str, jax.Array]:
-    """Predicted class per task, with the labels, question types and validity passed through."""
+def eval_step(params, batch: dict, *, model, align_positives: tuple[str, str] | None = None) -> dict:
+    """Predicted class per task, with the labels, question types and validity passed through.
+
+    The contrastive `align` task gives `hits/align`: whether each example's nearest other-modality
+    embedding in the same eval batch is a positive (labels `align_positives` equal, else itself).
+    """
     outputs, _ = model.apply({"params": params}, batch, train=False)
-    result = {f"pred/{task}": jnp.argmax(logits, -1) for task, logits in outputs.items()}
-    result.update({f"labels/{task}": batch[f"labels/{task}"] for task in outputs})
+    result = {}
+    for task, out in outputs.items():
+        if task == av_digits.ALIGN:
+            valid = out["valid"] & batch["valid"]
+            positives = None
+            if align_positives is not None:
+                positives = losses.positives_from_labels(batch[align_positives[0]], batch[align_positives[1]])
+            result["hits/align"] = losses.retrieval_hits(out["x"], out["y"], valid, positives)
+            result["valid/align"] = valid
+        else:
+            result[f"pred/{task}"] = jnp.argmax(out, -1)
+            result[f"labels/{task}"] = batch[f"labels/{task}"]
     result["question_type"] = batch["question_type"]
     result["valid"] = batch["valid"]
     return result
 
 
-def make_eval_step(model, mesh):
+def make_eval_step(model, mesh, align_positives: tuple[str, str] | None = None):
     """eval_step jitted over the mesh; results are replicated so every process can read all of them."""
     return jax.jit(
-        functools.partial(eval_step, model=model),
+        functools.partial(eval_step, model=model, align_positives=align_positives),
         in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
         out_shardings=parallel.replicated(mesh),
     )
@@ -86,6 +100,9 @@ def summarize(results: Mapping[str, np.ndarray], tasks: Mapping[str, int]) -> di
         pred, labels = results[f"pred/{task}"], results[f"labels/{task}"]
         summary[f"{task}/accuracy"] = metrics.accuracy(pred, labels)
         summary[f"{task}/macro_f1"] = metrics.macro_f1(pred, labels, num_classes)
+    if "hits/align" in results:
+        hits = results["hits/align"][results["valid/align"].astype(bool)]
+        summary["align/accuracy"] = float(hits.mean()) if hits.size else float("nan")
     if "answer" in tasks:
         for index, qtype in enumerate(av_digits.QUESTION_TYPES):
             rows = results["question_type"] == index
@@ -98,6 +115,8 @@ def summarize(results: Mapping[str, np.ndarray], tasks: Mapping[str, int]) -> di
 def format_table(summary: Mapping[str, float], tasks: Iterable[str]) -> str:
     lines = [f"{'task':<16}{'accuracy':>10}{'macro-F1':>10}"]
     lines += [f"{t:<16}{summary[f'{t}/accuracy']:>10.4f}{summary[f'{t}/macro_f1']:>10.4f}" for t in tasks]
+    if "align/accuracy" in summary:
+        lines.append(f"{'align (top-1)':<16}{summary['align/accuracy']:>10.4f}")
     per_type = [(k.rsplit("/", 1)[1], v) for k, v in summary.items() if k.startswith("answer/accuracy/")]
     if per_type:
         lines += ["", f"{'question type':<16}{'accuracy':>10}"]
@@ -139,7 +158,7 @@ def main(
         raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
 
     mesh = parallel.make_mesh()
-    tasks = {task: av_digits.TASKS[task] for task in config.tasks}
+    tasks = av_digits.task_classes(config.tasks)
     model = build_model(config.model, tasks)
     source = av_digits.load(
         split, data_dir=config.data.data_dir or None, tfds_dir=config.data.tfds_dir or None
@@ -155,7 +174,8 @@ def main(
     abstract_params = parallel.with_sharding(jax.eval_shape(init)["params"], parallel.replicated(mesh))
     params = checkpoint.restore_params(manager, step, abstract_params)
     batches = pipeline.eval_batches(source, batch_size=config.data.eval_batch_size, preprocess_fn=preprocess)
-    summary = summarize(predict(params, batches, make_eval_step(model, mesh), mesh, max_batches), tasks)
+    eval_fn = make_eval_step(model, mesh, av_digits.align_label_keys(config.model.get("align", {})))
+    summary = summarize(predict(params, batches, eval_fn, mesh, max_batches), tasks)
     report = {"split": split, "step": step, "checkpoint": which, "questions": questions, "metrics": summary}
     report["condition"] = {k: v for k, v in dataclasses.asdict(corruption).items() if k != "recordings_dir"}
     (workdir / f"eval_{split}{corruption.suffix}.json").write_text(json.dumps(report, indent=2))

@@ -13,7 +13,8 @@ from mmjax.encoders.audio import SpectrogramEncoder
 from mmjax.encoders.image import ViTEncoder
 from mmjax.encoders.text import TextEncoder
 from mmjax.fusion import build_fusion
-from mmjax.heads import ClassificationHead
+from mmjax.heads import ClassificationHead, EmbeddingHead, LogitScale
+from mmjax.nn import lora
 from mmjax.nn.transformer import SIZES
 from mmjax.port.pretrained import load_pretrained
 
@@ -27,6 +28,10 @@ class MultimodalModel(nn.Module):
     In training, each modality of each example is hidden with probability `modality_dropout` (never all
     of an example's modalities). A fusion that returns `per_modality` pooled vectors [B, M, width] and
     `weights` [B, M] (late_logits) gets one head per task and modality, logits averaged with the weights.
+    With `align` = (modality a, modality b), outputs["align"] holds both modalities' pooled encodings
+    projected to `align_dim` ("x", "y"), the learnable "scale" (and SigLIP's "bias") and "valid" (both
+    present in the data) for a contrastive loss. `peft` (keyword arguments of mmjax.nn.lora.interceptor)
+    adds LoRA and bottleneck adapters to the modules its regexes select.
     """
 
     text: TextEncoder
@@ -37,13 +42,24 @@ class MultimodalModel(nn.Module):
     width: int  # the fusion's token width
     head_dropout: float = 0.0
     modality_dropout: float = 0.0
+    align: tuple[str, ...] = ()  # () or two modalities aligned contrastively
+    align_dim: int = 64
+    align_bias: bool = False  # SigLIP's learnable logit bias
+    peft: tuple[tuple[str, object], ...] = ()  # mmjax.nn.lora.interceptor keyword arguments
 
-    @nn.compact
     def __call__(
         self, batch: Mapping[str, jax.Array | Mapping[str, jax.Array]], *, train: bool
     ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        if not self.peft:
+            return self.forward(batch, train)
+        with nn.intercept_methods(lora.interceptor(**dict(self.peft), deterministic=not train)):
+            return self.forward(batch, train)
+
+    @nn.compact
+    def forward(self, batch, train: bool) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
         det = not train
-        present = {m: jnp.asarray(p, bool) for m, p in batch["present"].items()}
+        in_data = {m: jnp.asarray(p, bool) for m, p in batch["present"].items()}
+        present = in_data
         if train and self.modality_dropout > 0:
             present = drop_modalities(present, self.modality_dropout, self.make_rng("dropout"))
         text, txt_aux = self.text(batch["text"], batch["text_mask"], deterministic=det)
@@ -69,6 +85,20 @@ class MultimodalModel(nn.Module):
                 outputs[task] = jnp.einsum("bmc,bm->bc", jnp.stack(per_modality, 1), fused["weights"])
             else:
                 outputs[task] = head(name=f"head_{task}")(fused["pooled"], deterministic=det)
+        if self.align:
+            pooled = {
+                "text": txt_aux["txt/pooled"],
+                "image": img_aux["img/pooled"],
+                "audio": aud_aux["aud/pooled"],
+            }
+            a, b = self.align
+            scale, bias = LogitScale(with_bias=self.align_bias, name="align_scale")()
+            outputs["align"] = {
+                "x": EmbeddingHead(self.align_dim, name=f"align_{a}")(pooled[a]),
+                "y": EmbeddingHead(self.align_dim, name=f"align_{b}")(pooled[b]),
+                "scale": scale,
+                "valid": in_data[a] & in_data[b],
+            } | ({"bias": bias} if self.align_bias else {})
         return outputs, {**txt_aux, **img_aux, **aud_aux, **fusion_aux}
 
 
@@ -134,6 +164,39 @@ def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> Mul
         width=size["width"],
         head_dropout=cfg.head_dropout,
         modality_dropout=cfg.get("modality_dropout", 0.0),
+        **align_fields(cfg.get("align", {})),
+        peft=peft_fields(cfg.get("peft", {})),
+    )
+
+
+ALIGN_LOSSES = ("info_nce", "siglip")
+
+
+def align_fields(cfg: Mapping) -> dict:
+    """MultimodalModel's align fields from `model.align` (modalities "a,b" or "" for none, loss, dim)."""
+    modalities = tuple(m.strip() for m in cfg.get("modalities", "").split(",") if m.strip())
+    if not modalities:
+        return {}
+    if len(modalities) != 2 or len(set(modalities)) != 2 or not set(modalities) <= set(AUX_PREFIXES):
+        raise ValueError(
+            f"model.align.modalities={cfg['modalities']!r} must name two of {sorted(AUX_PREFIXES)}"
+        )
+    if cfg["loss"] not in ALIGN_LOSSES:
+        raise ValueError(f"model.align.loss={cfg['loss']!r} is not one of {ALIGN_LOSSES}")
+    return dict(align=modalities, align_dim=cfg["dim"], align_bias=cfg["loss"] == "siglip")
+
+
+def peft_fields(cfg: Mapping) -> tuple[tuple[str, object], ...]:
+    """mmjax.nn.lora.interceptor keyword arguments from `model.peft`; () without LoRA and adapters."""
+    if not cfg or not (cfg.get("lora") or cfg.get("adapters")):
+        return ()
+    return (
+        ("lora_targets", cfg["lora"]),
+        ("rank", cfg["rank"]),
+        ("alpha", cfg["alpha"]),
+        ("dropout_rate", cfg["dropout"]),
+        ("adapter_targets", cfg["adapters"]),
+        ("adapter_dim", cfg["adapter_dim"]),
     )
 
 

@@ -79,3 +79,10 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Gr
         optax.clip_by_global_norm(cfg.clip_norm),
         optax.multi_transform(groups, lambda p: jax.tree.map(str, lr_multipliers(rules, p))),
     )
+
+
+def trainable_count(cfg: ml_collections.ConfigDict, params) -> tuple[int, int]:
+    """(trainable, total) numbers of parameter values; `cfg.lr_rules` multiplier 0 means frozen."""
+    multipliers = lr_multipliers(parse_lr_rules(cfg.get("lr_rules", "")), params)
+    sizes = [(x.size, m) for x, m in zip(jax.tree.leaves(params), jax.tree.leaves(multipliers), strict=True)]
+    return sum(size for size, m in sizes if m != 0), sum(size for size, _ in sizes)

@@ -3,7 +3,8 @@
   python -m mmjax.sweep experiments/fusion_ablation.py[:arg] --workdir DIR [--only REGEX] [--report]
       [--config.key=value ...]
 Each run trains in DIR/runs/<name> (name = its grid values, e.g. `fusion=late,seed=1`) and records
-DIR/runs/<name>/results.json; DIR gets results.csv, results.md, accuracy.png and robustness.png. Rerunning
+DIR/runs/<name>/results.json; DIR gets results.csv, results.md, accuracy.png and robustness.png (if the sweep
+has robustness conditions). Rerunning
 resumes: complete runs are skipped, an interrupted one continues from its checkpoint, failed ones are retried.
 `--config.key=value` overrides every run (e.g. a data path); `--report` only rewrites the tables and plots.
 Runs share a persistent XLA compilation cache in DIR/jax_cache unless JAX_COMPILATION_CACHE_DIR is set.
@@ -28,7 +29,7 @@ import ml_collections
 import numpy as np
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
-from mmjax import evaluate, train
+from mmjax import evaluate, optim, train
 from mmjax.config import load_config, load_python
 from mmjax.data import av_digits
 from mmjax.metrics import read_metrics
@@ -58,7 +59,13 @@ def check_sweep(sweep: dict, source: str = "sweep") -> dict:
     if set(sweep) != set(SWEEP_KEYS):
         raise ValueError(f"{source}: a sweep has the keys {SWEEP_KEYS}, got {sorted(sweep)}")
     for key, values in sweep["grid"].items():
-        if isinstance(values, str) or not isinstance(values, Sequence) or not values:
+        if isinstance(values, Mapping):  # a variant axis: {label: {config key: value}}
+            bad = [label for label, overrides in values.items() if not isinstance(overrides, Mapping)]
+            if not values or bad:
+                raise ValueError(
+                    f"{source}: variant axis {key!r} needs {{label: {{key: value}}}}, got {values!r}"
+                )
+        elif isinstance(values, str) or not isinstance(values, Sequence) or not values:
             raise ValueError(f"{source}: grid axis {key!r} needs a non-empty list of values, got {values!r}")
     labels = [axis_label(key) for key in sweep["grid"]]
     if len(set(labels)) != len(labels):
@@ -87,20 +94,31 @@ def run_name(values: Mapping[str, object]) -> str:
 
 
 def expand_grid(grid: Mapping[str, Sequence]) -> list[dict]:
-    """Every combination of the grid values, the first axis varying slowest: [{config key: value}]."""
+    """Every combination of the grid values (a variant axis: its labels), the first axis varying slowest."""
     return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
 
 
 def run_overrides(sweep: Mapping, values: Mapping[str, object], extra: Sequence[str] = ()) -> list[str]:
-    """`key=value` overrides of one run: the sweep's fixed ones, then `extra`, then the grid values."""
+    """`key=value` overrides of one run: the sweep's fixed ones, then `extra`, then the grid values.
+
+    A grid axis whose values are a mapping {label: {config key: value}} (a variant axis, e.g. `variant:
+    {"single": {"tasks.speaker": 0}}`) contributes the overrides of the run's label.
+    """
     fixed = [f"{key}={value}" for key, value in sweep["overrides"].items()]
-    return fixed + list(extra) + [f"{key}={value}" for key, value in values.items()]
+    grid = []
+    for key, value in values.items():
+        axis = sweep["grid"][key]
+        items = axis[value].items() if isinstance(axis, Mapping) else [(key, value)]
+        grid += [f"{k}={v}" for k, v in items]
+    return fixed + list(extra) + grid
 
 
 def run_config(sweep: Mapping, values: Mapping[str, object], extra: Sequence[str] = ()):
-    """The experiment config of one run; an unknown key or a bad value raises naming it."""
+    """The experiment config of one run; an unknown key, a bad value or a bad task setup raises naming it."""
     try:
-        return load_config(sweep["base"], run_overrides(sweep, values, extra))
+        config = load_config(sweep["base"], run_overrides(sweep, values, extra))
+        train.make_objective(config)
+        return config
     except ValueError as e:
         raise ValueError(f"sweep run {run_name(values)} (base {sweep['base']}): {e}") from e
 
@@ -149,22 +167,22 @@ def write_record(run_dir: pathlib.Path, record: Mapping) -> None:
     tmp.replace(run_dir / "results.json")
 
 
-def model_cost(config: ml_collections.ConfigDict) -> tuple[int, float]:
-    """(parameter count, FLOPs per example of the eval forward pass from XLA's cost analysis)."""
-    tasks = {task: av_digits.TASKS[task] for task in config.tasks}
+def model_cost(config: ml_collections.ConfigDict) -> tuple[int, int, float]:
+    """(parameter count, trainable parameter count, FLOPs per example of the eval forward pass (XLA))."""
+    tasks = av_digits.task_classes(config.tasks)
     model = build_model(config.model, tasks)
     batch_size = config.data.eval_batch_size
     batch = jax.eval_shape(functools.partial(dummy_batch, config.model, tasks, batch_size))
     init = functools.partial(model.init, {"params": jax.random.PRNGKey(0)}, train=False)
     params = jax.eval_shape(init, batch)["params"]
-    num_params = sum(x.size for x in jax.tree.leaves(params))
+    trainable, num_params = optim.trainable_count(config.optim, params)
 
     def forward(params, batch):
         return model.apply({"params": params}, batch, train=False)[0]
 
     cost = jax.jit(forward).lower(params, batch).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost  # a list of one dict on older jax
-    return num_params, float(cost["flops"]) / batch_size
+    return num_params, trainable, float(cost["flops"]) / batch_size
 
 
 def median_examples_per_sec(run_dir: pathlib.Path) -> float:
@@ -185,7 +203,7 @@ def run_one(
         run_dir.mkdir(parents=True, exist_ok=True)
         write_record(run_dir, record)
         train.main(config, run_dir)
-        record["num_params"], record["flops_per_example"] = model_cost(config)
+        record["num_params"], record["num_trainable"], record["flops_per_example"] = model_cost(config)
         record["examples_per_sec"] = median_examples_per_sec(run_dir)
         record["status"] = "evaluating"
         for name, kwargs in conditions(sweep).items():
@@ -324,14 +342,16 @@ def main_table(records: Sequence[Mapping]) -> str:
     keys = task_accuracy_keys(records)
     columns = [aggregate(records, metric("clean", key)) for key in keys]
     params, flops = aggregate(records, field("num_params")), aggregate(records, field("flops_per_example"))
+    trainable = aggregate(records, field("num_trainable"))
     speed = aggregate(records, field("examples_per_sec"))
-    header = ["run", "seeds", *keys, "parameters", "FLOPs/example", "train examples/s"]
+    header = ["run", "seeds", *keys, "parameters", "trainable", "FLOPs/example", "train examples/s"]
     rows = []
     for group, answer in (columns[0] if columns else {}).items():
         rows.append(
             [group, str(answer[2])]
             + [format_mean_std(column[group]) for column in columns]
-            + [format_count(params[group]), format_count(flops[group]), format_mean_std(speed[group], 1)]
+            + [format_count(params[group]), format_count(trainable.get(group, (0.0, 0.0, 0)))]
+            + [format_count(flops[group]), format_mean_std(speed[group], 1)]
         )
     return markdown_table(header, rows)
 
@@ -357,11 +377,10 @@ def markdown_report(sweep: Mapping, records: Sequence[Mapping]) -> str:
         "## Clean test accuracy, size and cost",
         "",
         main_table(complete),
-        "",
-        "## Robustness: answer accuracy per test condition",
-        "",
-        robustness_table(complete, names),
     ]
+    if len(names) > 1:
+        robustness = robustness_table(complete, names)
+        lines += ["", "## Robustness: answer accuracy per test condition", "", robustness]
     if failed:
         lines += ["", "## Failed runs", ""] + [f"- `{r['name']}`: {r['error']}" for r in failed]
     return "\n".join(lines) + "\n"
@@ -374,13 +393,14 @@ def csv_rows(records: Sequence[Mapping], grid_keys: Sequence[str]) -> tuple[list
             f"{cond}/{key}" for r in records for cond, values in r["metrics"].items() for key in values
         )
     )
-    header = ["name", "status", *grid_keys, "num_params", "flops_per_example", "examples_per_sec"]
+    numbers = ("num_params", "num_trainable", "flops_per_example", "examples_per_sec")
+    header = ["name", "status", *grid_keys, *numbers]
     header += metric_keys + ["error"]
     rows = []
     for r in records:
         flat = {f"{cond}/{key}": v for cond, values in r["metrics"].items() for key, v in values.items()}
         row = [r["name"], r["status"], *(r["values"][key] for key in grid_keys)]
-        row += [r.get(key, "") for key in ("num_params", "flops_per_example", "examples_per_sec")]
+        row += [r.get(key, "") for key in numbers]
         rows.append(row + [flat.get(key, "") for key in metric_keys] + [r["error"]])
     return header, rows
 
@@ -441,7 +461,8 @@ def write_report(sweep: Mapping, workdir: str | pathlib.Path) -> list[dict]:
     (workdir / "results.md").write_text(markdown_report(sweep, records))
     complete = [r for r in records if r["status"] == "complete"]
     plot_accuracy(complete, workdir / "accuracy.png")
-    plot_robustness(sweep, complete, workdir / "robustness.png")
+    if sweep["robustness"]:
+        plot_robustness(sweep, complete, workdir / "robustness.png")
     failed = [r["name"] for r in records if r["status"] == "failed"]
     print(f"mmjax.sweep: {len(complete)} complete runs reported in {workdir / 'results.md'}")
     if failed:

@@ -4,6 +4,7 @@ python -m mmjax.train --config experiments/av_digits.py[:arg,...] --workdir DIR 
 """
 
 import argparse
+import dataclasses
 import functools
 import pathlib
 import sys
@@ -18,10 +19,11 @@ import numpy as np
 import optax
 import tqdm
 
-from mmjax import checkpoint, evaluate, losses, metrics, optim, parallel
+from mmjax import checkpoint, evaluate, losses, metrics, multitask, optim, parallel
 from mmjax.config import load_config
 from mmjax.data import av_digits, pipeline
-from mmjax.model import build_model, dummy_batch, pretrained_params, with_pretrained
+from mmjax.model import align_fields, build_model, dummy_batch, pretrained_params, with_pretrained
+from mmjax.nn import lora
 
 
 @flax.struct.dataclass
@@ -29,6 +31,7 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
+    task_state: Any  # the task weighting's state (mmjax.multitask.init_state)
     rng: jax.Array  # base key; each step folds in its step number
 
 
@@ -36,42 +39,163 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or Inf; the message names the step and the tasks."""
 
 
-def init_state(model, optimizer, example_batch, seed: int, pretrained: dict | None = None) -> TrainState:
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What a train step minimises: the tasks (sorted by name), their static weights, the task weighting."""
+
+    tasks: tuple[str, ...]
+    weights: tuple[float, ...]
+    method: str = "static"  # a mmjax.multitask.METHODS entry
+    lr: float = 0.01
+    alpha: float = 1.5
+    temperature: float = 2.0
+    period: int = 150
+    shared: str = "(image|audio)/encoder/final_ln/.*"  # params whose per-task gradient norms are measured
+    grad_norm_every: int = 0  # measure them on every n-th step (0: never); gradnorm measures every step
+    align_loss: str = "info_nce"  # the `align` task's contrastive loss: info_nce | siglip
+    align_positives: tuple[str, str] | None = None  # the label keys whose equality marks positives
+
+
+def make_objective(config: ml_collections.ConfigDict) -> Objective:
+    """The objective of an experiment config (config.tasks, config.multitask, config.model.align)."""
+    tasks = {task: float(config.tasks[task]) for task in sorted(config.tasks) if config.tasks[task] > 0}
+    align = config.model.get("align", {})
+    modalities = align_fields(align).get("align", ())
+    if av_digits.ALIGN in tasks and not modalities:
+        raise ValueError("config.tasks.align > 0 needs config.model.align.modalities (e.g. 'image,audio')")
+    if modalities and av_digits.ALIGN not in tasks:
+        raise ValueError(
+            "config.model.align.modalities is set but config.tasks.align is 0: nothing trains it"
+        )
+    positives = av_digits.align_label_keys(align)
+    mt = config.multitask
+    if mt.method not in multitask.METHODS:
+        raise ValueError(f"config.multitask.method={mt.method!r} is not one of {multitask.METHODS}")
+    return Objective(
+        tasks=tuple(tasks),
+        weights=tuple(tasks.values()),
+        method=mt.method,
+        lr=mt.lr,
+        alpha=mt.alpha,
+        temperature=mt.temperature,
+        period=mt.period,
+        shared=mt.shared,
+        grad_norm_every=config.train.log_every if mt.grad_norms else 0,
+        align_loss=align.get("loss", "info_nce"),
+        align_positives=positives,
+    )
+
+
+def task_losses(outputs: dict, batch: dict, objective: Objective) -> jax.Array:
+    """Per-task losses [T] in objective.tasks order: cross-entropy, or the contrastive loss for `align`."""
+    values = []
+    for task in objective.tasks:
+        if task == av_digits.ALIGN:
+            values.append(align_loss(outputs[task], batch, objective))
+        else:
+            values.append(losses.softmax_cross_entropy(outputs[task], batch[f"labels/{task}"]))
+    return jnp.stack(values)
+
+
+def align_positives(batch: dict, objective: Objective) -> jax.Array | None:
+    """[B, B] positives of the align task (equal labels), or None (each example with itself)."""
+    if objective.align_positives is None:
+        return None
+    key_x, key_y = objective.align_positives
+    return losses.positives_from_labels(batch[key_x], batch[key_y])
+
+
+def align_loss(out: dict, batch: dict, objective: Objective) -> jax.Array:
+    positives = align_positives(batch, objective)
+    if objective.align_loss == "siglip":
+        return losses.siglip_loss(out["x"], out["y"], out["scale"], out["bias"], out["valid"], positives)
+    return losses.info_nce(out["x"], out["y"], out["scale"], out["valid"], positives)
+
+
+def init_state(
+    model, optimizer, objective: Objective, example_batch, seed: int, pretrained: dict | None = None
+) -> TrainState:
     """A fresh state; `pretrained` ({modality: params}) replaces those encoders' random init."""
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
     params = model.init({"params": init_rng}, example_batch, train=False)["params"]
     params = with_pretrained(params, pretrained or {})
     step = jnp.zeros((), jnp.int32)
-    return TrainState(step=step, params=params, opt_state=optimizer.init(params), rng=train_rng)
+    task_state = multitask.init_state(objective.method, jnp.asarray(objective.weights, jnp.float32))
+    return TrainState(
+        step=step, params=params, opt_state=optimizer.init(params), task_state=task_state, rng=train_rng
+    )
 
 
-def train_step(state: TrainState, batch: dict, *, model, optimizer, task_weights: dict[str, float]):
-    """One update on a global batch; returns the new state and scalar metrics."""
+def train_step(state: TrainState, batch: dict, *, model, optimizer, objective: Objective):
+    """One update on a global batch with the objective's task weighting; returns the new state and scalars."""
     rng = jax.random.fold_in(state.rng, state.step)
+    weights = jnp.asarray(objective.weights, jnp.float32)
+    method = objective.method
 
-    def loss_fn(params):
+    def losses_fn(params):
         outputs, _ = model.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
-        total, per_task = losses.multitask_loss(outputs, batch, task_weights)
-        return total, (per_task, outputs)
+        per_task = task_losses(outputs, batch, objective)
+        return per_task, (per_task, outputs)
 
-    (loss, (per_task, outputs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    def shared_norms(params):
+        return multitask.task_gradient_norms(lambda p: losses_fn(p)[0], params, objective.shared)
+
+    if method == "pcgrad":
+        task_grads, (per_task, outputs) = multitask.per_task_gradients(losses_fn, state.params, has_aux=True)
+        grads = multitask.pcgrad(task_grads, jax.random.fold_in(rng, 1), weights)
+    else:
+
+        def total_fn(params):
+            per_task, aux = losses_fn(params)
+            return multitask.weighted_total(method, state.task_state, per_task, weights), aux
+
+        (_, (per_task, outputs)), grads = jax.value_and_grad(total_fn, has_aux=True)(state.params)
+    num_tasks = len(objective.tasks)
+    if method == "gradnorm":
+        norms = shared_norms(state.params)
+    elif objective.grad_norm_every:
+        due = (state.step + 1) % objective.grad_norm_every == 0
+        skipped = jnp.full((num_tasks,), jnp.nan, jnp.float32)
+        norms = jax.lax.cond(due, shared_norms, lambda _: skipped, state.params)
+    else:
+        norms = None
+    loss = multitask.weighted_total(method, state.task_state, per_task, weights)
+    task_state = multitask.update_state(
+        method,
+        state.task_state,
+        per_task,
+        norms,
+        weights,
+        lr=objective.lr,
+        alpha=objective.alpha,
+        temperature=objective.temperature,
+        period=objective.period,
+    )
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     scalars = {"loss": loss, "grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates)}
     scalars["param_norm"] = optax.tree.norm(params)
-    for task, task_loss in per_task.items():
-        scalars[f"{task}/loss"] = task_loss
-        correct = jnp.argmax(outputs[task], -1) == batch[f"labels/{task}"]
-        scalars[f"{task}/accuracy"] = jnp.mean(correct)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    task_weights = multitask.effective_weights(method, state.task_state, weights)
+    for i, task in enumerate(objective.tasks):
+        scalars[f"{task}/loss"] = per_task[i]
+        scalars[f"{task}/weight"] = task_weights[i]
+        if norms is not None:
+            scalars[f"{task}/grad_norm"] = norms[i]
+        if task == av_digits.ALIGN:
+            out = outputs[task]
+            hits = losses.retrieval_hits(out["x"], out["y"], out["valid"], align_positives(batch, objective))
+            scalars[f"{task}/accuracy"] = jnp.sum(hits) / jnp.maximum(jnp.sum(out["valid"]), 1)
+        else:
+            scalars[f"{task}/accuracy"] = jnp.mean(jnp.argmax(outputs[task], -1) == batch[f"labels/{task}"])
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, task_state=task_state)
     return new_state, scalars
 
 
-def make_train_step(model, optimizer, task_weights: dict[str, float], mesh):
+def make_train_step(model, optimizer, objective: Objective, mesh):
     """train_step jitted over the mesh: batch sharded on `data`, state replicated and donated."""
     replicated = parallel.replicated(mesh)
     return jax.jit(
-        functools.partial(train_step, model=model, optimizer=optimizer, task_weights=task_weights),
+        functools.partial(train_step, model=model, optimizer=optimizer, objective=objective),
         in_shardings=(replicated, parallel.batch_sharding(mesh)),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
@@ -79,8 +203,16 @@ def make_train_step(model, optimizer, task_weights: dict[str, float], mesh):
 
 
 def _mean_scalars(records: list[dict]) -> dict[str, float]:
+    """The mean of each scalar over the window; per-task grad norms are NaN on steps that skip them."""
     fetched = jax.device_get(records)
-    return {key: float(np.mean([r[key] for r in fetched])) for key in fetched[0]}
+    means = {}
+    for key in fetched[0]:
+        values = np.asarray([r[key] for r in fetched], np.float64)
+        if not key.endswith("/grad_norm"):
+            means[key] = float(np.mean(values))
+        elif not np.isnan(values).all():
+            means[key] = float(np.nanmean(values))
+    return means
 
 
 def _check_finite(records: list[dict], first_step: int) -> None:
@@ -111,7 +243,7 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
     parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
 
     # Data.
-    tasks = {task: av_digits.TASKS[task] for task in config.tasks}
+    tasks = av_digits.task_classes(config.tasks)
     sources = {
         split: av_digits.load(
             split, data_dir=config.data.data_dir or None, tfds_dir=config.data.tfds_dir or None
@@ -142,7 +274,8 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
 
     # State: planned with eval_shape, created replicated, or restored from the latest checkpoint.
     replicated = parallel.replicated(mesh)
-    make_state = functools.partial(init_state, model, optimizer, example, config.seed)
+    objective = make_objective(config)
+    make_state = functools.partial(init_state, model, optimizer, objective, example, config.seed)
     abstract_state = parallel.with_sharding(jax.eval_shape(make_state), replicated)  # same with pretrained
     manager = checkpoint.make_manager(
         workdir / "checkpoints",
@@ -157,17 +290,18 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
         state = checkpoint.restore(manager, latest, abstract_state, train_iter)
         print(f"mmjax: resumed from the checkpoint of step {latest} in {workdir}")
     start_step = int(state.step)
-    num_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
-    frozen = sum(x.size for x in jax.tree.leaves(optim.frozen_params(config.optim, abstract_state.params)))
+    peft = config.model.get("peft", {})
+    if peft.get("lora") or peft.get("adapters"):
+        lora.check_targets(abstract_state.params, peft["lora"], peft["adapters"])
+    trainable, total = optim.trainable_count(config.optim, abstract_state.params)
     print(
-        f"mmjax: {num_params:,} parameters ({frozen:,} frozen), {mesh.size} devices, "
-        f"steps {start_step}->{total_steps}"
+        f"mmjax: {trainable:,} trainable / {total:,} parameters ({trainable / total:.1%}), "
+        f"{mesh.size} devices, steps {start_step}->{total_steps}"
     )
 
     # Step.
-    task_weights = {task: float(w) for task, w in config.tasks.items()}
-    step_fn = make_train_step(model, optimizer, task_weights, mesh)
-    eval_fn = evaluate.make_eval_step(model, mesh)
+    step_fn = make_train_step(model, optimizer, objective, mesh)
+    eval_fn = evaluate.make_eval_step(model, mesh, objective.align_positives)
 
     # Loop.
     writer = metrics.MetricWriter(workdir, enabled=is_lead)
@@ -176,8 +310,16 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
     )
     pending, window_start, window_time = [], start_step, time.perf_counter()
     val_metrics: dict[str, float] = {}
+    history = validation_history(workdir, config.train.best_metric, start_step)
+    patience, min_delta = config.train.early_stop_patience, config.train.early_stop_min_delta
     try:
         for step in range(start_step + 1, total_steps + 1):
+            if patience and evaluations_since_best(history, min_delta) >= patience:
+                print(
+                    f"mmjax: early stop after step {step - 1}: {patience} evaluations without a better "
+                    f"{config.train.best_metric} than {max(history):.4f}"
+                )
+                break
             state, scalars = step_fn(state, parallel.to_global(next(train_iter), mesh))
             pending.append(scalars)
             bar.update(1)
@@ -200,6 +342,7 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
                 )
                 val_metrics = evaluate.summarize(results, tasks)
                 writer.write(step, {f"val/{k}": v for k, v in val_metrics.items()})
+                history.append(val_metrics[config.train.best_metric])
                 window_time = time.perf_counter()  # evaluation time is not training throughput
             if is_eval or step % config.train.checkpoint_every == 0:
                 checkpoint.save(manager, step, state, train_iter, val_metrics if is_eval else None)
@@ -207,10 +350,36 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
         manager.wait_until_finished()
         bar.close()
         writer.close()
-    if val_metrics:
-        print(f"validation after step {total_steps}:")
-        print(evaluate.format_table(val_metrics, tasks))
+    best = manager.best_step()
+    if best is None:
+        return val_metrics
+    if best != int(state.step) or not val_metrics:  # the best is an earlier checkpoint: evaluate it
+        params = checkpoint.restore_params(manager, best, abstract_state.params)
+        batches = pipeline.eval_batches(
+            sources["validation"], batch_size=config.data.eval_batch_size, preprocess_fn=preprocess
+        )
+        val_metrics = evaluate.summarize(
+            evaluate.predict(params, batches, eval_fn, mesh, config.train.eval_max_batches), tasks
+        )
+    print(f"validation of the best checkpoint (step {best} of {int(state.step)}):")
+    print(evaluate.format_table(val_metrics, tasks))
     return val_metrics
+
+
+def validation_history(workdir: pathlib.Path, metric: str, up_to_step: int) -> list[float]:
+    """The logged validation values of `metric` up to `up_to_step` (a resumed run continues its history)."""
+    if not (workdir / "metrics.jsonl").is_file():
+        return []
+    per_step = {r["step"]: r[f"val/{metric}"] for r in metrics.read_metrics(workdir) if f"val/{metric}" in r}
+    return [value for step, value in sorted(per_step.items()) if step <= up_to_step]
+
+
+def evaluations_since_best(history: list[float], min_delta: float = 0.0) -> int:
+    """Evaluations since the last that beat all earlier ones by more than `min_delta` (higher is better)."""
+    best, since = -np.inf, 0
+    for value in history:
+        best, since = (value, 0) if value > best + min_delta else (best, since + 1)
+    return since
 
 
 def parse_command_line(argv: list[str]) -> tuple[ml_collections.ConfigDict, str]:

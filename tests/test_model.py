@@ -8,13 +8,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mmjax.losses import multitask_loss
+from mmjax.losses import softmax_cross_entropy
 from mmjax.model import build_model, drop_modalities, dummy_batch
+from mmjax.nn import lora
 
 TASKS = {"answer": 30, "image_digit": 10, "speaker": 6}
 
 
-def _config(**overrides):
+def _config(peft=None, align=None, **overrides):
     cfg = ml_collections.ConfigDict(
         dict(
             size="tiny",
@@ -25,6 +26,8 @@ def _config(**overrides):
             image=dict(size=28, channels=1, patch_size=7),
             audio=dict(frames=100, mels=64, patch_time=4, patch_freq=16),
             fusion=dict(name="cross_attention", depth=1, bidirectional=False),
+            peft=peft or {},
+            align=align or {},
         )
     )
     cfg.update_from_flattened_dict(overrides)
@@ -87,7 +90,7 @@ def test_grad_step_reaches_every_module_and_dropout_varies():
     @jax.value_and_grad
     def loss_and_grad(params, rng):
         outputs, _ = model.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
-        return multitask_loss(outputs, batch, {task: 1.0 for task in TASKS})[0]
+        return sum(softmax_cross_entropy(outputs[task], batch[f"labels/{task}"]) for task in TASKS)
 
     loss, grads = loss_and_grad(variables["params"], jax.random.key(1))
     assert np.isfinite(loss)
@@ -192,3 +195,53 @@ def test_late_logits_averages_per_modality_heads_over_present_modalities():
             for i in present
         ]
         np.testing.assert_allclose(outputs["answer"][row], np.mean(logits, axis=0), rtol=1e-5, atol=1e-5)
+
+
+def test_lora_on_the_text_tower_starts_as_the_plain_model_and_merges_exactly():
+    peft = {
+        "peft": dict(lora="text/.*/(query|value)", rank=4, alpha=8.0, dropout=0.0, adapters="", adapter_dim=8)
+    }
+    cfg = _config(**{f"peft.{k}": v for k, v in peft["peft"].items()})
+    plain_cfg, plain, _ = _model("cross_attention", False)
+    model = build_model(cfg, TASKS)
+    params = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), dummy_batch(cfg, TASKS))[
+        "params"
+    ]
+    lora_paths = lora.peft_param_paths(params)
+    assert lora_paths and all(p.startswith("text/") and "/self_attn/" in p for p in lora_paths)
+    assert {p.rsplit("/", 2)[-2] for p in lora_paths} == {"query", "value"}
+    batch = _batch(cfg)
+    base = lora.merge(params, (8.0, 4))  # lora_b starts at zero: merging changes nothing
+    outputs = model.apply({"params": params}, batch, train=False)[0]
+    plain_outputs = plain.apply({"params": base}, batch, train=False)[0]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), outputs, plain_outputs)
+
+    rng = np.random.default_rng(0)
+    trained = jax.tree_util.tree_map_with_path(
+        lambda path, x: x + 0.1 * rng.normal(size=x.shape) if "lora_b" in str(path[-1]) else x, params
+    )
+    tuned = model.apply({"params": trained}, batch, train=False)[0]
+    merged = plain.apply({"params": lora.merge(trained, (8.0, 4))}, batch, train=False)[0]
+    assert not np.allclose(tuned["answer"], outputs["answer"], atol=1e-3)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), tuned, merged)
+
+
+def test_align_outputs_embeddings_scale_and_validity():
+    align = dict(modalities="image,audio", loss="siglip", dim=12, positives="labels")
+    cfg = _config(align=align)
+    model = build_model(cfg, TASKS)
+    variables = jax.jit(functools.partial(model.init, train=False))(
+        jax.random.key(0), dummy_batch(cfg, TASKS)
+    )
+    batch = _batch(cfg, batch_size=3)
+    batch["present"] = {**batch["present"], "audio": jnp.array([True, False, True])}
+    out = model.apply(variables, batch, train=False)[0]["align"]
+    assert out["x"].shape == out["y"].shape == (3, 12)
+    np.testing.assert_array_equal(out["valid"], [True, False, True])
+    np.testing.assert_allclose(out["scale"], np.log(1 / 0.07), rtol=1e-6)
+    np.testing.assert_allclose(out["bias"], -10.0)
+    assert set(variables["params"]) >= {"align_image", "align_audio", "align_scale"}
+    with pytest.raises(ValueError, match="model.align.modalities='image' must name two"):
+        build_model(_config(align={**align, "modalities": "image"}), TASKS)
+    with pytest.raises(ValueError, match="model.align.loss='clip' is not one of"):
+        build_model(_config(align={**align, "loss": "clip"}), TASKS)

@@ -61,3 +61,10 @@ def test_first_matching_rule_wins_and_unmatched_params_get_one():
 def test_bad_rules_name_the_item(bad):
     with pytest.raises(ValueError, match="optim.lr_rules item"):
         optim.parse_lr_rules(bad)
+
+
+def test_trainable_count_excludes_frozen_params():
+    params = _params()  # text/encoder/kernel 6, text/bias 2, image/kernel 4, fusion/kernel 2
+    assert optim.trainable_count(_config(""), params) == (14, 14)
+    assert optim.trainable_count(_config("image/.*=0;text/bias=0.5"), params) == (10, 14)
+    assert optim.trainable_count(_config("fusion/.*=1;.*=0"), params) == (2, 14)

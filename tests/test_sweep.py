@@ -36,6 +36,7 @@ def fake_record(fusion, seed, answer, status="complete", conditions=("clean",)):
         error="" if status == "complete" else "NonFiniteLossError: loss is nan at step 3",
         metrics=metrics if status == "complete" else {},
         num_params=1_500_000,
+        num_trainable=1_200_000,
         flops_per_example=2.5e9,
         examples_per_sec=100.0 + seed,
     )
@@ -60,6 +61,29 @@ def test_grid_expands_to_named_runs_first_axis_slowest():
         "fusion=film,seed=0",
         "fusion=film,seed=1",
     ]
+
+
+def test_variant_axis_names_runs_by_label_and_applies_its_overrides():
+    variants = {"single": {"tasks.speaker": 0.0, "tasks.match": 0.0}, "wide": {"model.size": "base"}}
+    spec = fake_sweep(grid={"variant": variants, "seed": [0, 1]}, overrides={"train.steps": 3})
+    runs = sweep.expand_grid(spec["grid"])
+    assert [sweep.run_name(v) for v in runs] == [
+        "variant=single,seed=0",
+        "variant=single,seed=1",
+        "variant=wide,seed=0",
+        "variant=wide,seed=1",
+    ]
+    assert sweep.run_overrides(spec, runs[1]) == [
+        "train.steps=3",
+        "tasks.speaker=0.0",
+        "tasks.match=0.0",
+        "seed=1",
+    ]
+    config = sweep.run_config(spec, runs[2])
+    assert (config.model.size, config.seed, config.tasks.speaker) == ("base", 0, 0.5)
+    assert sweep.run_config(spec, runs[0]).tasks.speaker == 0.0
+    with pytest.raises(ValueError, match="variant axis 'variant'"):
+        fake_sweep(grid={"variant": {"single": "tasks.speaker=0"}})
 
 
 def test_bad_grids_and_conditions_are_named():
@@ -137,9 +161,12 @@ def test_tables_format_mean_and_std():
     records.append(fake_record("film", 0, 0.0, status="failed"))
     main = sweep.main_table(records[:3]).splitlines()
     assert main[0] == (
-        "| run | seeds | answer/accuracy | speaker/accuracy | parameters | FLOPs/example | train examples/s |"
+        "| run | seeds | answer/accuracy | speaker/accuracy | parameters | trainable | FLOPs/example "
+        "| train examples/s |"
     )
-    assert main[2] == "| fusion=late | 3 | 0.600 ± 0.100 | 0.300 ± 0.050 | 1.50M | 2.50G | 101.0 ± 1.0 |"
+    assert main[2] == (
+        "| fusion=late | 3 | 0.600 ± 0.100 | 0.300 ± 0.050 | 1.50M | 1.20M | 2.50G | 101.0 ± 1.0 |"
+    )
     robust = sweep.robustness_table(records[:3], names).splitlines()
     assert robust[0] == "| run | clean | drop-image |" and robust[2].count("0.600 ± 0.100") == 2
     report = sweep.markdown_report(fake_sweep(), records)
@@ -164,7 +191,7 @@ def fake_training(monkeypatch, calls, fail=()):
 
     monkeypatch.setattr(sweep.train, "main", fake_train)
     monkeypatch.setattr(sweep.evaluate, "main", fake_evaluate)
-    monkeypatch.setattr(sweep, "model_cost", lambda config: (1000, 2e6))
+    monkeypatch.setattr(sweep, "model_cost", lambda config: (1000, 900, 2e6))
     monkeypatch.setattr(sweep, "median_examples_per_sec", lambda run_dir: 50.0)
 
 
@@ -224,3 +251,18 @@ def test_smoke_sweep_trains_tests_reports_and_resumes(av_digits_dir, tmp_path, m
     monkeypatch.setattr(sweep.train, "main", lambda *a: pytest.fail("a complete run trained again"))
     monkeypatch.setattr(sweep.evaluate, "main", lambda *a, **k: pytest.fail("a complete run evaluated again"))
     assert [r["status"] for r in sweep.main(argv)] == ["complete"] * 4
+
+
+def test_multitask_and_peft_sweeps_define_valid_runs():
+    multitask = sweep.load_sweep(str(ROOT / "experiments/multitask.py"))
+    runs = sweep.expand_grid(multitask["grid"])
+    assert [r["variant"] for r in runs[::3]] == ["single", "static", "uncertainty", "gradnorm", "pcgrad", "dwa"]
+    configs = {sweep.run_name(r): sweep.run_config(multitask, r) for r in runs}
+    single, pcgrad = configs["variant=single,seed=0"], configs["variant=pcgrad,seed=2"]
+    assert sweep.train.make_objective(single).tasks == ("answer",)
+    assert sweep.train.make_objective(pcgrad).tasks[0] == "align" and pcgrad.multitask.method == "pcgrad"
+    assert (pcgrad.seed, pcgrad.train.epochs) == (2, 5.0)
+    peft = sweep.load_sweep(str(ROOT / "experiments/peft.py"))
+    lora = sweep.run_config(peft, {"variant": "lora", "seed": 0})
+    assert lora.model.peft.lora and lora.optim.lr_rules.endswith("text/.*=0")
+    assert lora.model.text.init_from.startswith("hf:")

@@ -1,5 +1,6 @@
 """Training: every experiment's smoke config trains; 1 and 8 devices agree; killed runs resume exactly."""
 
+import dataclasses
 import functools
 import os
 import pathlib
@@ -9,11 +10,13 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import scipy.special
 
-from mmjax import checkpoint, evaluate, optim, parallel, train
+from mmjax import checkpoint, evaluate, multitask, optim, parallel, train
 from mmjax.config import load_config
 from mmjax.data import av_digits, pipeline
 from mmjax.metrics import read_metrics
@@ -52,7 +55,8 @@ def test_smoke_config_trains_and_evaluates(spec, av_digits_dir, tmp_path):
         range(config.train.log_every, config.train.steps + 1, config.train.log_every)
     )
     assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in records.values())
-    assert 0.0 <= val["answer/accuracy"] <= 1.0 and set(val) >= {f"{t}/macro_f1" for t in config.tasks}
+    classes = av_digits.task_classes(config.tasks)
+    assert 0.0 <= val["answer/accuracy"] <= 1.0 and set(val) >= {f"{t}/macro_f1" for t in classes}
     assert (tmp_path / "config.json").is_file() and any((tmp_path / "tensorboard").iterdir())
     test = evaluate.main(tmp_path, split="test")
     assert test.keys() == val.keys()
@@ -62,7 +66,7 @@ def test_smoke_config_trains_and_evaluates(spec, av_digits_dir, tmp_path):
 def test_one_and_eight_devices_give_the_same_step(av_digits_dir):
     assert jax.device_count() == 8
     config = smoke_config(av_digits_dir)
-    tasks = {task: av_digits.TASKS[task] for task in config.tasks}
+    tasks = av_digits.task_classes(config.tasks)
     source = av_digits.load("train", tfds_dir=av_digits_dir)
     batches = pipeline.train_iterator(
         source, batch_size=16, seed=0, preprocess_fn=evaluate.make_preprocess(config)
@@ -73,9 +77,10 @@ def test_one_and_eight_devices_give_the_same_step(av_digits_dir):
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = parallel.make_mesh(devices)
-        make_state = functools.partial(train.init_state, model, optimizer, batch_list[0], 0)
+        objective = train.make_objective(config)
+        make_state = functools.partial(train.init_state, model, optimizer, objective, batch_list[0], 0)
         state = jax.jit(make_state, out_shardings=parallel.replicated(mesh))()
-        step = train.make_train_step(model, optimizer, dict(config.tasks), mesh)
+        step = train.make_train_step(model, optimizer, objective, mesh)
         losses = []
         for batch in batch_list:
             global_batch = parallel.to_global(batch, mesh)
@@ -195,16 +200,16 @@ def test_non_finite_loss_stops_with_the_step_and_task():
 
 
 def test_nan_in_training_stops_the_run(av_digits_dir, tmp_path, monkeypatch):
-    real_loss = train.losses.multitask_loss
+    real_loss = train.losses.softmax_cross_entropy
 
-    def poisoned(outputs, batch, task_weights):
-        total, per_task = real_loss(outputs, batch, task_weights)
-        per_task["image_digit"] = per_task["image_digit"] * jax.numpy.nan
-        return total + per_task["image_digit"], per_task
+    def poisoned(logits, labels, weights=None):
+        loss = real_loss(logits, labels, weights)
+        return loss * jax.numpy.nan if logits.shape[-1] == av_digits.TASKS["image_digit"] else loss
 
-    monkeypatch.setattr(train.losses, "multitask_loss", poisoned)
+    monkeypatch.setattr(train.losses, "softmax_cross_entropy", poisoned)
+    config = smoke_config(av_digits_dir, **{"train.log_every": 1, "tasks.audio_digit": 0.0})
     with pytest.raises(train.NonFiniteLossError, match="at step 1 .*image_digit"):
-        train.main(smoke_config(av_digits_dir, **{"train.log_every": 1}), tmp_path)
+        train.main(config, tmp_path)
 
 
 @pytest.mark.parity
@@ -234,3 +239,119 @@ def test_text_encoder_from_a_port_starts_pretrained_and_a_rule_freezes_it(av_dig
     jax.tree.map(np.testing.assert_array_equal, params["text"], jax.device_get(pretrained))
     assert params["text_proj"]["kernel"].shape == (48, 32)  # BERT width -> the tiny fusion width
     assert "answer/accuracy" in evaluate.main(tmp_path / "run", split="test")  # rebuilds the architecture
+
+
+ALIGN = {"tasks.align": 0.5, "model.align.modalities": "image,audio", "multitask.period": 1}
+
+
+@functools.cache
+def _multitask_setup(tfds_dir):
+    config = smoke_config(tfds_dir, **ALIGN)
+    tasks = av_digits.task_classes(config.tasks)
+    source = av_digits.load("train", tfds_dir=tfds_dir)
+    batches = pipeline.train_iterator(
+        source, batch_size=16, seed=0, preprocess_fn=evaluate.make_preprocess(config)
+    )
+    return config, build_model(config.model, tasks), [next(batches) for _ in range(3)]
+
+
+FAST_METHODS = ("gradnorm", "pcgrad")  # the others are in the slow run (and unit-tested in test_multitask.py)
+
+
+@pytest.mark.parametrize(
+    "method", [m if m in FAST_METHODS else pytest.param(m, marks=pytest.mark.slow) for m in multitask.METHODS]
+)
+def test_every_task_weighting_method_trains_and_logs_weights_and_grad_norms(av_digits_dir, method):
+    config, model, batches = _multitask_setup(av_digits_dir)
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.multitask.method = method
+    objective = train.make_objective(config)
+    assert objective.tasks == ("align", "answer", "audio_digit", "image_digit", "match", "speaker")
+    mesh = parallel.make_mesh(jax.devices()[:1])  # 8 devices: the pcgrad-vs-static test below
+    optimizer = optim.make_optimizer(config.optim, total_steps=10)
+    state = train.init_state(model, optimizer, objective, batches[0], 0)
+    step = train.make_train_step(model, optimizer, objective, mesh)
+    logged = []
+    for batch in batches:
+        state, scalars = step(state, parallel.to_global(batch, mesh))
+        logged.append(jax.device_get(scalars))
+    weights = np.array([[s[f"{t}/weight"] for t in objective.tasks] for s in logged])
+    norms = np.array([[s[f"{t}/grad_norm"] for t in objective.tasks] for s in logged])
+    assert all(np.isfinite(s["loss"]) and np.isfinite(s["align/loss"]) for s in logged)
+    assert 0 <= logged[-1]["align/accuracy"] <= 1
+    assert np.all(np.isfinite(norms[1]) & (norms[1] > 0))  # step 2 is a logging step (log_every=2)
+    static = np.array(objective.weights)
+    if method == "gradnorm":
+        assert np.all(np.isfinite(norms))  # measured on every step
+        np.testing.assert_allclose(weights.sum(1), len(static), rtol=1e-5)
+        assert not np.allclose(weights[0], weights[-1])
+    else:
+        assert np.all(np.isnan(norms[[0, 2]]))  # skipped between logging steps
+    if method in ("static", "pcgrad"):
+        np.testing.assert_array_equal(weights, np.broadcast_to(static, weights.shape))
+    if method == "uncertainty":  # 0.5 exp(-s) w, s moving towards log(w L)
+        np.testing.assert_allclose(weights[0], 0.5 * static, rtol=1e-6)
+        assert np.all(np.diff(weights, axis=0) != 0)
+    if method == "dwa":  # period 1: lambda = T softmax(L(k-1) / L(k-2) / temperature) from the third step
+        np.testing.assert_allclose(weights[:2], np.broadcast_to(static, (2, len(static))), rtol=1e-6)
+        ratios = np.array([[s[f"{t}/loss"] for t in objective.tasks] for s in logged[:2]])
+        lam = len(static) * scipy.special.softmax(ratios[1] / ratios[0] / config.multitask.temperature)
+        np.testing.assert_allclose(weights[2], lam * static, rtol=1e-4)
+
+
+def test_pcgrad_and_static_see_the_same_losses_but_step_differently_on_8_devices(av_digits_dir):
+    config, model, batches = _multitask_setup(av_digits_dir)
+    mesh = parallel.make_mesh()
+    optimizer = optim.make_optimizer(config.optim, total_steps=10)
+    results = {}
+    for method in ("static", "pcgrad"):
+        objective = dataclasses.replace(train.make_objective(config), method=method, grad_norm_every=0)
+        state = train.init_state(model, optimizer, objective, batches[0], 0)
+        state, scalars = train.make_train_step(model, optimizer, objective, mesh)(
+            state, parallel.to_global(batches[0], mesh)
+        )
+        results[method] = (float(scalars["loss"]), float(scalars["grad_norm"]))
+    assert results["static"][0] == pytest.approx(results["pcgrad"][0], rel=1e-6)
+    assert results["static"][1] != pytest.approx(results["pcgrad"][1], rel=1e-3)  # conflicts were projected
+
+
+def test_objective_errors_name_the_fields(av_digits_dir):
+    with pytest.raises(ValueError, match=r"config.tasks.align > 0 needs config.model.align.modalities"):
+        train.make_objective(smoke_config(av_digits_dir, **{"tasks.align": 1.0}))
+    with pytest.raises(ValueError, match=r"config.model.align.modalities is set but config.tasks.align is 0"):
+        train.make_objective(smoke_config(av_digits_dir, **{"model.align.modalities": "image,audio"}))
+    with pytest.raises(ValueError, match=r"positives='labels' needs modalities with digit labels"):
+        train.make_objective(smoke_config(av_digits_dir, **{**ALIGN, "model.align.modalities": "text,audio"}))
+    with pytest.raises(ValueError, match=r"config.multitask.method='mgda' is not one of"):
+        train.make_objective(smoke_config(av_digits_dir, **{"multitask.method": "mgda"}))
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['caption'\]"):
+        av_digits.task_classes({"answer": 1.0, "caption": 1.0})
+
+
+def test_evaluations_since_best():
+    assert train.evaluations_since_best([]) == 0
+    assert train.evaluations_since_best([0.5, 0.6, 0.6, 0.55]) == 2
+    assert train.evaluations_since_best([0.5, 0.6, 0.61], min_delta=0.02) == 1
+    assert train.evaluations_since_best([0.5, 0.6, 0.7]) == 0
+
+
+def test_early_stopping_stops_resumes_stopped_and_reports_the_best_checkpoint(
+    av_digits_dir, tmp_path, capsys
+):
+    overrides = {
+        "train.steps": 8,
+        "train.eval_every": 2,
+        "train.checkpoint_every": 2,
+        "train.early_stop_patience": 1,
+        "train.early_stop_min_delta": 1.0,  # no accuracy improves by more than 1: stop at the 2nd evaluation
+    }
+    config = smoke_config(av_digits_dir, **overrides)
+    val = train.main(config, tmp_path)
+    assert "early stop after step 4" in capsys.readouterr().out
+    records = read_metrics(tmp_path)
+    assert max(r["step"] for r in records) == 4
+    first_eval = next(r for r in records if r["step"] == 2 and "val/answer/accuracy" in r)
+    assert val["answer/accuracy"] == first_eval["val/answer/accuracy"]  # the best checkpoint is step 2's
+    train.main(config, tmp_path)  # resuming a stopped run trains no further
+    assert max(r["step"] for r in read_metrics(tmp_path)) == 4
+    assert final_params(tmp_path, config)[0] == 4

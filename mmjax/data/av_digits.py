@@ -9,6 +9,7 @@ import os
 import pathlib
 import re
 import zlib
+from collections.abc import Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -19,6 +20,9 @@ SPEAKERS = ("jackson", "nicolas", "theo", "yweweler", "george", "lucas")
 QUESTION_TYPES = ("spoken_digit", "written_digit", "same", "sum", "larger", "speaker")
 ANSWERS = tuple(str(i) for i in range(19)) + ("yes", "no", "written", "spoken", "equal") + SPEAKERS
 TASKS = {"answer": len(ANSWERS), "image_digit": 10, "audio_digit": 10, "speaker": len(SPEAKERS), "match": 2}
+ALIGN = "align"  # the contrastive audio-image alignment task (no classes; see model.align)
+# The label that says which examples of another modality match (positives="labels" in contrastive alignment).
+MODALITY_LABELS = {"image": "labels/image_digit", "audio": "labels/audio_digit"}
 SPLITS = ("train", "validation", "test")
 PAIRS_PER_RECORDING = {"train": 4, "validation": 2, "test": 4}
 SAMPLE_RATE = 16000
@@ -69,6 +73,29 @@ _DATA_HELP = (
 
 def _has_raw_data(path: pathlib.Path) -> bool:
     return (path / "fsdd" / "recordings").is_dir() and (path / "mnist5k" / "mnist_5k.csv.gz").is_file()
+
+
+def task_classes(weights: Mapping[str, float]) -> dict[str, int]:
+    """{task: number of classes} of the classification tasks that `weights` (config.tasks) trains (> 0)."""
+    unknown = sorted(set(weights) - set(TASKS) - {ALIGN})
+    if unknown:
+        raise ValueError(f"config.tasks has unknown task(s) {unknown}; AV-Digits has {[*TASKS, ALIGN]}")
+    return {task: TASKS[task] for task, weight in weights.items() if weight > 0 and task != ALIGN}
+
+
+def align_label_keys(align: Mapping) -> tuple[str, str] | None:
+    """The label keys whose equality marks positive pairs of `model.align` (None: an example with itself)."""
+    modalities = [m.strip() for m in align.get("modalities", "").split(",") if m.strip()]
+    if not modalities or align["positives"] == "pairs":
+        return None
+    if align["positives"] != "labels":
+        raise ValueError(f"model.align.positives={align['positives']!r} must be 'labels' or 'pairs'")
+    if not set(modalities) <= set(MODALITY_LABELS):
+        raise ValueError(
+            f"model.align.positives='labels' needs modalities with digit labels {sorted(MODALITY_LABELS)}, "
+            f"got model.align.modalities={align['modalities']!r}"
+        )
+    return tuple(MODALITY_LABELS[m] for m in modalities)
 
 
 def resolve_data_dir(path: str | os.PathLike | None = None) -> pathlib.Path:
