@@ -56,12 +56,6 @@ def lr_multipliers(rules: list[tuple[re.Pattern, float]], params):
     return jax.tree_util.tree_map_with_path(multiplier, params)
 
 
-def frozen_params(cfg: ml_collections.ConfigDict, params) -> list:
-    """The params (leaves) that `cfg.lr_rules` freezes."""
-    multipliers = lr_multipliers(parse_lr_rules(cfg.get("lr_rules", "")), params)
-    return [x for x, m in zip(jax.tree.leaves(params), jax.tree.leaves(multipliers), strict=True) if m == 0]
-
-
 def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
     """Frozen grads are zeroed first (they count neither in clipping nor in any update or decay)."""
     schedule = learning_rate_schedule(cfg, total_steps)
