@@ -227,8 +227,18 @@ def param_path(path) -> str:
 
 def per_task_gradients(per_task_loss_fn: Callable, params, has_aux: bool = False):
     """Per-task gradients of `per_task_loss_fn(params) -> [T]` (or ([T], aux) with has_aux): params-shaped
-    leaves with a leading T axis (and aux)."""
-    return jax.jacrev(per_task_loss_fn, has_aux=has_aux)(params)
+    leaves with a leading T axis (and aux).
+
+    One forward pass, then one backward pass per task through the same vjp, run one after another: unlike
+    jax.jacrev (a vmap over the T cotangents), no backward intermediate is held T times at once.
+    """
+    out = jax.vjp(per_task_loss_fn, params, has_aux=has_aux)
+    losses, vjp_fn = out[:2]
+    grads = [
+        vjp_fn(jax.nn.one_hot(t, losses.shape[0], dtype=losses.dtype))[0] for t in range(losses.shape[0])
+    ]
+    stacked = jax.tree.map(lambda *g: jnp.stack(g), *grads)
+    return (stacked, out[2]) if has_aux else stacked
 
 
 def task_gradient_norms(per_task_loss_fn: Callable, params, shared: str | Callable[[str], bool]) -> jax.Array:

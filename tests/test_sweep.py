@@ -256,7 +256,14 @@ def test_smoke_sweep_trains_tests_reports_and_resumes(av_digits_dir, tmp_path, m
 def test_multitask_and_peft_sweeps_define_valid_runs():
     multitask = sweep.load_sweep(str(ROOT / "experiments/multitask.py"))
     runs = sweep.expand_grid(multitask["grid"])
-    assert [r["variant"] for r in runs[::3]] == ["single", "static", "uncertainty", "gradnorm", "pcgrad", "dwa"]
+    assert [r["variant"] for r in runs[::3]] == [
+        "single",
+        "static",
+        "uncertainty",
+        "gradnorm",
+        "pcgrad",
+        "dwa",
+    ]
     configs = {sweep.run_name(r): sweep.run_config(multitask, r) for r in runs}
     single, pcgrad = configs["variant=single,seed=0"], configs["variant=pcgrad,seed=2"]
     assert sweep.train.make_objective(single).tasks == ("answer",)

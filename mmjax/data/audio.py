@@ -1,5 +1,5 @@
 """Audio front end: decode WAV files, resample, host log-mel features, normalisation, padding, and jitted
-on-device log-mel frontends that reproduce Hugging Face's Whisper and AST feature extractors."""
+batched on-device frontends: librosa's log-mel and MFCC, and Hugging Face's Whisper and AST extractors."""
 
 import functools
 import os
@@ -221,3 +221,103 @@ def ast_fbank(
     mel = jnp.matmul(power, _kaldi_mel_filters(512, num_mel_bins).astype(np.float32), precision=_HIGHEST)
     log_mel = jnp.log(jnp.maximum(mel, 1.192092955078125e-07))
     return (_fit_length(log_mel, max_length, axis=1) - mean) / (2 * std)
+
+
+# --- Batched on-device librosa features (log_mel and librosa.feature.mfcc with the same STFT settings) ---
+# These use a float32 FFT, 20-25x faster than _exact_matmul; whisper_log_mel and ast_fbank keep the exact
+# STFT because the FFT breaks their 1e-5 parity with Hugging Face (up to 1.2e-5 and 1e-4 on FSDD clips/noise).
+
+
+def _librosa_power(
+    waves: jax.Array, n_fft: int, win_length: int | None, hop_length: int, exact: bool = False
+) -> jax.Array:
+    """librosa.stft(center=True, pad_mode="constant", window="hann") power [B, frames, n_fft // 2 + 1].
+
+    A float32 jnp.fft.rfft: its rounding is ~1e-7 of each frame's largest bin, so bins 80 dB below it are off
+    by up to ~1e-4 relative (log_mel's +1e-6 floor hides that; MFCC's top_db=80 floor does not quite).
+    exact=True uses _exact_matmul: a few 1e-6 relative, but 20-25x slower. A float32 DFT matmul is both
+    slower (3.5x) and less accurate than the FFT. Only the win_length samples under the window are framed;
+    zero-padding them to n_fft at the end instead of centring them (as librosa does) shifts each frame's
+    phase, not its power.
+    """
+    win_length = win_length or n_fft
+    if not 0 < win_length <= n_fft:
+        raise ValueError(f"win_length={win_length} must be in (0, n_fft={n_fft}]")
+    # Frame t covers wave[t * hop - n_fft // 2 + offset:][:win_length] in the unpadded wave.
+    start = n_fft // 2 - (n_fft - win_length) // 2
+    count = 1 + (waves.shape[-1] + 2 * (n_fft // 2) - n_fft) // hop_length
+    end = max(0, hop_length * (count - 1) + win_length - start - waves.shape[-1])
+    padded = jnp.pad(waves.astype(jnp.float32), ((0, 0), (start, end)))
+    frames = _frames(padded, win_length, hop_length)[:, :count]
+    window = librosa.filters.get_window("hann", win_length, fftbins=True)
+    if exact:
+        return _power_spectrum(frames, window[:, None] * _dft_matrix(win_length, n_fft))
+    spectrum = jnp.fft.rfft(frames * window.astype(np.float32), n=n_fft, axis=-1)
+    return jnp.square(spectrum.real) + jnp.square(spectrum.imag)
+
+
+@functools.cache
+def _librosa_mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """librosa.filters.mel's default (Slaney, float32) bank as [n_fft // 2 + 1, n_mels]."""
+    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels).T
+
+
+def _librosa_mel(waves, sample_rate, n_fft, win_length, hop_length, n_mels, exact) -> jax.Array:
+    """librosa.feature.melspectrogram(power=2.0) as [B, frames, n_mels]."""
+    power = _librosa_power(waves, n_fft, win_length, hop_length, exact)
+    return jnp.matmul(power, _librosa_mel_filters(sample_rate, n_fft, n_mels), precision=_HIGHEST)
+
+
+_LIBROSA_ARGS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "exact")
+
+
+@functools.partial(jax.jit, static_argnames=_LIBROSA_ARGS)
+def log_mel_jax(
+    waves: jax.Array,
+    sample_rate: int = 16000,
+    n_fft: int = 512,
+    win_length: int = 400,
+    hop_length: int = 160,
+    n_mels: int = 64,
+    exact: bool = False,
+) -> jax.Array:
+    """`log_mel` of every row of waves [B, S] on device: float32 [B, 1 + S // hop_length, n_mels].
+
+    Within 1e-4 of `log_mel` (i.e. of the floored mel power mel + 1e-6, relatively) on FSDD clips and noise
+    (worst measured 5e-5). exact: the slower _exact_matmul STFT (see _librosa_power).
+    """
+    return jnp.log(_librosa_mel(waves, sample_rate, n_fft, win_length, hop_length, n_mels, exact) + 1e-6)
+
+
+@functools.cache
+def _dct_ortho(n_mels: int, n_mfcc: int) -> np.ndarray:
+    """DCT-II with norm="ortho" (scipy.fft.dct) as a matrix [n_mels, n_mfcc], built in float64."""
+    basis = np.cos(np.pi * np.outer(np.arange(n_mels) + 0.5, np.arange(n_mfcc)) / n_mels)
+    basis *= np.sqrt(2.0 / n_mels)
+    basis[:, 0] /= np.sqrt(2.0)
+    return basis.astype(np.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("n_mfcc", *_LIBROSA_ARGS))
+def mfcc_jax(
+    waves: jax.Array,
+    sample_rate: int = 16000,
+    n_mfcc: int = 20,
+    n_fft: int = 512,
+    win_length: int = 400,
+    hop_length: int = 160,
+    n_mels: int = 64,
+    exact: bool = False,
+) -> jax.Array:
+    """librosa.feature.mfcc(y=row, sr=sample_rate, n_mfcc, n_fft, hop_length, win_length, n_mels).T of every
+    row of waves [B, S]: float32 [B, frames, n_mfcc]. power_to_db (ref 1, amin 1e-10, top_db 80 below each
+    clip's maximum), then the orthonormal DCT-II over mel bands.
+
+    Error against librosa, |ours - librosa| / max(|librosa|, 1): up to 1.3e-4 on FSDD clips with the float32
+    FFT (quiet bands near the -80 dB floor), ~3e-5 with exact=True (then librosa's own float32 error
+    dominates). Against each clip's largest |coefficient| both are below 1e-6.
+    """
+    mel = _librosa_mel(waves, sample_rate, n_fft, win_length, hop_length, n_mels, exact)
+    db = 10.0 * jnp.log10(jnp.maximum(mel, 1e-10))
+    db = jnp.maximum(db, db.max(axis=(1, 2), keepdims=True) - 80.0)
+    return jnp.matmul(db, _dct_ortho(n_mels, n_mfcc), precision=_HIGHEST)

@@ -1,5 +1,12 @@
-"""Parity of the jitted log-mel frontends with Hugging Face's Whisper and AST feature extractors at 1e-5."""
+"""Parity of the jitted frontends: Whisper and AST against Hugging Face's feature extractors at 1e-5, log-mel
+and MFCC against librosa at 1e-4; and a smoke run of scripts/bench_data.py."""
 
+import json
+import pathlib
+import subprocess
+import sys
+
+import librosa
 import numpy as np
 import pytest
 import transformers
@@ -74,3 +81,98 @@ def test_ast_fbank_matches_hf_on_recording(recording):
     want = transformers.ASTFeatureExtractor()(recording, sampling_rate=SAMPLE_RATE, return_tensors="np")
     ours = np.asarray(audio.ast_fbank(recording[None]))[0]
     np.testing.assert_allclose(ours, want.input_values[0], rtol=1e-5, atol=1e-5)
+
+
+# --- log_mel_jax / mfcc_jax against librosa (the host features of the data pipeline) ---
+
+MFCC_ARGS = dict(n_mfcc=20, n_fft=512, hop_length=160, win_length=400, n_mels=64)
+
+
+def _mfcc_rel(got: np.ndarray, want: np.ndarray) -> float:
+    """MFCC error relative to the value, with a floor of 1 (dB) for coefficients near zero."""
+    return float((np.abs(got - want) / np.maximum(np.abs(want), 1.0)).max())
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[np.ndarray]:
+    """16 FSDD recordings across speakers and digits at 16 kHz (natural lengths), and 2 noise bursts."""
+    files = sorted((resolve_data_dir() / "fsdd" / "recordings").glob("*.wav"))
+    waves = []
+    for path in files[:: len(files) // 16][:16]:
+        wave, sample_rate = audio.load_wav(path)
+        waves.append(audio.resample(wave, sample_rate, SAMPLE_RATE))
+    return waves + [_noise(0.55, 7), 1e-3 * _noise(1.0, 8)]
+
+
+def test_log_mel_jax_matches_librosa_within_1e_4(clips):
+    """On log(mel + 1e-6), so the bound is the relative error of the floored mel power (worst measured: 5e-5
+    on 576 FSDD clips); rows are zero-padded to 3 s, which leaves the real frames unchanged."""
+    got = np.asarray(audio.log_mel_jax(_zero_pad(clips, 48000)))
+    assert got.shape == (len(clips), 301, 64) and got.dtype == np.float32
+    for wave, features in zip(clips, got, strict=True):
+        want = audio.log_mel(wave)
+        np.testing.assert_allclose(features[: len(want)], want, rtol=0, atol=1e-4)
+        np.testing.assert_array_equal(
+            features[len(want) + 2 :], np.float32(np.log(1e-6))
+        )  # windows past the end
+
+
+def test_mfcc_jax_matches_librosa(clips):
+    """The float32 FFT is within 1e-4 of each clip's largest coefficient but only ~1.3e-4 of each value (worst
+    of 576 FSDD clips, in quiet bands near the -80 dB floor); exact=True is within 1e-4 of each value."""
+    got = np.asarray(audio.mfcc_jax(_zero_pad(clips, 48000), **MFCC_ARGS))
+    exact = np.asarray(audio.mfcc_jax(_zero_pad(clips[:4], 16000), exact=True, **MFCC_ARGS))
+    for i, (wave, features) in enumerate(zip(clips, got, strict=True)):
+        want = librosa.feature.mfcc(y=wave, sr=SAMPLE_RATE, **MFCC_ARGS).T
+        assert np.abs(features[: len(want)] - want).max() <= 1e-4 * np.abs(want).max()
+        assert _mfcc_rel(features[: len(want)], want) <= 3e-4
+        if i < len(exact):
+            cropped = librosa.feature.mfcc(y=_zero_pad([wave], 16000)[0], sr=SAMPLE_RATE, **MFCC_ARGS).T
+            assert _mfcc_rel(exact[i], cropped) <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(sample_rate=8000, n_fft=256, win_length=200, hop_length=80, n_mels=40),
+        dict(sample_rate=22050, n_fft=1024, win_length=1024, hop_length=256, n_mels=128),
+        dict(n_fft=400, win_length=399, hop_length=100, n_mels=32),  # the window sits at an odd offset
+    ],
+)
+def test_librosa_frontends_batched_equal_per_clip_on_random_waves(kwargs):
+    """Random waves of lengths that are not multiples of the hop; the batch is computed at once."""
+    rng = np.random.default_rng(0)
+    waves = (rng.uniform(0.01, 1.0, (3, 1)) * rng.standard_normal((3, 7777))).astype(np.float32)
+    log_mels, mfccs = (
+        np.asarray(audio.log_mel_jax(waves, **kwargs)),
+        np.asarray(audio.mfcc_jax(waves, **kwargs)),
+    )
+    sample_rate, librosa_args = kwargs.pop("sample_rate", 16000), dict(MFCC_ARGS, **kwargs)
+    for i, wave in enumerate(waves):
+        stft_args = {key: value for key, value in librosa_args.items() if key != "n_mfcc"}
+        mel = librosa.feature.melspectrogram(y=wave, sr=sample_rate, **stft_args)
+        np.testing.assert_allclose(log_mels[i], np.log(mel + 1e-6).T, rtol=0, atol=1e-4)
+        want = librosa.feature.mfcc(y=wave, sr=sample_rate, **librosa_args).T
+        assert _mfcc_rel(mfccs[i], want) <= 1e-4
+        one = np.asarray(audio.log_mel_jax(wave[None], sample_rate=sample_rate, **kwargs))[0]
+        np.testing.assert_allclose(one, log_mels[i], rtol=0, atol=1e-6)
+
+
+def test_bench_data_quick_prints_json(av_digits_dir):
+    """scripts/bench_data.py --quick: structure and positive numbers only (timings vary with the machine)."""
+    script = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "bench_data.py"
+    args = ["--quick", "--step-examples-per-sec", "100", "--tfds-dir", str(av_digits_dir)]
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert {"machine", "args", "error_definitions", "frontend", "pipeline", "train_step"} <= set(result)
+    assert result["machine"]["cpu_count"] > 0 and result["machine"]["librosa"]
+    assert {row["feature"] for row in result["frontend"]} == {"log_mel", "mfcc"}
+    for row in result["frontend"]:
+        for key in ("librosa_clips_per_sec", "jax_clips_per_sec", "speedup"):
+            assert row[key] > 0, key
+        assert 0 <= row["max_rel_diff"] < 1e-3 and 0 <= row["max_abs_diff"] < 1e-2
+    assert [row["workers"] for row in result["pipeline"]] == [0]
+    assert result["pipeline"][0]["examples_per_sec"] > 0
+    assert result["train_step"] == {"source": "given", "examples_per_sec": 100.0}

@@ -1,0 +1,268 @@
+"""Data benchmarks: the jitted log-mel/MFCC frontend against librosa, and the grain training stream against
+the train step's consumption rate. Prints one JSON object on stdout (a table on stderr).
+
+Full run (on an idle machine):  .venv/bin/python scripts/bench_data.py --out runs/bench_data.json
+Seconds-long smoke run:         .venv/bin/python scripts/bench_data.py --quick
+"""
+
+import argparse
+import contextlib
+import functools
+import glob
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import librosa
+import numpy as np
+
+from mmjax.data import audio
+from mmjax.data.av_digits import resolve_data_dir
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SAMPLE_RATE = 16000
+# The librosa arguments of the data pipeline's log_mel (mmjax.data.audio.log_mel), shared by MFCC.
+STFT = dict(n_fft=512, win_length=400, hop_length=160, n_mels=64)
+N_MFCC = 20
+ERROR_DEFINITIONS = {
+    "log_mel": "max |jax - librosa| over log(mel + 1e-6) = max relative error of the floored mel power",
+    "mfcc": "max |jax - librosa| / max(|librosa|, 1) over MFCC values (dB units)",
+}
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    """Median wall time of fn() over `repeats` calls, after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def load_clips(count: int, seconds: float) -> np.ndarray:
+    """`count` FSDD recordings spread over speakers and digits, at 16 kHz, zero-padded/cropped: [count, S]."""
+    files = sorted(glob.glob(str(resolve_data_dir() / "fsdd" / "recordings" / "*.wav")))
+    if not files:
+        raise FileNotFoundError(f"no FSDD recordings under {resolve_data_dir()}")
+    picked = [files[i] for i in np.linspace(0, len(files) - 1, count).astype(int)]
+    clips = np.zeros((count, int(seconds * SAMPLE_RATE)), np.float32)
+    for row, path in zip(clips, picked, strict=True):
+        wave, rate = audio.load_wav(path)
+        wave = audio.resample(wave, rate, SAMPLE_RATE)[: row.size]
+        row[: wave.size] = wave
+    return clips
+
+
+def _librosa_mfcc(wave: np.ndarray) -> np.ndarray:
+    return librosa.feature.mfcc(y=wave, sr=SAMPLE_RATE, n_mfcc=N_MFCC, **STFT).T
+
+
+FRONTENDS = {  # name: (librosa per clip [frames, F], jitted JAX per batch [B, frames, F])
+    "log_mel": (functools.partial(audio.log_mel, sample_rate=SAMPLE_RATE, **STFT), audio.log_mel_jax),
+    "mfcc": (_librosa_mfcc, functools.partial(audio.mfcc_jax, n_mfcc=N_MFCC, **STFT)),
+}
+
+
+def bench_frontend(name: str, clips: np.ndarray, batch_size: int, repeats: int) -> dict:
+    """clips/s of librosa looping over clips and of the JAX frontend on whole batches; their difference."""
+    host_fn, jax_fn = FRONTENDS[name]
+    batches = [clips[i : i + batch_size] for i in range(0, len(clips), batch_size)]
+
+    def run_host():
+        return np.stack([host_fn(wave) for wave in clips])
+
+    def run_jax():
+        return [jax.block_until_ready(jax_fn(batch)) for batch in batches]
+
+    want, got = run_host(), np.concatenate([np.asarray(out) for out in run_jax()])  # run_jax compiles here
+    host_s, jax_s = _median_seconds(run_host, repeats), _median_seconds(run_jax, repeats)
+    diff = np.abs(got - want)
+    rel = diff.max() if name == "log_mel" else (diff / np.maximum(np.abs(want), 1.0)).max()
+    return {
+        "clips": len(clips),
+        "seconds_per_clip": clips.shape[1] / SAMPLE_RATE,
+        "batch_size": batch_size,
+        "librosa_clips_per_sec": len(clips) / host_s,
+        "jax_clips_per_sec": len(clips) / jax_s,
+        "speedup": host_s / jax_s,
+        "max_abs_diff": float(diff.max()),
+        "max_rel_diff": float(rel),
+    }
+
+
+def _config(spec: str, batch_size: int | None):
+    from mmjax.config import load_config
+
+    config = load_config(spec)
+    if batch_size:
+        config.data.batch_size = batch_size
+    return config
+
+
+def _train_stream(config, workers: int, tfds_dir: str | None):
+    from mmjax import evaluate
+    from mmjax.data import av_digits, pipeline
+
+    source = av_digits.load("train", data_dir=config.data.data_dir or None, tfds_dir=tfds_dir)
+    return pipeline.train_iterator(
+        source,
+        batch_size=config.data.batch_size,
+        seed=config.seed,
+        preprocess_fn=evaluate.make_preprocess(config),
+        worker_count=workers,
+    )
+
+
+def bench_pipeline(config, workers: int, batches: int, tfds_dir: str | None) -> dict:
+    """examples/s of the training stream after its first batch (worker start-up, reported separately)."""
+    start = time.perf_counter()
+    stream = _train_stream(config, workers, tfds_dir)
+    next(stream)
+    first_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(stream)
+    elapsed = time.perf_counter() - start
+    with contextlib.suppress(Exception):  # stop grain's worker processes now
+        stream.close()
+    return {
+        "workers": workers,
+        "batches": batches,
+        "batch_size": config.data.batch_size,
+        "first_batch_s": first_s,
+        "examples_per_sec": batches * config.data.batch_size / elapsed,
+    }
+
+
+def bench_train_step(config, steps: int, tfds_dir: str | None) -> dict:
+    """examples/s of the jitted train step of the config's model (built as mmjax.train.main does)."""
+    from mmjax import optim, parallel, train
+    from mmjax.data import av_digits
+
+    tasks = av_digits.task_classes(config.tasks)
+    model = train.build_model(config.model, tasks)
+    optimizer = optim.make_optimizer(config.optim, 1000)
+    objective = train.make_objective(config)
+    mesh = parallel.make_mesh()
+    example = train.dummy_batch(config.model, tasks)
+    make_state = functools.partial(train.init_state, model, optimizer, objective, example, config.seed)
+    state = jax.jit(make_state, out_shardings=parallel.replicated(mesh))(
+        train.pretrained_params(config.model)
+    )
+    step_fn = train.make_train_step(model, optimizer, objective, mesh)
+    batch = parallel.to_global(next(_train_stream(config, 0, tfds_dir)), mesh)
+    for _ in range(2):  # compile and warm up
+        state, scalars = step_fn(state, batch)
+    jax.block_until_ready(scalars)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        state, scalars = step_fn(state, batch)
+        jax.block_until_ready((state, scalars))
+        times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    return {
+        "source": "measured",
+        "steps": steps,
+        "batch_size": config.data.batch_size,
+        "step_ms": 1e3 * step_s,
+        "examples_per_sec": config.data.batch_size / step_s,
+    }
+
+
+def machine_info() -> dict:
+    return {
+        "jax": jax.__version__,
+        "librosa": librosa.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "jax_backend": jax.default_backend(),
+        "jax_devices": jax.device_count(),
+    }
+
+
+def table(result: dict) -> str:
+    lines = [
+        f"{'frontend':<10}{'clip s':>7}{'librosa c/s':>13}{'jax c/s':>11}{'x':>8}"
+        f"{'max abs':>10}{'max rel':>10}"
+    ]
+    for row in result["frontend"]:
+        lines.append(
+            f"{row['feature']:<10}{row['seconds_per_clip']:>7g}{row['librosa_clips_per_sec']:>13.1f}"
+            f"{row['jax_clips_per_sec']:>11.1f}{row['speedup']:>8.1f}{row['max_abs_diff']:>10.2e}"
+            f"{row['max_rel_diff']:>10.2e}"
+        )
+    lines.append(f"{'pipeline workers':<20}{'examples/s':>12}{'first batch s':>15}{'vs step':>9}")
+    step_rate = result["train_step"]["examples_per_sec"]
+    for row in result["pipeline"]:
+        lines.append(
+            f"{row['workers']:<20}{row['examples_per_sec']:>12.1f}{row['first_batch_s']:>15.2f}"
+            f"{row['examples_per_sec'] / step_rate:>9.2f}"
+        )
+    lines.append(f"train step ({result['train_step']['source']}): {step_rate:.1f} examples/s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a seconds-long run with tiny sizes")
+    parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument("--clips", type=int, default=256, help="FSDD clips per frontend benchmark")
+    parser.add_argument("--seconds", type=float, nargs="+", default=[1.0, 5.0], help="clip lengths")
+    parser.add_argument("--batch-size", type=int, default=64, help="frontend batch size")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--config", default=str(REPO / "experiments" / "av_digits.py"), help="stream's config"
+    )
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="grain worker counts")
+    parser.add_argument("--pipeline-batches", type=int, default=50)
+    parser.add_argument("--train-batch-size", type=int, help="override config.data.batch_size")
+    parser.add_argument("--steps", type=int, default=10, help="timed train steps")
+    parser.add_argument("--step-examples-per-sec", type=float, help="skip the train step; use this rate")
+    parser.add_argument("--tfds-dir", help="built AV-Digits (default $MMJAX_TFDS_DIR or ~/.cache/mmjax/...)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.clips, args.seconds, args.batch_size, args.repeats = 8, [0.5], 8, 1
+        args.workers, args.pipeline_batches, args.steps = [0], 2, 2
+        args.config += ",smoke" if ":" in args.config else ":smoke"
+        args.train_batch_size = args.train_batch_size or 8
+
+    result = {"machine": machine_info(), "args": vars(args), "error_definitions": ERROR_DEFINITIONS}
+    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON
+        result["frontend"] = []
+        for seconds in args.seconds:
+            clips = load_clips(args.clips, seconds)
+            for name in FRONTENDS:
+                row = bench_frontend(name, clips, args.batch_size, args.repeats)
+                result["frontend"].append({"feature": name, **row})
+        config = _config(args.config, args.train_batch_size)
+        result["pipeline"] = [
+            bench_pipeline(config, workers, args.pipeline_batches, args.tfds_dir) for workers in args.workers
+        ]
+        if args.step_examples_per_sec:
+            result["train_step"] = {"source": "given", "examples_per_sec": args.step_examples_per_sec}
+        else:
+            result["train_step"] = bench_train_step(config, args.steps, args.tfds_dir)
+    print(table(result), file=sys.stderr)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""Training-step benchmark: mmjax vs the same model in PyTorch (eager and torch.compile), on this machine.
+
+The model: BERT-style text (64 tokens), ViT on 224x224x3 images (16x16 patches), AST on 5 s spectrograms
+(500 frames x 128 mel bins), cross-attention fusion and the AV-Digits task heads, with sizes that fit a CPU
+(flags below). The encoders are random Hugging Face BertModel / ViTModel / ASTModel saved once; mmjax ports
+them (`model.<modality>.init_from=hf:DIR`), the twin (scripts/bench_common.py) uses them as they are and
+copies mmjax's fusion and head params, so both start from identical weights (the JSON reports the loss
+difference). Each framework runs in its own process (clean peak-memory and thread-pool numbers).
+
+Reported: median step time over repeats (warm-up excluded), examples/s, mmjax / peer speed ratios, model
+FLOPs per step (XLA cost analysis of the mmjax step, cross-checked by a formula and by torch's
+FlopCounterMode), achieved FLOP/s and MFU against the best fp32 matmul (jax or torch) measured in the same
+run, compile times and peak memory.
+
+  python scripts/bench_train.py --out bench_train.json            # full size (minutes)
+  python scripts/bench_train.py --quick                             # tiny, no torch.compile (tests)
+  python scripts/bench_train.py --scan --remat dots --dtype bfloat16 --attention fused   # mmjax switches
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_common as bc  # noqa: E402
+
+DEFAULTS = bc.Shapes()
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    bc.add_shape_flags(p, DEFAULTS)
+    bc.add_switch_flags(p)
+    p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats: runs in seconds")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2; quick 1)")
+    p.add_argument("--repeats", type=int, default=None, help="timed steps (default 10; quick 2)")
+    p.add_argument(
+        "--matmul", type=int, default=None, help="matmul size of the peak (default 2048; quick 256)"
+    )
+    p.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="torch.compile (auto: on unless --quick)",
+    )
+    p.add_argument("--torch-threads", type=int, default=None, help="torch threads (default: os.cpu_count())")
+    p.add_argument("--out", default="", help="write the JSON here")
+    p.add_argument("--phase", choices=("jax", "torch"), help=argparse.SUPPRESS)  # internal: one framework
+    p.add_argument("--hf-dir", default="", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    args.repeats = args.repeats if args.repeats is not None else (2 if args.quick else 10)
+    args.matmul = args.matmul or (256 if args.quick else 2048)
+    args.torch_compile = args.compile == "on" or (args.compile == "auto" and not args.quick)
+    return args
+
+
+def hf_dirs(folder: str) -> dict[str, str]:
+    return {m: str(Path(folder) / m) for m in bc.MODALITIES}
+
+
+# ---------------------------------------------------------------- one process per framework
+
+
+def jax_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
+    import jax
+    import numpy as np
+
+    from mmjax import parallel, train
+
+    rss_start, _ = bc.rss_bytes()
+    cfg, tasks, applied = bc.mmjax_config(s, hf_dirs(args.hf_dir), bc.switches_from_args(args))
+    host_batch = bc.random_batch(s, tasks)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    model, _, objective, state, step = bc.build_mmjax(cfg, tasks, host_batch, mesh)
+    batch = jax.device_put(host_batch, parallel.batch_sharding(mesh))
+    outputs, _ = model.apply({"params": state.params}, batch, train=False)
+    initial_loss = float(np.sum(np.asarray(objective.weights) * train.task_losses(outputs, batch, objective)))
+    np.savez(Path(args.hf_dir) / "mmjax_params.npz", **bc.flat_params(state.params))
+
+    start = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    costs = bc.xla_costs(compiled)
+    rss_before, _ = bc.rss_bytes()
+    holder = {"state": state}
+
+    def one_step():
+        holder["state"], scalars = compiled(holder["state"], batch)
+        jax.block_until_ready((holder["state"], scalars))
+
+    times = bc.median_times(one_step, args.warmup, args.repeats)
+    _, peak_rss = bc.rss_bytes()
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(holder["state"].params))
+    return {
+        "initial_loss": initial_loss,
+        "params": params,
+        "switches": applied,
+        "compile_s": compile_s,
+        "step": times,
+        **costs,
+        "rss": {"start": rss_start, "before_steps": rss_before, "peak": peak_rss},
+        "matmul_peak_flops": bc.jax_matmul_peak(args.matmul, 5),
+        "devices": [str(d) for d in jax.devices()[:1]],
+    }
+
+
+def torch_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
+    import numpy as np
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.set_num_threads(args.torch_threads or os.cpu_count())
+    rss_start, _ = bc.rss_bytes()
+    cfg, tasks, _ = bc.mmjax_config(s, hf_dirs(args.hf_dir))
+    weights = dict(zip(*_objective_weights(cfg), strict=True))
+    _, TorchTwin = bc.torch_twin_classes()
+    model = TorchTwin(bc.load_hf_encoders(hf_dirs(args.hf_dir)), s, tasks)
+    model.load_mmjax_params(dict(np.load(Path(args.hf_dir) / "mmjax_params.npz")))
+    batch = bc.torch_batch(bc.random_batch(s, tasks))
+    model.eval()
+    with torch.no_grad():
+        initial_loss = float(bc.torch_loss(model(batch), batch, weights))
+    model.train()
+    optimizer = bc.torch_optimizer(model, cfg.optim)
+
+    def one_step(forward):
+        optimizer.zero_grad(set_to_none=True)
+        loss = bc.torch_loss(forward(batch), batch, weights)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_norm)
+        optimizer.step()
+        return loss
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        one_step(model)
+    rss_before, _ = bc.rss_bytes()
+    out = {
+        "initial_loss": initial_loss,
+        "params": sum(p.numel() for p in model.parameters()),
+        "flop_counter_flops": float(counter.get_total_flops()),
+        "threads": torch.get_num_threads(),
+        "eager": {"step": bc.median_times(lambda: one_step(model), args.warmup, args.repeats)},
+    }
+    out["eager"]["rss_peak"] = bc.rss_bytes()[1]
+    out["rss"] = {"start": rss_start, "before_steps": rss_before}
+    if args.torch_compile:
+        try:
+            compiled = torch.compile(model)
+            start = time.perf_counter()
+            one_step(compiled)
+            compile_s = time.perf_counter() - start
+            out["compile"] = {"compile_s": compile_s}
+            out["compile"]["step"] = bc.median_times(lambda: one_step(compiled), args.warmup, args.repeats)
+            out["compile"]["rss_peak"] = bc.rss_bytes()[1]
+        except Exception as e:  # noqa: BLE001 - a failed compile is a result, not a crash
+            out["compile"] = {"error": f"{type(e).__name__}: {str(e)[:1000]}"}
+    else:
+        out["compile"] = {"skipped": "--compile off (the default with --quick)"}
+    out["matmul_peak_flops"] = bc.torch_matmul_peak(args.matmul, 5)
+    return out
+
+
+def _objective_weights(cfg) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    from mmjax.train import make_objective
+
+    objective = make_objective(cfg)
+    return objective.tasks, objective.weights
+
+
+# ---------------------------------------------------------------- report
+
+
+def report(args: argparse.Namespace, s: bc.Shapes, jx: dict, pt: dict, save_s: float) -> dict:
+    _, tasks, _ = bc.mmjax_config(s, None)
+    result = {
+        "benchmark": "train_step",
+        "machine": bc.versions(),
+        "shapes": vars(s) | {"tokens": s.tokens()},
+        "settings": {
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "matmul": args.matmul,
+            "quick": args.quick,
+        },
+        "hf_save_s": save_s,
+        "mmjax": jx,
+        "torch": pt,
+    }
+    if "error" in jx or "error" in pt:
+        return result
+    peak = max(jx["matmul_peak_flops"], pt["matmul_peak_flops"])
+    flops = jx["xla_flops"]
+    result["flops"] = {
+        "xla_cost_analysis": flops,
+        "formula": bc.analytic_flops(s, tasks),
+        "torch_flop_counter": pt["flop_counter_flops"],
+        "used_for_mfu": "xla_cost_analysis",
+        "matmul_peak_flops": peak,
+        "matmul_peak_source": "jax" if jx["matmul_peak_flops"] >= pt["matmul_peak_flops"] else "torch",
+    }
+    result["twin_loss_abs_diff"] = abs(jx["initial_loss"] - pt["initial_loss"])
+    rows = {"mmjax": jx["step"]["median_s"], "torch_eager": pt["eager"]["step"]["median_s"]}
+    if "step" in pt.get("compile", {}):
+        rows["torch_compile"] = pt["compile"]["step"]["median_s"]
+    summary = {}
+    for name, seconds in rows.items():
+        summary[name] = {
+            "step_s": seconds,
+            "examples_per_s": s.batch / seconds,
+            "achieved_flops": flops / seconds,
+            "mfu": flops / seconds / peak,
+        }
+    summary["mmjax"]["compile_s"] = jx["compile_s"]
+    summary["mmjax"]["peak_memory_bytes"] = jx["memory"]["peak_estimate"] if "memory" in jx else None
+    summary["mmjax"]["peak_rss_bytes"] = jx["rss"]["peak"]
+    summary["torch_eager"]["peak_rss_bytes"] = pt["eager"]["rss_peak"]
+    if "torch_compile" in summary:
+        summary["torch_compile"]["compile_s"] = pt["compile"]["compile_s"]
+        summary["torch_compile"]["peak_rss_bytes"] = pt["compile"]["rss_peak"]
+    for name in rows:
+        if name != "mmjax":
+            summary["mmjax"][f"speedup_vs_{name}"] = rows[name] / rows["mmjax"]
+    result["summary"] = summary
+    result["memory_note"] = (
+        "mmjax peak_memory_bytes: XLA memory_analysis argument + temp bytes of the step; peak_rss_bytes: "
+        "getrusage max RSS of each framework's own process (torch_compile's includes the eager run)"
+    )
+    return result
+
+
+def print_report(result: dict) -> None:
+    if "summary" not in result:
+        print(json.dumps({k: result[k] for k in ("mmjax", "torch")}, indent=1))
+        return
+    f = result["flops"]
+    print(
+        f"model FLOPs/step: XLA {f['xla_cost_analysis']:.4g}, formula {f['formula']:.4g}, "
+        f"torch counter {f['torch_flop_counter']:.4g}; matmul peak {f['matmul_peak_flops']:.4g} FLOP/s "
+        f"({f['matmul_peak_source']}); twin loss |diff| {result['twin_loss_abs_diff']:.2g}"
+    )
+    rows = []
+    for name, r in result["summary"].items():
+        rows.append(
+            [
+                name,
+                r["step_s"],
+                r["examples_per_s"],
+                r["mfu"],
+                r.get("compile_s", 0.0),
+                r["peak_rss_bytes"] / 2**20,
+            ]
+        )
+    bc.print_table(rows, ["", "step s", "examples/s", "MFU", "compile s", "peak RSS MiB"])
+    sm = result["summary"]["mmjax"]
+    ratios = ", ".join(
+        f"{k.removeprefix('speedup_vs_')} {v:.2f}x" for k, v in sm.items() if k.startswith("speedup")
+    )
+    print(f"mmjax speed / peer: {ratios}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    s = bc.shapes_from_args(args, DEFAULTS)
+    if args.phase:
+        out = jax_phase(args, s) if args.phase == "jax" else torch_phase(args, s)
+        print(json.dumps(out))
+        return out
+    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = bc.without_flag(argv, "--out")  # phases write nothing but stdout
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as folder:
+        start = time.perf_counter()
+        bc.save_hf_encoders(s, folder)
+        save_s = time.perf_counter() - start
+        phase_argv = [*argv, "--hf-dir", folder, "--phase"]
+        jx = bc.run_phase(__file__, [*phase_argv, "jax"])
+        pt = bc.run_phase(__file__, [*phase_argv, "torch"]) if "error" not in jx else {"error": "skipped"}
+    result = report(args, s, jx, pt, save_s)
+    print_report(result)
+    text = json.dumps(result, indent=1)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""scripts/bench_train.py and scripts/bench_infer.py: quick runs give well-formed JSON, and the PyTorch twin
+computes the same loss as mmjax from the same weights. No timing thresholds: timings depend on the machine."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+import bench_common as bc  # noqa: E402
+
+
+def _positive(value) -> bool:
+    return isinstance(value, int | float) and value > 0
+
+
+@pytest.mark.parity
+def test_torch_twin_loss_matches_mmjax(tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from mmjax import train
+
+    s = bc.Shapes(**bc.QUICK)
+    dirs = bc.save_hf_encoders(s, tmp_path)
+    cfg, tasks, _ = bc.mmjax_config(s, dirs)
+    batch = bc.random_batch(s, tasks, seed=1)
+    model, _, objective, state, _ = bc.build_mmjax(cfg, tasks, batch)
+    outputs, _ = model.apply({"params": state.params}, batch, train=False)
+    loss = float(np.sum(np.asarray(objective.weights) * train.task_losses(outputs, batch, objective)))
+
+    _, TorchTwin = bc.torch_twin_classes()
+    twin = TorchTwin(bc.load_hf_encoders(dirs), s, tasks).eval()
+    twin.load_mmjax_params(bc.flat_params(state.params))
+    tbatch = bc.torch_batch(batch)
+    with torch.no_grad():
+        twin_outputs = twin(tbatch)
+        twin_loss = float(
+            bc.torch_loss(twin_outputs, tbatch, dict(zip(objective.tasks, objective.weights, strict=True)))
+        )
+    assert twin_loss == pytest.approx(loss, abs=1e-4)
+    for task in tasks:
+        np.testing.assert_allclose(twin_outputs[task].numpy(), np.asarray(outputs[task]), atol=1e-4)
+
+
+def test_analytic_flops_counts_every_part():
+    s = bc.Shapes()
+    tokens = s.tokens()
+    assert tokens == {"text": 64, "image": 197, "audio": 31 * 8 + 2}
+    tasks = {"a": 10}
+    train_flops, infer_flops = bc.analytic_flops(s, tasks), bc.analytic_flops(s, tasks, train=False)
+    assert train_flops == 3 * infer_flops
+    # The encoders' dense layers alone: 2 * tokens * 12 D^2 (D=256, mlp 4D) per layer and example.
+    dense = 2 * sum(tokens.values()) * 12 * s.width**2 * s.depth * s.batch
+    assert dense < infer_flops < 1.5 * dense
+
+
+@pytest.mark.slow
+def test_bench_train_quick(tmp_path):
+    import bench_train
+
+    out = tmp_path / "train.json"
+    bench_train.main(["--quick", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert {"machine", "shapes", "flops", "summary", "mmjax", "torch"} <= set(result)
+    for key in ("cpu_count", "jax", "torch", "transformers"):
+        assert key in result["machine"]
+    for key in ("xla_cost_analysis", "formula", "torch_flop_counter", "matmul_peak_flops"):
+        assert _positive(result["flops"][key]), key
+    assert set(result["summary"]) == {"mmjax", "torch_eager"}  # --quick skips torch.compile
+    for row in result["summary"].values():
+        for key in ("step_s", "examples_per_s", "achieved_flops", "mfu", "peak_rss_bytes"):
+            assert _positive(row[key]), key
+    assert _positive(result["summary"]["mmjax"]["compile_s"])
+    assert _positive(result["summary"]["mmjax"]["speedup_vs_torch_eager"])
+    assert _positive(result["summary"]["mmjax"]["peak_memory_bytes"])
+    assert result["twin_loss_abs_diff"] < 1e-4
+
+
+@pytest.mark.slow
+def test_bench_infer_quick(tmp_path):
+    import bench_infer
+
+    out = tmp_path / "infer.json"
+    bench_infer.main(["--quick", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert {"machine", "shapes", "summary", "mmjax", "torch"} <= set(result)
+    assert set(result["summary"]) == {"mmjax av_digits", "mmjax twin", "torch eager"}
+    for row in result["summary"].values():
+        for key in ("batch1_p50_ms", "batch1_p99_ms", "batch32_examples_per_s"):
+            assert _positive(row[key]), key
+    assert _positive(result["summary"]["mmjax twin"]["throughput_speedup_vs_torch_eager"])
+    assert _positive(result["mmjax"]["twin"]["xla_flops_batch32"])
+    assert _positive(result["torch"]["flop_counter_flops_batch32"])
+    assert result["twin_logits_max_abs_diff"] < 1e-4
