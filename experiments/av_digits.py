@@ -53,6 +53,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.dropout = 0.1
     c.model.pre_ln = True
     c.model.head_dropout = 0.0
+    # Speed levers (mmjax/nn/transformer.py; defaults = the plain model; each changes results only within
+    # float tolerance): scan the encoder layers (params stacked in encoder/layers); remat "" | full | dots |
+    # dots_saveable; compute dtype float32 | bfloat16 (params and logits stay float32); attention xla | fused
+    # (jax.nn.dot_product_attention; it has no attention-weight dropout, so training with it needs dropout=0).
+    c.model.scan = False
+    c.model.remat = ""
+    c.model.dtype = "float32"
+    c.model.attention = "xla"
     # init_from: "" (scratch), "hf:DIR" or a `python -m mmjax.port` folder; tower: for CLIP checkpoints.
     pretrained = dict(init_from="", tower="")
     c.model.text = dict(
@@ -62,7 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.audio = dict(frames=c.data.audio_frames, mels=64, patch_time=8, patch_freq=16, **pretrained)
     c.model.modality_dropout = 0.0  # training: drop each modality of an example with this probability
     # Contrastive alignment (task `align`): modalities "image,audio" ("" = none); loss info_nce | siglip;
-    # positives: "labels" (the same digit, mmjax.data.av_digits.MODALITY_LABELS) or "pairs" (the same example).
+    # positives: "labels" (the same digit, av_digits.MODALITY_LABELS) or "pairs" (the same example).
     c.model.align = dict(modalities="", loss="info_nce", dim=64, positives="labels")
     # Parameter-efficient fine-tuning (mmjax/nn/lora.py): LoRA on the Dense layers whose path matches `lora`,
     # bottleneck adapters after the modules matching `adapters`; freeze the rest with optim.lr_rules.
@@ -111,6 +119,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.keep_best = 1  # best checkpoints kept, ranked by best_metric on the validation split
     c.train.best_metric = "answer/accuracy"
     c.train.eval_max_batches = 0  # 0 = the whole validation split
+    c.train.on_nonfinite = "stop"  # a NaN/Inf loss or gradient: "stop" (batch saved) or "skip" the update
     c.train.early_stop_patience = 0  # stop after this many evaluations without a better best_metric (0: off)
     c.train.early_stop_min_delta = 0.0  # an improvement must beat the best by more than this
 

@@ -36,8 +36,8 @@ def get_sweep(arg: str | None = None) -> dict:
     )
     if args.smoke:
         sweep["base"] = f"{BASE}:smoke"
-        sweep["grid"] = {"variant": {k: v for k, v in variants().items() if k in ("single", "gradnorm", "pcgrad")}}
-        sweep["grid"]["seed"] = [0]
+        chosen = ("single", "gradnorm", "pcgrad")
+        sweep["grid"] = {"variant": {k: v for k, v in variants().items() if k in chosen}, "seed": [0]}
         sweep["overrides"] = {"train.eval_every": 1000, "train.checkpoint_every": 1000}
         sweep["eval_max_batches"] = 2
     return sweep

@@ -1,5 +1,5 @@
-"""Fine-tuning the pretrained all-MiniLM-L6-v2 text tower on AV-Digits: LoRA vs full fine-tuning vs a frozen
-tower, 3 seeds each (5 epochs); the image and audio encoders, fusion and heads train from scratch in all three.
+"""Fine-tuning the pretrained all-MiniLM-L6-v2 text tower on AV-Digits: LoRA vs full fine-tuning vs a
+frozen tower, 3 seeds each (5 epochs); the image and audio encoders, fusion and heads train from scratch.
 
   python -m mmjax.sweep experiments/peft.py --workdir runs/peft
 Argument `smoke`: the smoke config (still with MiniLM), 3 variants x 1 seed.

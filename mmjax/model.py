@@ -15,7 +15,8 @@ from mmjax.encoders.text import TextEncoder
 from mmjax.fusion import build_fusion
 from mmjax.heads import ClassificationHead, EmbeddingHead, LogitScale
 from mmjax.nn import lora
-from mmjax.nn.transformer import SIZES
+from mmjax.nn.attention import DTYPES, IMPLEMENTATIONS
+from mmjax.nn.transformer import REMAT_POLICIES, SIZES, stack_layers
 from mmjax.port.pretrained import load_pretrained
 
 
@@ -140,6 +141,8 @@ def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> Mul
         dropout_rate=cfg.dropout,
         pre_ln=cfg.pre_ln,
     )
+    levers = lever_fields(cfg)
+    common |= levers
     fusion = build_fusion(
         cfg.fusion,
         width=size["width"],
@@ -147,6 +150,7 @@ def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> Mul
         mlp_dim=size["mlp_dim"],
         dropout_rate=cfg.dropout,
         pre_ln=cfg.pre_ln,
+        **levers,
     )
     encoders = dict(
         text=TextEncoder(vocab_size=cfg.text.vocab_size, max_len=cfg.text.max_len, **common),
@@ -156,7 +160,9 @@ def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> Mul
     for m, (spec, tower) in _pretrained_specs(cfg).items():
         pretrained, _ = load_pretrained(spec, tower)
         updates = dict(channels_first=False) if m == "image" else {}  # batches hold images [B, H, W, C]
-        encoders[m] = pretrained.clone(aux_prefix=AUX_PREFIXES[m], dropout_rate=cfg.dropout, **updates)
+        encoders[m] = pretrained.clone(
+            aux_prefix=AUX_PREFIXES[m], dropout_rate=cfg.dropout, **levers, **updates
+        )
     return MultimodalModel(
         **encoders,
         fusion=fusion,
@@ -167,6 +173,22 @@ def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> Mul
         **align_fields(cfg.get("align", {})),
         peft=peft_fields(cfg.get("peft", {})),
     )
+
+
+def lever_fields(cfg: ml_collections.ConfigDict) -> dict:
+    """The speed levers of encoders and transformer fusions (mmjax.nn.transformer) from `model.scan`,
+    `model.remat`, `model.dtype` and `model.attention`; missing fields keep the plain model."""
+    levers = dict(
+        scan=bool(cfg.get("scan", False)),
+        remat=cfg.get("remat", ""),
+        dtype=cfg.get("dtype", "float32"),
+        attention=cfg.get("attention", "xla"),
+    )
+    allowed = dict(remat=tuple(REMAT_POLICIES), dtype=DTYPES, attention=IMPLEMENTATIONS)
+    for field, values in allowed.items():
+        if levers[field] not in values:
+            raise ValueError(f"model.{field}={levers[field]!r} is not one of {values}")
+    return levers
 
 
 ALIGN_LOSSES = ("info_nce", "siglip")
@@ -207,9 +229,15 @@ def _pretrained_specs(cfg: ml_collections.ConfigDict) -> dict[str, tuple[str, st
 
 
 def pretrained_params(cfg: ml_collections.ConfigDict) -> dict[str, dict]:
-    """{modality: host (numpy) params} of every encoder with `init_from` (see build_model)."""
-    specs = _pretrained_specs(cfg)
-    return {m: jax.device_get(load_pretrained(spec, tower)[1]) for m, (spec, tower) in specs.items()}
+    """{modality: host (numpy) params} of every encoder with `init_from` (see build_model); with
+    `model.scan`, the ported `encoder/layer_{i}` params are stacked into `encoder/layers` (stack_layers)."""
+    params = {}
+    for m, (spec, tower) in _pretrained_specs(cfg).items():
+        module, tree = load_pretrained(spec, tower)
+        params[m] = jax.device_get(tree)
+        if cfg.get("scan", False):
+            params[m] = params[m] | {"encoder": stack_layers(params[m]["encoder"], module.depth)}
+    return params
 
 
 def with_pretrained(params: dict, pretrained: Mapping[str, dict]) -> dict:

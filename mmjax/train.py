@@ -68,6 +68,9 @@ def make_objective(config: ml_collections.ConfigDict) -> Objective:
             "config.model.align.modalities is set but config.tasks.align is 0: nothing trains it"
         )
     positives = av_digits.align_label_keys(align)
+    on_nonfinite = config.train.get("on_nonfinite", "stop")
+    if on_nonfinite not in ON_NONFINITE:
+        raise ValueError(f"config.train.on_nonfinite={on_nonfinite!r} is not one of {ON_NONFINITE}")
     mt = config.multitask
     if mt.method not in multitask.METHODS:
         raise ValueError(f"config.multitask.method={mt.method!r} is not one of {multitask.METHODS}")
@@ -187,7 +190,15 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective: O
             scalars[f"{task}/accuracy"] = jnp.sum(hits) / jnp.maximum(jnp.sum(out["valid"]), 1)
         else:
             scalars[f"{task}/accuracy"] = jnp.mean(jnp.argmax(outputs[task], -1) == batch[f"labels/{task}"])
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, task_state=task_state)
+    # A non-finite loss or gradient leaves the state as it was (the host then stops or skips, by config).
+    finite = jnp.isfinite(loss) & jnp.isfinite(scalars["grad_norm"])
+    scalars["skipped"] = (~finite).astype(jnp.float32)
+    kept = jax.tree.map(
+        lambda new, old: jnp.where(finite, new, old),
+        (params, opt_state, task_state),
+        (state.params, state.opt_state, state.task_state),
+    )
+    new_state = state.replace(step=state.step + 1, params=kept[0], opt_state=kept[1], task_state=kept[2])
     return new_state, scalars
 
 
@@ -203,8 +214,10 @@ def make_train_step(model, optimizer, objective: Objective, mesh):
 
 
 def _mean_scalars(records: list[dict]) -> dict[str, float]:
-    """The mean of each scalar over the window; per-task grad norms are NaN on steps that skip them."""
+    """The mean of each scalar over the window's applied steps (all steps if none was applied); per-task grad
+    norms are NaN on steps that do not measure them."""
     fetched = jax.device_get(records)
+    fetched = [r for r in fetched if not r["skipped"]] or fetched
     means = {}
     for key in fetched[0]:
         values = np.asarray([r[key] for r in fetched], np.float64)
@@ -215,18 +228,53 @@ def _mean_scalars(records: list[dict]) -> dict[str, float]:
     return means
 
 
-def _check_finite(records: list[dict], first_step: int) -> None:
-    for offset, record in enumerate(jax.device_get(records)):
-        if not np.isfinite(record["loss"]):
-            bad = sorted(
+ON_NONFINITE = ("stop", "skip")
+
+
+def check_finite(
+    records: list[dict], first_step: int, on_nonfinite: str = "stop", batches=(), workdir=None
+) -> int:
+    """Handles a logging window's steps whose loss or gradient was NaN/Inf (their updates were not applied).
+
+    "stop": raise NonFiniteLossError naming the first bad step and its tasks, after saving that step's host
+    batch (if `batches` holds the window's batches) to workdir/nonfinite_batch_step<N>.npz. "skip": print
+    one warning per bad step and return how many there were.
+    """
+    bad = []
+    for offset, record in enumerate(records):
+        if record["skipped"]:
+            tasks = sorted(
                 k.removesuffix("/loss")
                 for k, v in record.items()
                 if k.endswith("/loss") and not np.isfinite(v)
             )
-            raise NonFiniteLossError(
-                f"loss is {record['loss']} at step {first_step + offset + 1} (tasks with a non-finite loss: "
-                f"{', '.join(bad) or 'none; the total overflowed'}); stopping. The last checkpoint is intact."
-            )
+            bad.append((first_step + offset + 1, offset, record["loss"], tasks))
+    for step, offset, loss, tasks in bad:
+        culprits = ", ".join(tasks) or "none; the gradient or the total overflowed"
+        what = f"loss {loss} at step {step} (tasks with a non-finite loss: {culprits})"
+        if on_nonfinite == "skip":
+            print(f"mmjax: skipped the update of step {step}: {what}")
+            continue
+        saved = ""
+        if batches and workdir is not None:
+            path = pathlib.Path(workdir) / f"nonfinite_batch_step{step}.npz"
+            np.savez(path, **flatten_batch(batches[offset]))
+            saved = f"; its batch is saved in {path}"
+        raise NonFiniteLossError(
+            f"{what}; stopping, the update was not applied{saved}. The last checkpoint is intact."
+        )
+    return len(bad)
+
+
+def flatten_batch(batch: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    """A nested batch as {"present/text": array, ...} for np.savez."""
+    flat = {}
+    for key, value in batch.items():
+        if isinstance(value, dict):
+            flat.update(flatten_batch(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = np.asarray(value)
+    return flat
 
 
 def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
@@ -308,7 +356,9 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
     bar = tqdm.tqdm(
         total=total_steps, initial=start_step, disable=not is_lead, desc="train", unit="step", mininterval=5
     )
-    pending, window_start, window_time = [], start_step, time.perf_counter()
+    pending, window_batches, window_start, window_time = [], [], start_step, time.perf_counter()
+    on_nonfinite = config.train.get("on_nonfinite", "stop")
+    skipped = skipped_so_far(workdir, start_step)
     val_metrics: dict[str, float] = {}
     history = validation_history(workdir, config.train.best_metric, start_step)
     patience, min_delta = config.train.early_stop_patience, config.train.early_stop_min_delta
@@ -320,18 +370,22 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
                     f"{config.train.best_metric} than {max(history):.4f}"
                 )
                 break
-            state, scalars = step_fn(state, parallel.to_global(next(train_iter), mesh))
+            batch = next(train_iter)
+            state, scalars = step_fn(state, parallel.to_global(batch, mesh))
             pending.append(scalars)
+            if on_nonfinite == "stop":
+                window_batches.append(batch)  # saved for debugging if its step goes bad
             bar.update(1)
             if step % config.train.log_every == 0 or step == total_steps:
-                _check_finite(pending, window_start)
-                logged = _mean_scalars(pending)
+                pending = jax.device_get(pending)
+                skipped += check_finite(pending, window_start, on_nonfinite, window_batches, workdir)
+                logged = _mean_scalars(pending) | {"skipped_steps": skipped}
                 elapsed = time.perf_counter() - window_time
                 logged["examples_per_sec"] = len(pending) * config.data.batch_size / elapsed
                 logged["learning_rate"] = float(schedule(step - 1))
                 writer.write(step, logged)
                 bar.set_postfix(loss=f"{logged['loss']:.3f}")
-                pending, window_start, window_time = [], step, time.perf_counter()
+                pending, window_batches, window_start, window_time = [], [], step, time.perf_counter()
             is_eval = step % config.train.eval_every == 0 or step == total_steps
             if is_eval:
                 batches = pipeline.eval_batches(
@@ -364,6 +418,14 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
     print(f"validation of the best checkpoint (step {best} of {int(state.step)}):")
     print(evaluate.format_table(val_metrics, tasks))
     return val_metrics
+
+
+def skipped_so_far(workdir: pathlib.Path, up_to_step: int) -> int:
+    """The `skipped_steps` count logged last at or before `up_to_step` (0 for a new run)."""
+    if not (workdir / "metrics.jsonl").is_file():
+        return 0
+    logged = [r for r in metrics.read_metrics(workdir) if "skipped_steps" in r and r["step"] <= up_to_step]
+    return int(logged[-1]["skipped_steps"]) if logged else 0
 
 
 def validation_history(workdir: pathlib.Path, metric: str, up_to_step: int) -> list[float]:

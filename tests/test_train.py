@@ -189,14 +189,22 @@ def test_sigkill_and_restart_matches_an_uninterrupted_run(av_digits_dir, tmp_pat
     )
 
 
-def test_non_finite_loss_stops_with_the_step_and_task():
-    records = [{"loss": 1.0, "answer/loss": 0.5, "speaker/loss": 0.5}] * 2
-    records.append({"loss": float("nan"), "answer/loss": 0.5, "speaker/loss": float("inf")})
-    train._check_finite(records[:2], first_step=10)
+def test_non_finite_steps_stop_with_the_step_task_and_saved_batch_or_are_skipped(tmp_path, capsys):
+    records = [{"loss": 1.0, "answer/loss": 0.5, "speaker/loss": 0.5, "skipped": 0.0}] * 2
+    records.append({"loss": float("nan"), "answer/loss": 0.5, "speaker/loss": float("inf"), "skipped": 1.0})
+    batches = [
+        {"image": np.full((2, 3), i, np.float32), "present": {"text": np.ones(2, bool)}} for i in range(3)
+    ]
+    assert train.check_finite(records[:2], first_step=10, batches=batches[:2], workdir=tmp_path) == 0
     with pytest.raises(
         train.NonFiniteLossError, match=r"at step 13 \(tasks with a non-finite loss: speaker\)"
     ):
-        train._check_finite(records, first_step=10)
+        train.check_finite(records, first_step=10, batches=batches, workdir=tmp_path)
+    saved = np.load(tmp_path / "nonfinite_batch_step13.npz")
+    np.testing.assert_array_equal(saved["image"], batches[2]["image"])
+    assert saved["present/text"].all()
+    assert train.check_finite(records + records[2:], first_step=10, on_nonfinite="skip") == 2
+    assert "skipped the update of step 14" in capsys.readouterr().out
 
 
 def test_nan_in_training_stops_the_run(av_digits_dir, tmp_path, monkeypatch):
@@ -210,6 +218,37 @@ def test_nan_in_training_stops_the_run(av_digits_dir, tmp_path, monkeypatch):
     config = smoke_config(av_digits_dir, **{"train.log_every": 1, "tasks.audio_digit": 0.0})
     with pytest.raises(train.NonFiniteLossError, match="at step 1 .*image_digit"):
         train.main(config, tmp_path)
+
+
+def _poison_third_batch(monkeypatch):
+    """Fills the third training batch's images with NaN, in place (the run sees, and saves, that batch)."""
+    real, calls = train.parallel.to_global, []
+
+    def to_global(batch, mesh):
+        calls.append(1)
+        if len(calls) == 3:
+            batch["image"][...] = np.nan
+        return real(batch, mesh)
+
+    monkeypatch.setattr(train.parallel, "to_global", to_global)
+
+
+def test_nan_batch_is_skipped_and_counted_or_stops_the_run_with_the_batch_saved(
+    av_digits_dir, tmp_path, monkeypatch
+):
+    overrides = {"train.log_every": 1, "train.eval_every": 100, "train.checkpoint_every": 100}
+    _poison_third_batch(monkeypatch)
+    train.main(smoke_config(av_digits_dir, **overrides, **{"train.on_nonfinite": "skip"}), tmp_path / "skip")
+    records = last_record_per_step(tmp_path / "skip")
+    assert [records[s]["skipped_steps"] for s in sorted(records)] == [0, 0, 1, 1, 1, 1]
+    assert all(np.isfinite(records[s]["loss"]) for s in (1, 2, 4, 5, 6))
+    step, params = final_params(tmp_path / "skip", smoke_config(av_digits_dir))
+    assert step == 6 and all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+    _poison_third_batch(monkeypatch)
+    with pytest.raises(train.NonFiniteLossError, match="at step 3 .*answer.*update was not applied"):
+        train.main(smoke_config(av_digits_dir, **overrides), tmp_path / "stop")
+    assert np.isnan(np.load(tmp_path / "stop" / "nonfinite_batch_step3.npz")["image"]).all()
 
 
 @pytest.mark.parity

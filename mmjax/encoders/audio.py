@@ -60,6 +60,10 @@ class SpectrogramEncoder(nn.Module):
     pooling: str = "cls"  # "cls": [CLS]; "cls_distillation": mean of [CLS] and distillation token (AST)
     activation: str = "gelu"  # a key of mmjax.nn.transformer.ACTIVATIONS
     layer_norm_eps: float = 1e-6
+    scan: bool = False  # speed levers of mmjax.nn.transformer.Encoder: nn.scan over layers (params `layers`)
+    remat: str = ""  # "" | full | dots | dots_saveable (mmjax.nn.transformer.REMAT_POLICIES)
+    dtype: str = "float32"  # compute dtype of the transformer blocks: float32 | bfloat16 (params float32)
+    attention: str = "xla"  # xla | fused (mmjax.nn.attention.MultiHeadAttention.implementation)
     aux_prefix: str = "aud/"
 
     @nn.compact
@@ -108,6 +112,10 @@ class SpectrogramEncoder(nn.Module):
             self.pre_ln,
             activation=self.activation,
             layer_norm_eps=self.layer_norm_eps,
+            scan=self.scan,
+            remat=self.remat,
+            dtype=self.dtype,
+            attention=self.attention,
             name="encoder",
         )
         x, hidden_states = encoder(x, mask, deterministic=deterministic)
@@ -148,6 +156,10 @@ class WhisperEncoder(nn.Module):
     dropout_rate: float = 0.0
     activation: str = "gelu"  # a key of mmjax.nn.transformer.ACTIVATIONS
     layer_norm_eps: float = 1e-5
+    scan: bool = False  # speed levers of mmjax.nn.transformer.Encoder: nn.scan over layers (params `layers`)
+    remat: str = ""  # "" | full | dots | dots_saveable (mmjax.nn.transformer.REMAT_POLICIES)
+    dtype: str = "float32"  # compute dtype of the transformer blocks: float32 | bfloat16 (params float32)
+    attention: str = "xla"  # xla | fused (mmjax.nn.attention.MultiHeadAttention.implementation)
     aux_prefix: str = "aud/"
 
     @nn.compact
@@ -173,6 +185,10 @@ class WhisperEncoder(nn.Module):
             pre_ln=True,
             activation=self.activation,
             layer_norm_eps=self.layer_norm_eps,
+            scan=self.scan,
+            remat=self.remat,
+            dtype=self.dtype,
+            attention=self.attention,
             name="encoder",
         )
         x, hidden_states = encoder(x, mask, deterministic=deterministic)

@@ -37,6 +37,10 @@ class ViTEncoder(nn.Module):
     pooler: bool = False  # HF's ViTPooler: pooled = tanh(Dense([CLS]))
     projection_dim: int | None = None  # CLIP's visual_projection: embeds = Dense(pooled), no bias
     channels_first: bool = False  # True: images are [B, C, H, W] (HF `pixel_values`)
+    scan: bool = False  # speed levers of mmjax.nn.transformer.Encoder: nn.scan over layers (params `layers`)
+    remat: str = ""  # "" | full | dots | dots_saveable (mmjax.nn.transformer.REMAT_POLICIES)
+    dtype: str = "float32"  # compute dtype of the transformer blocks: float32 | bfloat16 (params float32)
+    attention: str = "xla"  # xla | fused (mmjax.nn.attention.MultiHeadAttention.implementation)
     aux_prefix: str = "img/"
 
     @nn.compact
@@ -62,6 +66,10 @@ class ViTEncoder(nn.Module):
             activation=self.activation,
             layer_norm_eps=self.layer_norm_eps,
             final_ln=self.final_ln,
+            scan=self.scan,
+            remat=self.remat,
+            dtype=self.dtype,
+            attention=self.attention,
             name="encoder",
         )
         x, hidden_states = encoder(x, mask, deterministic=deterministic)

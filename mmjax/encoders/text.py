@@ -60,6 +60,10 @@ class TextEncoder(nn.Module):
     eos_token_id: int | None = None  # only read with pool="eos"
     pooler: bool = False  # HF's pooler: pooled = tanh(Dense(pooled))
     projection_dim: int | None = None  # CLIP's text_projection: embeds = Dense(pooled), no bias
+    scan: bool = False  # speed levers of mmjax.nn.transformer.Encoder: nn.scan over layers (params `layers`)
+    remat: str = ""  # "" | full | dots | dots_saveable (mmjax.nn.transformer.REMAT_POLICIES)
+    dtype: str = "float32"  # compute dtype of the transformer blocks: float32 | bfloat16 (params float32)
+    attention: str = "xla"  # xla | fused (mmjax.nn.attention.MultiHeadAttention.implementation)
     aux_prefix: str = "txt/"
 
     @nn.compact
@@ -100,6 +104,10 @@ class TextEncoder(nn.Module):
             activation=self.activation,
             layer_norm_eps=self.layer_norm_eps,
             causal=self.causal,
+            scan=self.scan,
+            remat=self.remat,
+            dtype=self.dtype,
+            attention=self.attention,
             name="encoder",
         )
         mask = attention_mask.astype(bool)

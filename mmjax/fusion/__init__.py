@@ -40,11 +40,20 @@ def build_fusion(
     mlp_dim: int,
     dropout_rate: float,
     pre_ln: bool,
+    scan: bool = False,
+    remat: str = "",
+    dtype: str = "float32",
+    attention: str = "xla",
 ) -> nn.Module:
-    """The fusion cfg.name with its fields from `cfg` (depth, bidirectional, ...) and the model's sizes."""
+    """The fusion cfg.name with its fields from `cfg` (depth, bidirectional, ...) and the model's sizes.
+
+    The speed levers (mmjax.nn.transformer) reach the transformer-based fusions; scan only EarlyFusion's
+    Encoder (the others' layers differ from each other).
+    """
     if cfg.name not in FUSIONS:
         raise ValueError(f"model.fusion.name={cfg.name!r} is not one of {sorted(FUSIONS)}")
     blocks = dict(width=width, num_heads=num_heads, mlp_dim=mlp_dim, dropout_rate=dropout_rate, pre_ln=pre_ln)
+    blocks |= dict(remat=remat, dtype=dtype, attention=attention)
     if cfg.name == "late":
         return LateFusion(width=width, mlp_dim=mlp_dim, dropout_rate=dropout_rate)
     if cfg.name == "cross_attention":
@@ -52,7 +61,7 @@ def build_fusion(
     if cfg.name == "late_logits":
         return LateLogitsFusion(width=width, mlp_dim=mlp_dim, dropout_rate=dropout_rate)
     if cfg.name == "early":
-        return EarlyFusion(**blocks, depth=cfg.depth)
+        return EarlyFusion(**blocks, depth=cfg.depth, scan=scan)
     if cfg.name == "co_attention":
         return CoAttentionFusion(**blocks, depth=cfg.depth)
     if cfg.name == "bottleneck":

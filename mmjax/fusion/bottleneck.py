@@ -1,5 +1,7 @@
 """Attention bottleneck fusion (MBT, Nagrani et al. 2021): modalities meet only through shared tokens."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -7,7 +9,7 @@ from flax import linen as nn
 from mmjax.fusion.co_attention import mean_of_present_firsts
 from mmjax.fusion.common import MODALITIES, project
 from mmjax.nn.embeddings import INIT
-from mmjax.nn.transformer import TransformerBlock
+from mmjax.nn.transformer import TransformerBlock, run_block
 
 
 class BottleneckFusion(nn.Module):
@@ -37,6 +39,9 @@ class BottleneckFusion(nn.Module):
     pre_ln: bool = True
     num_bottlenecks: int = 4  # shared tokens per fusion layer (MBT uses 4)
     fusion_layer: int = 0  # first layer with cross-modal exchange; 0..depth
+    remat: str = ""  # speed levers of the blocks (mmjax.nn.transformer): "" | full | dots | dots_saveable
+    dtype: str = "float32"  # compute dtype of the blocks: float32 | bfloat16 (params stay float32)
+    attention: str = "xla"  # xla | fused (mmjax.nn.attention.MultiHeadAttention.implementation)
 
     @nn.compact
     def __call__(
@@ -64,14 +69,21 @@ class BottleneckFusion(nn.Module):
             copies = {}
             for m in names:
                 layer = TransformerBlock(
-                    self.num_heads, self.mlp_dim, self.dropout_rate, self.pre_ln, name=f"{m}_layer_{i}"
+                    self.num_heads,
+                    self.mlp_dim,
+                    self.dropout_rate,
+                    self.pre_ln,
+                    dtype=self.dtype,
+                    attention=self.attention,
+                    name=f"{m}_layer_{i}",
                 )
+                run = functools.partial(run_block, layer, deterministic=deterministic, remat=self.remat)
                 if i < self.fusion_layer:
-                    x[m] = layer(x[m], mask[m], deterministic=deterministic)
+                    x[m] = run(x[m], mask[m])
                 else:
                     joint = jnp.concatenate([x[m], bottleneck], axis=1)
                     joint_mask = jnp.concatenate([mask[m], bottleneck_mask], axis=1)
-                    joint = layer(joint, joint_mask, deterministic=deterministic)
+                    joint = run(joint, joint_mask)
                     x[m], copies[m] = joint[:, : x[m].shape[1]], joint[:, x[m].shape[1] :]
                 self.sow("intermediates", f"{m}_hidden", x[m])
             if copies:

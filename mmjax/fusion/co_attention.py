@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mmjax.fusion.common import MODALITIES, project
-from mmjax.nn.transformer import TransformerBlock
+from mmjax.nn.transformer import TransformerBlock, run_block
 
 
 class CoAttentionFusion(nn.Module):
@@ -26,6 +26,9 @@ class CoAttentionFusion(nn.Module):
     mlp_dim: int
     dropout_rate: float = 0.0
     pre_ln: bool = True
+    remat: str = ""  # speed levers of the blocks (mmjax.nn.transformer): "" | full | dots | dots_saveable
+    dtype: str = "float32"  # compute dtype of the blocks: float32 | bfloat16 (params stay float32)
+    attention: str = "xla"  # xla | fused (mmjax.nn.attention.MultiHeadAttention.implementation)
 
     @nn.compact
     def __call__(
@@ -50,6 +53,8 @@ class CoAttentionFusion(nn.Module):
             self.dropout_rate,
             self.pre_ln,
             cross_attention=True,
+            dtype=self.dtype,
+            attention=self.attention,
         )
         for i in range(self.depth):
             new_x = {}
@@ -58,7 +63,9 @@ class CoAttentionFusion(nn.Module):
                 ctx = jnp.concatenate([x[o] for o in others], axis=1)
                 ctx_mask = jnp.concatenate([mask[o] for o in others], axis=1)
                 layer = block(name=f"{m}_layer_{i}")
-                new_x[m] = layer(x[m], mask[m], ctx, ctx_mask, deterministic=deterministic)
+                new_x[m] = run_block(
+                    layer, x[m], mask[m], ctx, ctx_mask, deterministic=deterministic, remat=self.remat
+                )
             x = new_x
         if self.pre_ln:
             x = {m: nn.LayerNorm(name=f"{m}_final_ln")(x[m]) for m in names}

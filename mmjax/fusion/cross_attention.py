@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mmjax.fusion.common import project
-from mmjax.nn.transformer import TransformerBlock
+from mmjax.nn.transformer import TransformerBlock, run_block
 
 CONTEXT_MODALITIES = ("image", "audio")  # concatenated in this order as keys/values
 
@@ -25,6 +25,9 @@ class CrossAttentionFusion(nn.Module):
     dropout_rate: float = 0.0
     pre_ln: bool = True
     bidirectional: bool = False
+    remat: str = ""  # speed levers of the blocks (mmjax.nn.transformer): "" | full | dots | dots_saveable
+    dtype: str = "float32"  # compute dtype of the blocks: float32 | bfloat16 (params stay float32)
+    attention: str = "xla"  # xla | fused (mmjax.nn.attention.MultiHeadAttention.implementation)
 
     @nn.compact
     def __call__(
@@ -52,11 +55,14 @@ class CrossAttentionFusion(nn.Module):
             self.dropout_rate,
             self.pre_ln,
             cross_attention=True,
+            dtype=self.dtype,
+            attention=self.attention,
         )
+        run = functools.partial(run_block, deterministic=deterministic, remat=self.remat)
         for i in range(self.depth):
-            new_x = block(name=f"text_layer_{i}")(x, x_mask, ctx, ctx_mask, deterministic=deterministic)
+            new_x = run(block(name=f"text_layer_{i}"), x, x_mask, ctx, ctx_mask)
             if self.bidirectional:
-                ctx = block(name=f"context_layer_{i}")(ctx, ctx_mask, x, x_mask, deterministic=deterministic)
+                ctx = run(block(name=f"context_layer_{i}"), ctx, ctx_mask, x, x_mask)
             x = new_x
         if self.pre_ln:
             x = nn.LayerNorm(name="text_final_ln")(x)

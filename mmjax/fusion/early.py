@@ -24,6 +24,10 @@ class EarlyFusion(nn.Module):
     mlp_dim: int
     dropout_rate: float = 0.0
     pre_ln: bool = True
+    scan: bool = False  # nn.scan over the encoder layers (params under encoder/layers)
+    remat: str = ""  # speed levers of the blocks (mmjax.nn.transformer): "" | full | dots | dots_saveable
+    dtype: str = "float32"  # compute dtype of the blocks: float32 | bfloat16 (params stay float32)
+    attention: str = "xla"  # xla | fused (mmjax.nn.attention.MultiHeadAttention.implementation)
 
     @nn.compact
     def __call__(
@@ -43,7 +47,16 @@ class EarlyFusion(nn.Module):
         token_mask = jnp.concatenate(token_masks, axis=1)
         mask = jnp.concatenate([jnp.ones_like(token_mask[:, :1]), token_mask], axis=1)
         encoder = Encoder(
-            self.depth, self.num_heads, self.mlp_dim, self.dropout_rate, self.pre_ln, name="encoder"
+            self.depth,
+            self.num_heads,
+            self.mlp_dim,
+            self.dropout_rate,
+            self.pre_ln,
+            scan=self.scan,
+            remat=self.remat,
+            dtype=self.dtype,
+            attention=self.attention,
+            name="encoder",
         )
         x, _ = encoder(x, mask, deterministic=deterministic)
         out = {

@@ -8,7 +8,7 @@ from flax import linen as nn
 
 from mmjax.fusion.common import MODALITIES, project
 from mmjax.nn.embeddings import INIT
-from mmjax.nn.transformer import TransformerBlock
+from mmjax.nn.transformer import TransformerBlock, run_block
 
 
 class PerceiverFusion(nn.Module):
@@ -26,6 +26,9 @@ class PerceiverFusion(nn.Module):
     mlp_dim: int
     dropout_rate: float = 0.0
     pre_ln: bool = True
+    remat: str = ""  # speed levers of the blocks (mmjax.nn.transformer): "" | full | dots | dots_saveable
+    dtype: str = "float32"  # compute dtype of the blocks: float32 | bfloat16 (params stay float32)
+    attention: str = "xla"  # xla | fused (mmjax.nn.attention.MultiHeadAttention.implementation)
 
     @nn.compact
     def __call__(
@@ -51,9 +54,14 @@ class PerceiverFusion(nn.Module):
             self.dropout_rate,
             self.pre_ln,
             cross_attention=True,
+            dtype=self.dtype,
+            attention=self.attention,
         )
         for i in range(self.depth):
-            x = block(name=f"layer_{i}")(x, None, context, context_mask, deterministic=deterministic)
+            layer = block(name=f"layer_{i}")
+            x = run_block(
+                layer, x, None, context, context_mask, deterministic=deterministic, remat=self.remat
+            )
         if self.pre_ln:
             x = nn.LayerNorm(name="final_ln")(x)
         out = {"tokens": x, "mask": jnp.ones(x.shape[:2], bool), "pooled": x.mean(axis=1)}

@@ -1,18 +1,34 @@
-"""Transformer blocks (pre-/post-LN, optional cross-attention), the encoder stack and the size table."""
+"""Transformer blocks (pre-/post-LN, optional cross-attention), the encoder stack and the size table.
+
+Speed levers (defaults keep the plain float32, unrolled, einsum-attention model): `remat` recomputes each
+block's activations in the backward pass, `scan` runs the encoder's layers as one nn.scan (params stacked
+under `layers`: see stack_layers), `dtype` is the compute dtype of Dense layers and attention, and
+`attention` picks the attention implementation (mmjax.nn.attention.IMPLEMENTATIONS).
+"""
 
 from collections.abc import Callable
 from functools import partial
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
-from mmjax.nn.attention import MultiHeadAttention
+from mmjax.nn.attention import MultiHeadAttention, compute_dtype
 
 # Model sizes: name -> width, depth, num_heads, mlp_dim.
 SIZES = {
     "tiny": dict(width=32, depth=1, num_heads=2, mlp_dim=64),
     "small": dict(width=128, depth=2, num_heads=4, mlp_dim=256),
     "base": dict(width=768, depth=12, num_heads=12, mlp_dim=3072),
+}
+
+# remat name -> jax.checkpoint policy (what the backward pass may keep): "" no remat; "full" keeps nothing.
+REMAT_POLICIES = {
+    "": None,
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
 }
 
 
@@ -37,20 +53,23 @@ class MlpBlock(nn.Module):
     mlp_dim: int
     dropout_rate: float = 0.0
     activation: str = "gelu"  # a key of ACTIVATIONS: gelu (exact erf), gelu_new, relu, quick_gelu, ...
+    dtype: str = "float32"  # compute dtype, one of DTYPES
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation={self.activation!r} is not one of {sorted(ACTIVATIONS)}")
-        h = ACTIVATIONS[self.activation](nn.Dense(self.mlp_dim, name="fc1")(x))
+        dtype = compute_dtype(self.dtype)
+        h = ACTIVATIONS[self.activation](nn.Dense(self.mlp_dim, dtype=dtype, name="fc1")(x))
         h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
-        return nn.Dense(x.shape[-1], name="fc2")(h)
+        return nn.Dense(x.shape[-1], dtype=dtype, name="fc2")(h)
 
 
 class TransformerBlock(nn.Module):
     """Self-attention, optional cross-attention to `context`, then MLP; each a residual sub-layer.
 
     pre_ln: True -> x + f(LN(x)) (ViT/GPT-2/CLIP); False -> LN(x + f(x)) (BERT).
+    `dtype` applies inside f; LayerNorms (float32 params) and the residual stream stay float32.
     """
 
     num_heads: int
@@ -61,6 +80,8 @@ class TransformerBlock(nn.Module):
     activation: str = "gelu"  # a key of ACTIVATIONS
     layer_norm_eps: float = 1e-6
     causal: bool = False  # self-attention sees only earlier positions
+    dtype: str = "float32"  # compute dtype of Dense layers and attention, one of DTYPES
+    attention: str = "xla"  # attention implementation: xla | fused (mmjax.nn.attention)
 
     @nn.compact
     def __call__(
@@ -72,6 +93,8 @@ class TransformerBlock(nn.Module):
         *,
         deterministic: bool,
     ) -> jax.Array:
+        compute_dtype(self.dtype)  # checks the name
+
         def sublayer(x: jax.Array, fn: Callable[[jax.Array], jax.Array], name: str) -> jax.Array:
             norm = nn.LayerNorm(self.layer_norm_eps, name=f"{name}_ln")
             drop = nn.Dropout(self.dropout_rate)
@@ -79,17 +102,52 @@ class TransformerBlock(nn.Module):
                 return x + drop(fn(norm(x)), deterministic=deterministic)
             return norm(x + drop(fn(x), deterministic=deterministic))
 
-        attn = MultiHeadAttention(self.num_heads, self.dropout_rate, causal=self.causal, name="self_attn")
+        attention = partial(
+            MultiHeadAttention,
+            self.num_heads,
+            self.dropout_rate,
+            dtype=self.dtype,
+            implementation=self.attention,
+        )
+        attn = attention(causal=self.causal, name="self_attn")
         x = sublayer(x, lambda h: attn(h, context_mask=mask, deterministic=deterministic), "self_attn")
         if self.cross_attention:
             if context is None:
                 raise ValueError("TransformerBlock(cross_attention=True) needs a `context`")
-            cross = MultiHeadAttention(self.num_heads, self.dropout_rate, name="cross_attn")
+            cross = attention(name="cross_attn")
             x = sublayer(
                 x, lambda h: cross(h, context, context_mask, deterministic=deterministic), "cross_attn"
             )
-        mlp = MlpBlock(self.mlp_dim, self.dropout_rate, self.activation, name="mlp")
+        mlp = MlpBlock(self.mlp_dim, self.dropout_rate, self.activation, self.dtype, name="mlp")
         return sublayer(x, lambda h: mlp(h, deterministic=deterministic), "mlp")
+
+
+def run_block(
+    block: TransformerBlock,
+    x: jax.Array,
+    mask: jax.Array | None = None,
+    context: jax.Array | None = None,
+    context_mask: jax.Array | None = None,
+    *,
+    deterministic: bool,
+    remat: str = "",
+    prevent_cse: bool = True,
+) -> jax.Array:
+    """`block(x, mask, context, context_mask)`, under nn.remat with policy REMAT_POLICIES[remat] unless "".
+
+    The lifted function closes over `deterministic`, which stays a Python bool (nn.remat would trace it).
+    Params keep the block's path. prevent_cse=False is the right choice inside nn.scan.
+    """
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat={remat!r} is not one of {sorted(REMAT_POLICIES)}")
+    if not remat:
+        return block(x, mask, context, context_mask, deterministic=deterministic)
+
+    def call(module: TransformerBlock, *args: jax.Array | None) -> jax.Array:
+        return module(*args, deterministic=deterministic)
+
+    checkpointed = nn.remat(call, policy=REMAT_POLICIES[remat], prevent_cse=prevent_cse)
+    return checkpointed(block, x, mask, context, context_mask)
 
 
 class Encoder(nn.Module):
@@ -98,6 +156,8 @@ class Encoder(nn.Module):
     Returns (output, hidden_states): hidden_states is the input followed by every block's output
     (Hugging Face's `output_hidden_states` order; with pre_ln the last one precedes the final LayerNorm,
     which `final_ln=False` leaves out, as in CLIP's vision tower).
+    With `scan`, the blocks run as one nn.scan (compiled once) with params stacked on a leading layer axis
+    under `layers` instead of `layer_{i}`; stack_layers / unstack_layers convert between the two.
     """
 
     depth: int
@@ -109,25 +169,78 @@ class Encoder(nn.Module):
     layer_norm_eps: float = 1e-6
     causal: bool = False
     final_ln: bool = True  # pre_ln only: LayerNorm after the last block
+    scan: bool = False  # nn.scan over the layers (params under `layers`)
+    remat: str = ""  # a key of REMAT_POLICIES: "" | full | dots | dots_saveable
+    dtype: str = "float32"  # compute dtype, one of DTYPES
+    attention: str = "xla"  # attention implementation: xla | fused
 
     @nn.compact
     def __call__(
         self, x: jax.Array, mask: jax.Array | None, *, deterministic: bool
     ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        block = partial(
+            TransformerBlock,
+            self.num_heads,
+            self.mlp_dim,
+            self.dropout_rate,
+            self.pre_ln,
+            activation=self.activation,
+            layer_norm_eps=self.layer_norm_eps,
+            causal=self.causal,
+            dtype=self.dtype,
+            attention=self.attention,
+        )
+        run = partial(run_block, deterministic=deterministic, remat=self.remat, prevent_cse=not self.scan)
         hidden_states = [x]
-        for i in range(self.depth):
-            block = TransformerBlock(
-                self.num_heads,
-                self.mlp_dim,
-                self.dropout_rate,
-                self.pre_ln,
-                activation=self.activation,
-                layer_norm_eps=self.layer_norm_eps,
-                causal=self.causal,
-                name=f"layer_{i}",
+        if self.scan:
+
+            def body(module: TransformerBlock, carry: jax.Array, mask: jax.Array | None) -> tuple:
+                out = run(module, carry, mask)
+                return out, out
+
+            scanned = nn.scan(
+                body,
+                variable_axes={True: 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=nn.broadcast,
+                length=self.depth,
             )
-            x = block(x, mask, deterministic=deterministic)
-            hidden_states.append(x)
+            x, stacked = scanned(block(name="layers"), x, mask)
+            hidden_states += [stacked[i] for i in range(self.depth)]
+        else:
+            for i in range(self.depth):
+                x = run(block(name=f"layer_{i}"), x, mask)
+                hidden_states.append(x)
         if self.pre_ln and self.final_ln:
             x = nn.LayerNorm(self.layer_norm_eps, name="final_ln")(x)
         return x, tuple(hidden_states)
+
+
+def stack_layers(encoder_params: dict, depth: int) -> dict:
+    """Encoder params with `layer_0` .. `layer_{depth-1}` -> the scanned layout: one `layers` subtree whose
+    leaves have a leading layer axis. Other entries (final_ln) are kept; numpy in, numpy out."""
+    names = [f"layer_{i}" for i in range(depth)]
+    missing = [n for n in names if n not in encoder_params]
+    extra = [k for k in encoder_params if k.startswith("layer") and k not in names]
+    if missing or extra:
+        raise ValueError(
+            f"stack_layers(depth={depth}): missing {missing}, unexpected {extra} in encoder params"
+        )
+    rest = {k: v for k, v in encoder_params.items() if k not in names}
+    return rest | {"layers": jax.tree.map(_stack, *[encoder_params[n] for n in names])}
+
+
+def unstack_layers(encoder_params: dict, depth: int) -> dict:
+    """The inverse of stack_layers: `layers` (leading axis `depth`) -> `layer_0` .. `layer_{depth-1}`."""
+    if "layers" not in encoder_params:
+        raise ValueError(f"unstack_layers: no `layers` in encoder params (keys {sorted(encoder_params)})")
+    layers = encoder_params["layers"]
+    sizes = {leaf.shape[0] for leaf in jax.tree.leaves(layers)}
+    if sizes != {depth}:
+        raise ValueError(f"unstack_layers(depth={depth}): stacked params have leading axes {sorted(sizes)}")
+    rest = {k: v for k, v in encoder_params.items() if k != "layers"}
+    return rest | {f"layer_{i}": jax.tree.map(lambda leaf, i=i: leaf[i], layers) for i in range(depth)}
+
+
+def _stack(*leaves: jax.Array) -> jax.Array:
+    return np.stack(leaves) if all(isinstance(x, np.ndarray) for x in leaves) else jnp.stack(leaves)
