@@ -49,7 +49,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.tokenizer = ""  # checkpoint folder with tokenizer files; "" -> model.text.init_from's, else words
 
     c.model = ml_collections.ConfigDict()
-    c.model.size = args.size  # tiny | small | base
+    c.model.size = args.size  # tiny | small | base (mmjax.nn.transformer.SIZES)
+    c.model.width = c.model.depth = c.model.num_heads = c.model.mlp_dim = 0  # > 0: overrides the size's value
     c.model.dropout = 0.1
     c.model.pre_ln = True
     c.model.head_dropout = 0.0

@@ -132,7 +132,7 @@ def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> Mul
     _check_divisible(cfg.image.size, "cfg.image.size", cfg.image.patch_size, "cfg.image.patch_size")
     _check_divisible(cfg.audio.frames, "cfg.audio.frames", cfg.audio.patch_time, "cfg.audio.patch_time")
     _check_divisible(cfg.audio.mels, "cfg.audio.mels", cfg.audio.patch_freq, "cfg.audio.patch_freq")
-    size = SIZES[cfg.size]
+    size = SIZES[cfg.size] | {k: cfg[k] for k in SIZES[cfg.size] if cfg.get(k)}  # e.g. model.width=256
     common = dict(
         width=size["width"],
         depth=size["depth"],

@@ -200,16 +200,11 @@ def mmjax_config(s: Shapes, hf_dirs: Mapping[str, str] | None, switches: Mapping
     switches). Switches the config lacks are left out (and reported by the caller)."""
     from mmjax.config import load_config
     from mmjax.data import av_digits
-    from mmjax.nn import transformer
 
     cfg = load_config(EXPERIMENT + (f":{arg}" if arg else ""))
     m = cfg.model
     if hf_dirs is not None:
-        # build_model sizes the fusion from model.size: register the benchmark's size under "bench".
-        transformer.SIZES["bench"] = dict(
-            width=s.fusion_width, depth=s.fusion_depth, num_heads=s.heads, mlp_dim=s.mlp
-        )
-        m.size = "bench"
+        m.width, m.depth, m.num_heads, m.mlp_dim = s.fusion_width, s.fusion_depth, s.heads, s.mlp
         m.fusion.name = "cross_attention"
         m.fusion.depth = s.fusion_depth
         m.dropout = s.dropout

@@ -19,6 +19,8 @@ def _config(peft=None, align=None, **overrides):
     cfg = ml_collections.ConfigDict(
         dict(
             size="tiny",
+            width=0,  # > 0 overrides the size's width (likewise depth, num_heads, mlp_dim)
+            mlp_dim=0,
             dropout=0.1,
             pre_ln=True,
             head_dropout=0.0,
@@ -135,6 +137,13 @@ def test_small_size_sets_the_width():
         lambda: model.init(jax.random.key(0), dummy_batch(cfg, {"answer": 30}), train=False)
     )
     assert shapes["params"]["head_answer"]["logits"]["kernel"].shape == (128, 30)
+    cfg = _config(size="small", width=48, mlp_dim=96)  # explicit dimensions override the size's
+    model = build_model(cfg, {"answer": 30})
+    params = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), dummy_batch(cfg, {"answer": 30}), train=False)
+    )["params"]
+    assert params["head_answer"]["logits"]["kernel"].shape == (48, 30)
+    assert params["text"]["encoder"]["layer_1"]["mlp"]["fc1"]["kernel"].shape == (48, 96)  # depth 2 kept
 
 
 @pytest.mark.parametrize(
