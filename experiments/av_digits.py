@@ -45,6 +45,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.eval_batch_size = 200
     c.data.image_shift = 0  # training augmentation: random image shifts of up to this many pixels (0: off)
     c.data.workers = 0  # grain worker processes for the training stream
+    c.data.audio_buckets = (
+        ""  # e.g. "48,96": trim each training batch's audio to the shortest bucket that fits
+    )
     c.data.questions = ""  # JSON {question_type: [phrasings]} used by evaluation instead of the built-in ones
     c.data.tokenizer = ""  # checkpoint folder with tokenizer files; "" -> model.text.init_from's, else words
 

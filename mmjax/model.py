@@ -155,7 +155,12 @@ def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> Mul
     encoders = dict(
         text=TextEncoder(vocab_size=cfg.text.vocab_size, max_len=cfg.text.max_len, **common),
         image=ViTEncoder(patch_size=cfg.image.patch_size, **common),
-        audio=SpectrogramEncoder(patch_time=cfg.audio.patch_time, patch_freq=cfg.audio.patch_freq, **common),
+        audio=SpectrogramEncoder(
+            patch_time=cfg.audio.patch_time,
+            patch_freq=cfg.audio.patch_freq,
+            max_frames=cfg.audio.frames,
+            **common,
+        ),
     )
     for m, (spec, tower) in _pretrained_specs(cfg).items():
         pretrained, _ = load_pretrained(spec, tower)

@@ -310,6 +310,9 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         worker_count=config.data.workers,
+        audio_buckets=pipeline.parse_buckets(
+            config.data.get("audio_buckets", ""), config.data.audio_frames, config.model.audio.patch_time
+        ),
     )
     steps_per_epoch = pipeline.steps_per_epoch(sources["train"], config.data.batch_size)
     total_steps = config.train.steps or int(round(config.train.epochs * steps_per_epoch))

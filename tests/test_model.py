@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from mmjax.data import pipeline
 from mmjax.losses import softmax_cross_entropy
 from mmjax.model import build_model, drop_modalities, dummy_batch
 from mmjax.nn import lora
@@ -254,3 +255,20 @@ def test_align_outputs_embeddings_scale_and_validity():
         build_model(_config(align={**align, "modalities": "image"}), TASKS)
     with pytest.raises(ValueError, match="model.align.loss='clip' is not one of"):
         build_model(_config(align={**align, "loss": "clip"}), TASKS)
+
+
+@pytest.mark.parametrize("fusion", ["late", "cross_attention"])
+def test_audio_trimmed_to_a_bucket_gives_the_padded_result_and_one_compile_per_bucket(fusion):
+    cfg, model, variables = _model(fusion, False)
+    batch = _batch(cfg)
+    batch["audio_mask"] = batch["audio_mask"].at[:, 56:].set(False)  # both clips fit the 64-frame bucket
+    apply = jax.jit(functools.partial(model.apply, train=False))
+    padded = apply(variables, batch)[0]
+    for _ in range(2):
+        for bucket in (64, 100):
+            trimmed = pipeline.trim_audio(dict(batch), (bucket,))
+            assert trimmed["audio"].shape[1] == bucket
+            jax.tree.map(
+                lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), apply(variables, trimmed)[0], padded
+            )
+    assert apply._cache_size() == 2  # 100 frames and 64 frames, each compiled once

@@ -4,6 +4,7 @@ Batches are process-local numpy dicts; turning them into global device arrays is
 """
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -157,13 +158,15 @@ def train_iterator(
     process_index: int = 0,
     process_count: int = 1,
     worker_count: int = 0,
+    audio_buckets: Sequence[int] = (),
 ) -> grain.DatasetIterator:
     """Endless shuffled batches of this process's shard (every process_count-th example).
 
     Each epoch is reshuffled; `augment_fn(example, rng)` draws from a generator seeded by (seed, position in
     the stream), so augmentations differ per epoch yet repeat exactly after a restore. Each process yields
     batch_size // process_count examples per batch. The returned iterator is checkpointable (get_state /
-    set_state, grain.checkpoint with Orbax).
+    set_state, grain.checkpoint with Orbax). With `audio_buckets`, each batch's audio is trimmed to the
+    shortest bucket that holds its longest clip (see trim_audio).
     """
     if batch_size % process_count:
         raise ValueError(f"batch_size={batch_size} is not divisible by process_count={process_count}")
@@ -174,7 +177,10 @@ def train_iterator(
     if augment_fn is not None:
         dataset = dataset.random_map(augment_fn)
     # Batching the MapDataset lets prefetch workers take whole batches: same batches for any worker_count.
-    dataset = dataset.batch(batch_size // process_count, drop_remainder=True).to_iter_dataset()
+    dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
+    if audio_buckets:
+        dataset = dataset.map(functools.partial(trim_audio, buckets=tuple(audio_buckets)))
+    dataset = dataset.to_iter_dataset()
     if worker_count > 0:
         if not flags.FLAGS.is_parsed():  # grain reads absl flags when starting workers
             flags.FLAGS.mark_as_parsed()
@@ -187,6 +193,29 @@ def _pad_rows(tree, size: int):
     if isinstance(tree, dict):
         return {key: _pad_rows(value, size) for key, value in tree.items()}
     return np.concatenate([tree, np.repeat(tree[-1:], size - tree.shape[0], axis=0)])
+
+
+def trim_audio(batch: dict, buckets: tuple[int, ...]) -> dict:
+    """The batch with audio and audio_mask cut to the shortest bucket (frame count) that holds every clip's
+    valid frames (the largest bucket if none does): a few static shapes, each compiled once, instead of
+    always the longest. Padding is masked, so the model's result does not change."""
+    longest = int(batch["audio_mask"].sum(axis=1).max())
+    length = min((b for b in buckets if b >= longest), default=max(buckets))
+    return batch | {"audio": batch["audio"][:, :length], "audio_mask": batch["audio_mask"][:, :length]}
+
+
+def parse_buckets(text: str, frames: int, patch_time: int) -> tuple[int, ...]:
+    """`data.audio_buckets` "32,64,96" -> (32, 64, 96): multiples of patch_time, the largest `frames`."""
+    try:
+        buckets = tuple(sorted(int(part) for part in text.split(",") if part.strip()))
+    except ValueError as e:
+        raise ValueError(f"data.audio_buckets={text!r} must be comma-separated frame counts") from e
+    if buckets and (buckets[-1] != frames or any(b <= 0 or b % patch_time for b in buckets)):
+        raise ValueError(
+            f"data.audio_buckets={text!r}: each bucket must be a positive multiple of model.audio.patch_time="
+            f"{patch_time}, the largest data.audio_frames={frames}"
+        )
+    return buckets
 
 
 def eval_batches(

@@ -39,8 +39,10 @@ class SpectrogramEncoder(nn.Module):
 
     Padded frames are zeroed and patches without a valid frame are masked in attention. Without strides,
     T and F must be divisible by `patch_time` and `patch_freq`; with strides, patches may overlap and a
-    remainder is dropped (HF AST). The position table is sized by the input at init, so later inputs must
-    have that size. Returns (tokens [B, prefix + N, width], aux); prefix is [CLS] (and the distillation
+    remainder is dropped (HF AST). The position table is sized for `max_frames` (default: the input at
+    init); with time-major patches (freq_major=False), shorter inputs use its first positions, so batches
+    trimmed to a shorter length bucket (mmjax.data.pipeline.trim_audio) give the same result as padded ones.
+    Returns (tokens [B, prefix + N, width], aux); prefix is [CLS] (and the distillation
     token); aux keys (after `aux_prefix`): `tokens`, `mask` (the valid tokens), `pooled` and `hidden_states`
     (embedding output, then every layer's output before the final LayerNorm).
     """
@@ -64,7 +66,19 @@ class SpectrogramEncoder(nn.Module):
     remat: str = ""  # "" | full | dots | dots_saveable (mmjax.nn.transformer.REMAT_POLICIES)
     dtype: str = "float32"  # compute dtype of the transformer blocks: float32 | bfloat16 (params float32)
     attention: str = "xla"  # xla | fused (mmjax.nn.attention.MultiHeadAttention.implementation)
+    max_frames: int | None = None  # frames the position table covers (None: the init input's)
     aux_prefix: str = "aud/"
+
+    def num_tokens(self, frames: int, mels: int) -> int:
+        """Positions in the table: the tokens of `max_frames` (else of `frames`) frames, with the prefix."""
+        if self.max_frames is not None and frames != self.max_frames and self.freq_major:
+            raise ValueError(f"frequency-major patches need all {self.max_frames} frames, got {frames}")
+        if self.max_frames is not None and frames > self.max_frames:
+            raise ValueError(f"audio has {frames} frames, more than max_frames={self.max_frames}")
+        frames = self.max_frames or frames
+        time_patches = (frames - self.patch_time) // (self.time_stride or self.patch_time) + 1
+        freq_patches = (mels - self.patch_freq) // (self.freq_stride or self.patch_freq) + 1
+        return 1 + self.distillation_token + time_patches * freq_patches
 
     @nn.compact
     def __call__(
@@ -98,7 +112,7 @@ class SpectrogramEncoder(nn.Module):
         if self.distillation_token:
             x = ClsToken(name="distillation")(x)
         x = ClsToken(name="cls")(x)
-        x = PositionEmbedding(x.shape[1], name="position_embedding")(x)
+        x = PositionEmbedding(self.num_tokens(frames, mels), name="position_embedding")(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         num_freq_patches = (mels - self.patch_freq) // freq_stride + 1
         mask = patch_mask(attention_mask, self.patch_time, num_freq_patches, time_stride, self.freq_major)

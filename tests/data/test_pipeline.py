@@ -185,3 +185,34 @@ def test_augmented_stream_is_deterministic_and_keeps_labels(source, preprocess_f
     plain = next(pipeline.train_iterator(source, batch_size=8, seed=3, preprocess_fn=preprocess_fn))
     np.testing.assert_array_equal(a["labels/answer"], plain["labels/answer"])
     assert not np.array_equal(a["image"], plain["image"])
+
+
+def test_audio_buckets_trim_each_batch_to_the_shortest_bucket_that_fits(source, preprocess_fn):
+    mask = np.zeros((3, 96), bool)
+    mask[0, :30], mask[1, :50], mask[2, :10] = True, True, True
+    batch = {"audio": np.arange(3 * 96 * 2, dtype=np.float32).reshape(3, 96, 2), "audio_mask": mask, "x": 1}
+    trimmed = pipeline.trim_audio(batch, (32, 64, 96))
+    assert (
+        trimmed["audio"].shape == (3, 64, 2) and trimmed["audio_mask"].shape == (3, 64) and trimmed["x"] == 1
+    )
+    np.testing.assert_array_equal(trimmed["audio"], batch["audio"][:, :64])
+    assert pipeline.trim_audio(batch | {"audio_mask": mask[[2]]}, (32, 64, 96))["audio"].shape[1] == 32
+    stream = pipeline.train_iterator(
+        source, batch_size=8, seed=0, preprocess_fn=preprocess_fn, audio_buckets=(48, 96)
+    )
+    lengths = set()
+    for _ in range(6):
+        batch = next(stream)
+        lengths.add(batch["audio"].shape[1])
+        assert batch["audio_mask"].sum(1).max() <= batch["audio"].shape[1] in (48, 96)
+    assert lengths <= {48, 96}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("48,97", "the largest data.audio_frames=96"), ("40,96", "multiple"), ("a", "comma")],
+)
+def test_bad_audio_buckets_name_the_field(text, message):
+    assert pipeline.parse_buckets("96, 48", 96, 8) == (48, 96) and pipeline.parse_buckets("", 96, 8) == ()
+    with pytest.raises(ValueError, match=f"data.audio_buckets={text!r}.*{message}"):
+        pipeline.parse_buckets(text, 96, 16 if text == "40,96" else 8)
