@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev,parity
-.venv/bin/python -m pytest -q "$@"
+# Two pytest workers: XLA compiles on one thread, so two test processes keep both cores busy.
+.venv/bin/python -m pytest -q -n 2 "$@"

@@ -296,7 +296,7 @@ def _multitask_setup(tfds_dir):
     return config, build_model(config.model, tasks), [next(batches) for _ in range(3)]
 
 
-FAST_METHODS = ("gradnorm",)  # the others run with -m slow (pcgrad also in the 8-device test below)
+FAST_METHODS = ("gradnorm",)  # the others run with -m slow
 
 
 @pytest.mark.parametrize(
@@ -340,6 +340,7 @@ def test_every_task_weighting_method_trains_and_logs_weights_and_grad_norms(av_d
         np.testing.assert_allclose(weights[2], lam * static, rtol=1e-4)
 
 
+@pytest.mark.slow  # PCGrad's projection is unit-tested in test_multitask.py
 def test_pcgrad_and_static_see_the_same_losses_but_step_differently_on_8_devices(av_digits_dir):
     config, model, batches = _multitask_setup(av_digits_dir)
     mesh = parallel.make_mesh()
