@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mmjax.losses import MASK_VALUE
+from mmjax.nn.transformer import gelu
 
 
 class ClassificationHead(nn.Module):
@@ -24,7 +25,7 @@ class ClassificationHead(nn.Module):
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         if self.hidden_dim is not None:
-            x = nn.gelu(nn.Dense(self.hidden_dim, name="hidden")(x), approximate=False)
+            x = gelu(nn.Dense(self.hidden_dim, name="hidden")(x))
             x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         return nn.Dense(self.num_classes, name="logits")(x)
 

@@ -15,6 +15,7 @@ run, compile times and peak memory.
   python scripts/bench_train.py --out bench_train.json            # full size (minutes)
   python scripts/bench_train.py --quick                             # tiny, no torch.compile (tests)
   python scripts/bench_train.py --scan --remat dots --dtype bfloat16 --attention fused   # mmjax switches
+  python scripts/bench_train.py --profile runs/bench/trace   # + where each framework's step time goes
 """
 
 import argparse
@@ -49,6 +50,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="torch.compile (auto: on unless --quick)",
     )
     p.add_argument("--torch-threads", type=int, default=None, help="torch threads (default: os.cpu_count())")
+    p.add_argument(
+        "--profile",
+        default="",
+        help="also trace --repeats mmjax steps with jax.profiler into this folder and "
+        "report where the time goes (op kinds, model parts, costliest ops)",
+    )
     p.add_argument("--out", default="", help="write the JSON here")
     p.add_argument("--phase", choices=("jax", "torch"), help=argparse.SUPPRESS)  # internal: one framework
     p.add_argument("--hf-dir", default="", help=argparse.SUPPRESS)
@@ -96,6 +103,12 @@ def jax_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
 
     times = bc.median_times(one_step, args.warmup, args.repeats)
     _, peak_rss = bc.rss_bytes()
+    profile = {}
+    if args.profile:
+        with jax.profiler.trace(args.profile):
+            for _ in range(args.repeats):
+                one_step()
+        profile = bc.profile_summary(args.profile, compiled.as_text(), args.repeats)
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(holder["state"].params))
     return {
         "initial_loss": initial_loss,
@@ -107,6 +120,7 @@ def jax_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
         "rss": {"start": rss_start, "before_steps": rss_before, "peak": peak_rss},
         "matmul_peak_flops": bc.jax_matmul_peak(args.matmul, 5),
         "devices": [str(d) for d in jax.devices()[:1]],
+        **({"profile": profile} if profile else {}),
     }
 
 
@@ -149,6 +163,8 @@ def torch_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
         "eager": {"step": bc.median_times(lambda: one_step(model), args.warmup, args.repeats)},
     }
     out["eager"]["rss_peak"] = bc.rss_bytes()[1]
+    if args.profile:
+        out["eager"]["profile"] = bc.torch_profile_summary(lambda: one_step(model), args.repeats)
     out["rss"] = {"start": rss_start, "before_steps": rss_before}
     if args.torch_compile:
         try:
@@ -263,6 +279,13 @@ def print_report(result: dict) -> None:
         f"{k.removeprefix('speedup_vs_')} {v:.2f}x" for k, v in sm.items() if k.startswith("speedup")
     )
     print(f"mmjax speed / peer: {ratios}")
+    for name, prof in (
+        ("mmjax", result["mmjax"].get("profile")),
+        ("torch eager", result["torch"]["eager"].get("profile")),
+    ):
+        if prof:
+            kinds = ", ".join(f"{k} {v:.0f}" for k, v in prof["by_kind_ms"].items())
+            print(f"{name} busy ms/step {prof['busy_ms_per_step']:.0f}: {kinds}")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,7 +1,5 @@
 """Audio encoders: AST spectrogram patches + [CLS] + learned positions; Whisper's conv-stem encoder."""
 
-from functools import partial
-
 import einops
 import jax
 import jax.numpy as jnp
@@ -9,7 +7,7 @@ import numpy as np
 from flax import linen as nn
 
 from mmjax.nn.embeddings import ClsToken, PatchEmbedding, PositionEmbedding, windows
-from mmjax.nn.transformer import Encoder
+from mmjax.nn.transformer import Encoder, gelu
 
 
 def patch_mask(
@@ -183,7 +181,6 @@ class WhisperEncoder(nn.Module):
             raise ValueError(
                 f"input_features has {frames} frames, more than 2 * max_positions={2 * self.max_positions}"
             )
-        gelu = partial(nn.gelu, approximate=False)
         x = jnp.swapaxes(input_features, 1, 2)
         x = gelu(nn.Conv(self.width, (3,), padding=((1, 1),), name="conv1")(x))
         x = gelu(nn.Conv(self.width, (3,), strides=(2,), padding=((1, 1),), name="conv2")(x))

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from mmjax.nn.transformer import gelu
+
 LORA_PARAMS = ("lora_a", "lora_b")
 ADAPTER_PARAMS = ("adapter_down", "adapter_down_bias", "adapter_up", "adapter_up_bias")
 
@@ -73,7 +75,7 @@ def _adapter(module: nn.Module, y: Any, adapter_dim: int) -> jax.Array:
     down_bias = module.param("adapter_down_bias", zeros, (adapter_dim,), dtype)
     up = module.param("adapter_up", zeros, (adapter_dim, dim), dtype)
     up_bias = module.param("adapter_up_bias", zeros, (dim,), dtype)
-    h = nn.gelu(y @ down.astype(y.dtype) + down_bias.astype(y.dtype), approximate=False)
+    h = gelu(y @ down.astype(y.dtype) + down_bias.astype(y.dtype))
     return y + h @ up.astype(y.dtype) + up_bias.astype(y.dtype)
 
 

@@ -32,6 +32,15 @@ REMAT_POLICIES = {
 }
 
 
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact GELU, x * (1 + erf(x / sqrt 2)) / 2, as Hugging Face and torch compute it.
+
+    Same values as nn.gelu(approximate=False) to float32 rounding, but XLA:CPU lowers erf to a short
+    polynomial and erfc (what nn.gelu uses) to exponentials and selects: 8% of the bench train step.
+    """
+    return x * 0.5 * (1.0 + jax.lax.erf(x * np.float32(1 / np.sqrt(2))))
+
+
 def quick_gelu(x: jax.Array) -> jax.Array:
     """CLIP's sigmoid approximation of GELU: x * sigmoid(1.702 x)."""
     return x * jax.nn.sigmoid(1.702 * x)
@@ -39,7 +48,7 @@ def quick_gelu(x: jax.Array) -> jax.Array:
 
 # Activation name (Hugging Face `hidden_act` spelling) -> function.
 ACTIVATIONS = {
-    "gelu": partial(nn.gelu, approximate=False),
+    "gelu": gelu,
     "gelu_new": partial(nn.gelu, approximate=True),
     "gelu_pytorch_tanh": partial(nn.gelu, approximate=True),
     "relu": nn.relu,
