@@ -58,12 +58,49 @@ def test_analytic_flops_counts_every_part():
     assert dense < infer_flops < 1.5 * dense
 
 
+def test_profile_summary_splits_a_trace_by_kind_and_model_part(tmp_path):
+    import gzip
+
+    hlo = "\n".join(
+        [
+            '  %ynn_fusion.3 = f32[8,4]{1,0} fusion(%p), kind=kCustom, metadata={op_name="jit(step)/'
+            'jvp(MultimodalModel)/MultimodalModel.forward/audio/encoder/layer_0/mlp/fc1/dot_general"}',
+            '  %copy_bitcast_fusion.1 = f32[4,8]{1,0} fusion(%q), kind=kLoop, metadata={op_name="jit(step)/'
+            'transpose(jvp(MultimodalModel))/MultimodalModel.forward/fusion/split"}',
+            '  ROOT %add_sqrt_fusion = f32[4]{0} fusion(%r), kind=kLoop, metadata={op_name="jit(step)/add"}',
+        ]
+    )
+    events = [
+        {"ph": "X", "name": "ynn_fusion.3", "dur": 4000},
+        {"ph": "X", "name": "ynn_fusion.3", "dur": 2000},
+        {"ph": "X", "name": "copy_bitcast_fusion.1", "dur": 1000},
+        {"ph": "X", "name": "add_sqrt_fusion", "dur": 500},
+        {"ph": "X", "name": "ThunkExecutor::Execute", "dur": 99000},  # not an HLO op: left out
+        {"ph": "M", "name": "thread_name"},
+    ]
+    folder = tmp_path / "plugins" / "profile" / "run"
+    folder.mkdir(parents=True)
+    (folder / "host.trace.json.gz").write_bytes(gzip.compress(json.dumps({"traceEvents": events}).encode()))
+
+    summary = bc.profile_summary(tmp_path, hlo, steps=2)
+    assert summary["busy_ms_per_step"] == pytest.approx(3.75)
+    assert summary["by_kind_ms"] == pytest.approx({"matmul": 3.0, "layout copy": 0.5, "other": 0.25})
+    assert summary["by_component_ms"] == pytest.approx(
+        {"audio/encoder": 3.0, "fusion": 0.5, "optimizer and loss": 0.25}
+    )
+    assert [op["op"] for op in summary["top_ops"]] == [
+        "ynn_fusion.3",
+        "copy_bitcast_fusion.1",
+        "add_sqrt_fusion",
+    ]
+
+
 @pytest.mark.slow
 def test_bench_train_quick(tmp_path):
     import bench_train
 
     out = tmp_path / "train.json"
-    bench_train.main(["--quick", "--out", str(out)])
+    bench_train.main(["--quick", "--profile", str(tmp_path / "trace"), "--out", str(out)])
     result = json.loads(out.read_text())
     assert {"machine", "shapes", "flops", "summary", "mmjax", "torch"} <= set(result)
     for key in ("cpu_count", "jax", "torch", "transformers"):
@@ -78,6 +115,9 @@ def test_bench_train_quick(tmp_path):
     assert _positive(result["summary"]["mmjax"]["speedup_vs_torch_eager"])
     assert _positive(result["summary"]["mmjax"]["peak_memory_bytes"])
     assert result["twin_loss_abs_diff"] < 1e-4
+    for profile in (result["mmjax"]["profile"], result["torch"]["eager"]["profile"]):
+        assert _positive(profile["by_kind_ms"]["matmul"]) and profile["top_ops"]
+        assert sum(profile["by_kind_ms"].values()) == pytest.approx(profile["busy_ms_per_step"])
 
 
 @pytest.mark.slow
