@@ -159,6 +159,16 @@ def test_librosa_frontends_batched_equal_per_clip_on_random_waves(kwargs):
         np.testing.assert_allclose(one, log_mels[i], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("frontend", [audio.log_mel_jax, audio.mfcc_jax])
+def test_librosa_frontends_row_groups_equal_whole_batch(frontend):
+    """5 rows in groups of 2 (the last group short) give the whole-batch result up to float32 rounding."""
+    waves = np.random.default_rng(1).standard_normal((5, 4000)).astype(np.float32)
+    whole = np.asarray(frontend(waves, group_samples=None))
+    grouped = np.asarray(frontend(waves, group_samples=8000))
+    assert grouped.shape == whole.shape == (5, 26, whole.shape[-1])
+    np.testing.assert_allclose(grouped, whole, rtol=0, atol=1e-6 * np.abs(whole).max())
+
+
 def test_bench_data_quick_prints_json(av_digits_dir):
     """scripts/bench_data.py --quick: structure and positive numbers only (timings vary with the machine)."""
     script = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "bench_data.py"
