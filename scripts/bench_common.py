@@ -20,6 +20,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -632,9 +633,10 @@ def rss_bytes() -> tuple[int, int]:
     return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def versions() -> dict:
+def versions(packages=("jax", "jaxlib", "flax", "optax", "torch", "transformers")) -> dict:
+    """Python, CPU count, platform and the versions of `packages` (those installed)."""
     out = {"python": platform.python_version(), "cpu_count": os.cpu_count(), "platform": platform.platform()}
-    for name in ("jax", "jaxlib", "flax", "optax", "torch", "transformers"):
+    for name in packages:
         try:
             out[name] = __import__(name).__version__
         except ImportError:
@@ -661,6 +663,27 @@ def run_phase(script: str, argv: list[str]) -> dict:
     if proc.returncode:
         return {"error": f"phase exited with {proc.returncode}: {proc.stderr[-2000:]}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_phases(script: str, argv: list[str], s: Shapes) -> tuple[dict, dict, float]:
+    """Saves random HF encoders of `s` to a temporary folder, then runs the script's jax phase and (unless it
+    failed) its torch phase, each in its own process. Returns (jax result, torch result, save seconds)."""
+    with tempfile.TemporaryDirectory(prefix=f"{Path(script).stem}_") as folder:
+        start = time.perf_counter()
+        save_hf_encoders(s, folder)
+        save_s = time.perf_counter() - start
+        phase_argv = [*without_flag(argv, "--out"), "--hf-dir", folder, "--phase"]  # phases only print
+        jx = run_phase(script, [*phase_argv, "jax"])
+        pt = run_phase(script, [*phase_argv, "torch"]) if "error" not in jx else {"error": "skipped"}
+    return jx, pt, save_s
+
+
+def emit_json(result: dict, out: str) -> None:
+    """Prints the result as indented JSON, and writes it to `out` too unless that is empty."""
+    text = json.dumps(result, indent=1)
+    if out:
+        Path(out).write_text(text + "\n")
+    print(text)
 
 
 def print_table(rows: list[list], header: list[str]) -> None:

@@ -12,8 +12,6 @@ import glob
 import json
 import os
 import pathlib
-import platform
-import statistics
 import sys
 import time
 
@@ -25,6 +23,10 @@ from mmjax.data import audio
 from mmjax.data.av_digits import resolve_data_dir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import bench_common as bc  # noqa: E402
+
 SAMPLE_RATE = 16000
 # The librosa arguments of the data pipeline's log_mel (mmjax.data.audio.log_mel), shared by MFCC.
 STFT = dict(n_fft=512, win_length=400, hop_length=160, n_mels=64)
@@ -33,17 +35,6 @@ ERROR_DEFINITIONS = {
     "log_mel": "max |jax - librosa| over log(mel + 1e-6) = max relative error of the floored mel power",
     "mfcc": "max |jax - librosa| / max(|librosa|, 1) over MFCC values (dB units)",
 }
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    """Median wall time of fn() over `repeats` calls, after one untimed warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def load_clips(count: int, seconds: float) -> np.ndarray:
@@ -82,7 +73,7 @@ def bench_frontend(name: str, clips: np.ndarray, batch_size: int, repeats: int) 
         return [jax.block_until_ready(jax_fn(batch)) for batch in batches]
 
     want, got = run_host(), np.concatenate([np.asarray(out) for out in run_jax()])  # run_jax compiles here
-    host_s, jax_s = _median_seconds(run_host, repeats), _median_seconds(run_jax, repeats)
+    host_s, jax_s = (bc.median_times(fn, 1, repeats)["median_s"] for fn in (run_host, run_jax))
     diff = np.abs(got - want)
     rel = diff.max() if name == "log_mel" else (diff / np.maximum(np.abs(want), 1.0)).max()
     return {
@@ -158,16 +149,13 @@ def bench_train_step(config, steps: int, tfds_dir: str | None) -> dict:
     )
     step_fn = train.make_train_step(model, optimizer, objective, mesh)
     batch = parallel.to_global(next(_train_stream(config, 0, tfds_dir)), mesh)
-    for _ in range(2):  # compile and warm up
-        state, scalars = step_fn(state, batch)
-    jax.block_until_ready(scalars)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        state, scalars = step_fn(state, batch)
-        jax.block_until_ready((state, scalars))
-        times.append(time.perf_counter() - start)
-    step_s = statistics.median(times)
+    holder = {"state": state}
+
+    def one_step():
+        holder["state"], scalars = step_fn(holder["state"], batch)
+        jax.block_until_ready((holder["state"], scalars))
+
+    step_s = bc.median_times(one_step, 2, steps)["median_s"]  # 2 untimed: compile and warm up
     return {
         "source": "measured",
         "steps": steps,
@@ -178,16 +166,8 @@ def bench_train_step(config, steps: int, tfds_dir: str | None) -> dict:
 
 
 def machine_info() -> dict:
-    return {
-        "jax": jax.__version__,
-        "librosa": librosa.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "jax_backend": jax.default_backend(),
-        "jax_devices": jax.device_count(),
-    }
+    machine = bc.versions(("jax", "jaxlib", "librosa", "numpy", "grain"))
+    return machine | {"jax_backend": jax.default_backend(), "jax_devices": jax.device_count()}
 
 
 def table(result: dict) -> str:

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -314,17 +313,10 @@ def main(argv: list[str] | None = None) -> dict:
         out = jax_phase(args, s) if args.phase == "jax" else torch_phase(args, s)
         print(json.dumps(out))
         return out
-    with tempfile.TemporaryDirectory(prefix="bench_infer_") as folder:
-        bc.save_hf_encoders(s, folder)
-        phase_argv = [*bc.without_flag(argv, "--out"), "--hf-dir", folder, "--phase"]
-        jx = bc.run_phase(__file__, [*phase_argv, "jax"])
-        pt = bc.run_phase(__file__, [*phase_argv, "torch"]) if "error" not in jx else {"error": "skipped"}
+    jx, pt, _ = bc.run_phases(__file__, argv, s)
     result = report(args, s, jx, pt)
     print_report(result, s)
-    text = json.dumps(result, indent=1)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    bc.emit_json(result, args.out)
     return result
 
 

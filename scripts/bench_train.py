@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -289,27 +288,17 @@ def print_report(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
     s = bc.shapes_from_args(args, DEFAULTS)
     if args.phase:
         out = jax_phase(args, s) if args.phase == "jax" else torch_phase(args, s)
         print(json.dumps(out))
         return out
-    argv = sys.argv[1:] if argv is None else list(argv)
-    argv = bc.without_flag(argv, "--out")  # phases write nothing but stdout
-    with tempfile.TemporaryDirectory(prefix="bench_train_") as folder:
-        start = time.perf_counter()
-        bc.save_hf_encoders(s, folder)
-        save_s = time.perf_counter() - start
-        phase_argv = [*argv, "--hf-dir", folder, "--phase"]
-        jx = bc.run_phase(__file__, [*phase_argv, "jax"])
-        pt = bc.run_phase(__file__, [*phase_argv, "torch"]) if "error" not in jx else {"error": "skipped"}
+    jx, pt, save_s = bc.run_phases(__file__, argv, s)
     result = report(args, s, jx, pt, save_s)
     print_report(result)
-    text = json.dumps(result, indent=1)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    bc.emit_json(result, args.out)
     return result
 
 

@@ -7,7 +7,7 @@ import numpy as np
 from flax import linen as nn
 
 from mmjax.nn.embeddings import ClsToken, PatchEmbedding, PositionEmbedding, windows
-from mmjax.nn.transformer import Encoder, gelu
+from mmjax.nn.transformer import encoder_stack, gelu
 
 
 def patch_mask(
@@ -116,20 +116,7 @@ class SpectrogramEncoder(nn.Module):
         mask = patch_mask(attention_mask, self.patch_time, num_freq_patches, time_stride, self.freq_major)
         num_prefix = 1 + self.distillation_token
         mask = jnp.concatenate([jnp.ones((batch, num_prefix), bool), mask], axis=1)
-        encoder = Encoder(
-            self.depth,
-            self.num_heads,
-            self.mlp_dim,
-            self.dropout_rate,
-            self.pre_ln,
-            activation=self.activation,
-            layer_norm_eps=self.layer_norm_eps,
-            scan=self.scan,
-            remat=self.remat,
-            dtype=self.dtype,
-            attention=self.attention,
-            name="encoder",
-        )
+        encoder = encoder_stack(self, pre_ln=self.pre_ln)
         x, hidden_states = encoder(x, mask, deterministic=deterministic)
         pooled = x[:, 0] if self.pooling == "cls" else (x[:, 0] + x[:, 1]) / 2
         aux = {"tokens": x, "mask": mask, "pooled": pooled, "hidden_states": hidden_states}
@@ -188,20 +175,7 @@ class WhisperEncoder(nn.Module):
         x = x + table[None, : x.shape[1]].astype(x.dtype)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         mask = jnp.ones(x.shape[:2], bool)
-        encoder = Encoder(
-            self.depth,
-            self.num_heads,
-            self.mlp_dim,
-            self.dropout_rate,
-            pre_ln=True,
-            activation=self.activation,
-            layer_norm_eps=self.layer_norm_eps,
-            scan=self.scan,
-            remat=self.remat,
-            dtype=self.dtype,
-            attention=self.attention,
-            name="encoder",
-        )
+        encoder = encoder_stack(self, pre_ln=True)
         x, hidden_states = encoder(x, mask, deterministic=deterministic)
         hidden_states = (*hidden_states[:-1], x)
         aux = {"tokens": x, "mask": mask, "pooled": x.mean(axis=1), "hidden_states": hidden_states}

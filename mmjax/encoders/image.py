@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mmjax.nn.embeddings import ClsToken, PatchEmbedding, PositionEmbedding
-from mmjax.nn.transformer import Encoder
+from mmjax.nn.transformer import encoder_stack
 
 
 class ViTEncoder(nn.Module):
@@ -57,21 +57,7 @@ class ViTEncoder(nn.Module):
             x = nn.LayerNorm(self.layer_norm_eps, name="embedding_ln")(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         mask = jnp.ones(x.shape[:2], dtype=bool)
-        encoder = Encoder(
-            self.depth,
-            self.num_heads,
-            self.mlp_dim,
-            self.dropout_rate,
-            self.pre_ln,
-            activation=self.activation,
-            layer_norm_eps=self.layer_norm_eps,
-            final_ln=self.final_ln,
-            scan=self.scan,
-            remat=self.remat,
-            dtype=self.dtype,
-            attention=self.attention,
-            name="encoder",
-        )
+        encoder = encoder_stack(self, pre_ln=self.pre_ln, final_ln=self.final_ln)
         x, hidden_states = encoder(x, mask, deterministic=deterministic)
         pooled = x[:, 0]
         if self.pooled_ln:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mmjax.nn.embeddings import INIT, PositionEmbedding
-from mmjax.nn.transformer import Encoder
+from mmjax.nn.transformer import encoder_stack
 
 
 def roberta_positions(input_ids: jax.Array, pad_token_id: int, offset: int) -> jax.Array:
@@ -95,21 +95,7 @@ class TextEncoder(nn.Module):
         if self.embedding_ln:
             x = nn.LayerNorm(self.layer_norm_eps, name="embedding_ln")(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-        encoder = Encoder(
-            self.depth,
-            self.num_heads,
-            self.mlp_dim,
-            self.dropout_rate,
-            self.pre_ln,
-            activation=self.activation,
-            layer_norm_eps=self.layer_norm_eps,
-            causal=self.causal,
-            scan=self.scan,
-            remat=self.remat,
-            dtype=self.dtype,
-            attention=self.attention,
-            name="encoder",
-        )
+        encoder = encoder_stack(self, pre_ln=self.pre_ln, causal=self.causal)
         mask = attention_mask.astype(bool)
         x, hidden_states = encoder(x, mask, deterministic=deterministic)
         index = pool_index(input_ids, self.pool, self.eos_token_id)

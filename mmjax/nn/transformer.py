@@ -253,3 +253,24 @@ def unstack_layers(encoder_params: dict, depth: int) -> dict:
 
 def _stack(*leaves: jax.Array) -> jax.Array:
     return np.stack(leaves) if all(isinstance(x, np.ndarray) for x in leaves) else jnp.stack(leaves)
+
+
+# Encoder fields that the modality encoders (mmjax.encoders) declare under the same names.
+SHARED_ENCODER_FIELDS = (
+    "depth",
+    "num_heads",
+    "mlp_dim",
+    "dropout_rate",
+    "activation",
+    "layer_norm_eps",
+    "scan",
+    "remat",
+    "dtype",
+    "attention",
+)
+
+
+def encoder_stack(module: nn.Module, **fields) -> Encoder:
+    """The Encoder named `encoder` of a modality encoder: SHARED_ENCODER_FIELDS read from `module`, `fields`
+    (pre_ln, final_ln, causal) given explicitly."""
+    return Encoder(**{f: getattr(module, f) for f in SHARED_ENCODER_FIELDS}, **fields, name="encoder")
