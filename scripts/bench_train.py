@@ -211,12 +211,17 @@ def report(args: argparse.Namespace, s: bc.Shapes, jx: dict, pt: dict, save_s: f
     if "error" in jx or "error" in pt:
         return result
     peak = max(jx["matmul_peak_flops"], pt["matmul_peak_flops"])
-    flops = jx["xla_flops"]
+    formula = bc.analytic_flops(s, tasks)
+    # Model FLOPs: XLA's cost analysis counts a while loop's body once (with scan it misses depth - 1
+    # layers) and counts remat's recomputation, so those switches use the formula.
+    switches = jx["switches"]
+    source = "formula" if switches.get("scan") or switches.get("remat") else "xla_cost_analysis"
+    flops = formula if source == "formula" else jx["xla_flops"]
     result["flops"] = {
-        "xla_cost_analysis": flops,
-        "formula": bc.analytic_flops(s, tasks),
+        "xla_cost_analysis": jx["xla_flops"],
+        "formula": formula,
         "torch_flop_counter": pt["flop_counter_flops"],
-        "used_for_mfu": "xla_cost_analysis",
+        "used_for_mfu": source,
         "matmul_peak_flops": peak,
         "matmul_peak_source": "jax" if jx["matmul_peak_flops"] >= pt["matmul_peak_flops"] else "torch",
     }
