@@ -1,11 +1,12 @@
 """Orbax checkpoints of the train state and the data iterator: keep the latest k and the best by a metric.
 
 A checkpoint is written to a temporary folder and renamed when complete, so a run killed mid-save
-resumes from the previous complete one.
+resumes from the previous complete one; make_manager reports and deletes such leftover folders.
 """
 
 import logging
 import pathlib
+import sys
 from typing import Any
 
 import grain
@@ -16,10 +17,29 @@ from orbax.checkpoint import checkpoint_managers as policies
 logging.getLogger("absl").addFilter(lambda record: "did not provide metrics" not in record.getMessage())
 
 
+# Orbax writes a step to "<step>.orbax-checkpoint-tmp..." and renames it when the save is complete.
+INCOMPLETE_MARK = ".orbax-checkpoint-tmp"
+
+
+def incomplete_saves(directory: str | pathlib.Path) -> list[pathlib.Path]:
+    """Folders of saves that never completed (the run died while writing them)."""
+    directory = pathlib.Path(directory)
+    return (
+        sorted(p for p in directory.glob(f"*{INCOMPLETE_MARK}*") if p.is_dir()) if directory.is_dir() else []
+    )
+
+
 def make_manager(
     directory: str | pathlib.Path, *, keep: int, keep_best: int, best_metric: str, read_only: bool = False
 ) -> ocp.CheckpointManager:
-    """Keeps the `keep` latest steps plus the `keep_best` steps with the highest `best_metric`."""
+    """Keeps the `keep` latest steps plus the `keep_best` steps with the highest `best_metric`. Unless
+    read_only, incomplete saves are reported on stderr and deleted; they are never restored."""
+    if not read_only:
+        for path in incomplete_saves(directory):
+            print(
+                f"mmjax: warning: skipping the incomplete checkpoint {path} (its save was cut short)",
+                file=sys.stderr,
+            )
     preservation = policies.AnyPreservationPolicy(
         [
             policies.LatestN(keep),
@@ -37,6 +57,7 @@ def make_manager(
         best_mode="max",
         read_only=read_only,
         create=not read_only,
+        cleanup_tmp_directories=not read_only,
     )
     return ocp.CheckpointManager(
         pathlib.Path(directory).absolute(), options=options, item_names=("state", "data")

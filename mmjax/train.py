@@ -4,10 +4,13 @@ python -m mmjax.train --config experiments/av_digits.py[:arg,...] --workdir DIR 
 """
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import pathlib
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -277,8 +280,28 @@ def flatten_batch(batch: dict, prefix: str = "") -> dict[str, np.ndarray]:
     return flat
 
 
+class Preempted(SystemExit):
+    """SIGTERM arrived: the run logged its metrics and saved a checkpoint of its last step, then exits 143."""
+
+
+@contextlib.contextmanager
+def sigterm_flag():
+    """Yields an Event that SIGTERM sets while the context is open. Off the main thread (where Python cannot
+    install signal handlers) SIGTERM keeps its handler and the Event stays clear."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
-    """Train (or resume) in `workdir`; returns the last validation metrics."""
+    """Train (or resume) in `workdir`; returns the last validation metrics. On SIGTERM it logs, saves a
+    checkpoint of the current step and raises Preempted (exit status 143); rerunning resumes there."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_lead = jax.process_index() == 0
@@ -365,48 +388,56 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
     val_metrics: dict[str, float] = {}
     history = validation_history(workdir, config.train.best_metric, start_step)
     patience, min_delta = config.train.early_stop_patience, config.train.early_stop_min_delta
-    try:
-        for step in range(start_step + 1, total_steps + 1):
-            if patience and evaluations_since_best(history, min_delta) >= patience:
-                print(
-                    f"mmjax: early stop after step {step - 1}: {patience} evaluations without a better "
-                    f"{config.train.best_metric} than {max(history):.4f}"
-                )
-                break
-            batch = next(train_iter)
-            state, scalars = step_fn(state, parallel.to_global(batch, mesh))
-            pending.append(scalars)
-            if on_nonfinite == "stop":
-                window_batches.append(batch)  # saved for debugging if its step goes bad
-            bar.update(1)
-            if step % config.train.log_every == 0 or step == total_steps:
-                pending = jax.device_get(pending)
-                skipped += check_finite(pending, window_start, on_nonfinite, window_batches, workdir)
-                logged = _mean_scalars(pending) | {"skipped_steps": skipped}
-                elapsed = time.perf_counter() - window_time
-                logged["examples_per_sec"] = len(pending) * config.data.batch_size / elapsed
-                logged["learning_rate"] = float(schedule(step - 1))
-                writer.write(step, logged)
-                bar.set_postfix(loss=f"{logged['loss']:.3f}")
-                pending, window_batches, window_start, window_time = [], [], step, time.perf_counter()
-            is_eval = step % config.train.eval_every == 0 or step == total_steps
-            if is_eval:
-                batches = pipeline.eval_batches(
-                    sources["validation"], batch_size=config.data.eval_batch_size, preprocess_fn=preprocess
-                )
-                results = evaluate.predict(
-                    state.params, batches, eval_fn, mesh, config.train.eval_max_batches
-                )
-                val_metrics = evaluate.summarize(results, tasks)
-                writer.write(step, {f"val/{k}": v for k, v in val_metrics.items()})
-                history.append(val_metrics[config.train.best_metric])
-                window_time = time.perf_counter()  # evaluation time is not training throughput
-            if is_eval or step % config.train.checkpoint_every == 0:
-                checkpoint.save(manager, step, state, train_iter, val_metrics if is_eval else None)
-    finally:
-        manager.wait_until_finished()
-        bar.close()
-        writer.close()
+    with sigterm_flag() as sigterm:
+        try:
+            for step in range(start_step + 1, total_steps + 1):
+                if patience and evaluations_since_best(history, min_delta) >= patience:
+                    print(
+                        f"mmjax: early stop after step {step - 1}: {patience} evaluations without a better "
+                        f"{config.train.best_metric} than {max(history):.4f}"
+                    )
+                    break
+                batch = next(train_iter)
+                state, scalars = step_fn(state, parallel.to_global(batch, mesh))
+                pending.append(scalars)
+                if on_nonfinite == "stop":
+                    window_batches.append(batch)  # saved for debugging if its step goes bad
+                bar.update(1)
+                if step % config.train.log_every == 0 or step == total_steps or sigterm.is_set():
+                    pending = jax.device_get(pending)
+                    skipped += check_finite(pending, window_start, on_nonfinite, window_batches, workdir)
+                    logged = _mean_scalars(pending) | {"skipped_steps": skipped}
+                    elapsed = time.perf_counter() - window_time
+                    logged["examples_per_sec"] = len(pending) * config.data.batch_size / elapsed
+                    logged["learning_rate"] = float(schedule(step - 1))
+                    writer.write(step, logged)
+                    bar.set_postfix(loss=f"{logged['loss']:.3f}")
+                    pending, window_batches, window_start, window_time = [], [], step, time.perf_counter()
+                is_eval = step % config.train.eval_every == 0 or step == total_steps
+                if is_eval:
+                    batches = pipeline.eval_batches(
+                        sources["validation"],
+                        batch_size=config.data.eval_batch_size,
+                        preprocess_fn=preprocess,
+                    )
+                    results = evaluate.predict(
+                        state.params, batches, eval_fn, mesh, config.train.eval_max_batches
+                    )
+                    val_metrics = evaluate.summarize(results, tasks)
+                    writer.write(step, {f"val/{k}": v for k, v in val_metrics.items()})
+                    history.append(val_metrics[config.train.best_metric])
+                    window_time = time.perf_counter()  # evaluation time is not training throughput
+                if is_eval or step % config.train.checkpoint_every == 0 or sigterm.is_set():
+                    checkpoint.save(manager, step, state, train_iter, val_metrics if is_eval else None)
+                if sigterm.is_set():
+                    print(
+                        f"mmjax: SIGTERM: saved the checkpoint of step {step} in {workdir}; rerun to resume"
+                    )
+                    raise Preempted(128 + signal.SIGTERM)
+        finally:
+            manager.wait_until_finished()
+            bar.close()
+            writer.close()
     best = manager.best_step()
     if best is None:
         return val_metrics

@@ -2,7 +2,6 @@
 
 import dataclasses
 import functools
-import os
 import pathlib
 import signal
 import subprocess
@@ -139,55 +138,99 @@ def test_crash_and_restart_continues_with_the_same_losses(av_digits_dir, tmp_pat
     jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
 
 
-def test_sigkill_and_restart_matches_an_uninterrupted_run(av_digits_dir, tmp_path):
-    overrides = {
-        "train.steps": 40,
-        "train.log_every": 1,
-        "train.checkpoint_every": 5,
-        "train.eval_every": 1000,
-    }
-    reference = tmp_path / "reference"
-    train.main(smoke_config(av_digits_dir, **overrides), reference)
+KILL_OVERRIDES = {
+    "train.steps": 40,
+    "train.log_every": 1,
+    "train.checkpoint_every": 5,
+    "train.eval_every": 1000,
+}
 
-    killed = tmp_path / "killed"
-    command = [
-        sys.executable,
-        "-m",
-        "mmjax.train",
-        "--config",
-        "experiments/av_digits.py:smoke",
-        "--workdir",
-        str(killed),
-    ]
-    command += [f"--config.data.tfds_dir={av_digits_dir}"] + [
-        f"--config.{k}={v}" for k, v in overrides.items()
-    ]
-    env = dict(os.environ)
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+@pytest.fixture(scope="module")
+def uninterrupted(av_digits_dir, tmp_path_factory):
+    """(workdir, its last metrics record per step) of a 40-step smoke run that nothing interrupts."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    train.main(smoke_config(av_digits_dir, **KILL_OVERRIDES), workdir)
+    return workdir, last_record_per_step(workdir)
+
+
+def _train_command(workdir, tfds_dir) -> list[str]:
+    command = [sys.executable, "-m", "mmjax.train", "--config", "experiments/av_digits.py:smoke"]
+    command += ["--workdir", str(workdir), f"--config.data.tfds_dir={tfds_dir}"]
+    return command + [f"--config.{k}={v}" for k, v in KILL_OVERRIDES.items()]
+
+
+def _signal_after(command, workdir, records: int, signum: int) -> subprocess.Popen:
+    """Starts the command and sends `signum` once metrics.jsonl has `records` records; waits for the exit."""
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
-        if (killed / "metrics.jsonl").is_file() and len(read_metrics(killed)) >= 17:
+        if (workdir / "metrics.jsonl").is_file() and len(read_metrics(workdir)) >= records:
             break
         time.sleep(0.02)
-    assert process.poll() is None, process.stderr.read().decode()[-2000:]
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    killed_at = max(record["step"] for record in read_metrics(killed))
-    assert killed_at < overrides["train.steps"]
+    assert process.poll() is None, process.stderr.read()[-2000:]
+    process.send_signal(signum)
+    process.wait(timeout=120)
+    return process
 
-    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+
+def _resume_and_compare(command, workdir, uninterrupted, tfds_dir) -> int:
+    """Reruns the command to the end; its losses and final params equal the uninterrupted run's. Returns the
+    step it resumed from."""
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-2000:]
     resumed_from = int(finished.stdout.split("resumed from the checkpoint of step ")[1].split()[0])
-    assert 5 <= resumed_from <= killed_at and resumed_from % 5 == 0
-    expected, got = last_record_per_step(reference), last_record_per_step(killed)
+    reference, expected = uninterrupted
+    got = last_record_per_step(workdir)
     assert sorted(got) == list(range(1, 41))
     for step in range(resumed_from + 1, 41):
         assert got[step]["loss"] == expected[step]["loss"], step
     jax.tree.map(
         np.testing.assert_array_equal,
-        final_params(reference, smoke_config(av_digits_dir))[1],
-        final_params(killed, smoke_config(av_digits_dir))[1],
+        final_params(reference, smoke_config(tfds_dir))[1],
+        final_params(workdir, smoke_config(tfds_dir))[1],
     )
+    return resumed_from
+
+
+def test_sigkill_and_restart_matches_an_uninterrupted_run(av_digits_dir, tmp_path, uninterrupted):
+    killed = tmp_path / "killed"
+    command = _train_command(killed, av_digits_dir)
+    _signal_after(command, killed, 17, signal.SIGKILL)
+    killed_at = max(record["step"] for record in read_metrics(killed))
+    assert killed_at < KILL_OVERRIDES["train.steps"]
+    resumed_from = _resume_and_compare(command, killed, uninterrupted, av_digits_dir)
+    assert 5 <= resumed_from <= killed_at and resumed_from % 5 == 0
+
+
+def test_sigterm_saves_the_current_step_and_the_rerun_resumes_there(av_digits_dir, tmp_path, uninterrupted):
+    stopped = tmp_path / "stopped"
+    command = _train_command(stopped, av_digits_dir)
+    process = _signal_after(command, stopped, 12, signal.SIGTERM)
+    assert process.returncode == 128 + signal.SIGTERM, process.stderr.read()[-2000:]
+    saved = int(process.stdout.read().split("SIGTERM: saved the checkpoint of step ")[1].split()[0])
+    # Every step up to the saved one is logged, and the checkpoint is of that step (between save intervals
+    # in general: the interval is 5).
+    assert sorted(last_record_per_step(stopped)) == list(range(1, saved + 1))
+    assert final_params(stopped, smoke_config(av_digits_dir))[0] == saved
+    assert _resume_and_compare(command, stopped, uninterrupted, av_digits_dir) == saved
+
+
+def test_an_incomplete_save_is_reported_deleted_and_never_restored(av_digits_dir, tmp_path, capsys):
+    overrides = {"train.steps": 10, "train.checkpoint_every": 5, "train.eval_every": 1000}
+    train.main(smoke_config(av_digits_dir, **overrides), tmp_path)
+    # What a run killed while saving step 15 leaves behind: Orbax's temporary folder, partly written.
+    partial = tmp_path / "checkpoints" / f"15{checkpoint.INCOMPLETE_MARK}-1700000000"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "half_written").write_bytes(b"\0" * 100)
+    assert checkpoint.incomplete_saves(tmp_path / "checkpoints") == [partial]
+    capsys.readouterr()
+    config = smoke_config(av_digits_dir, **overrides)
+    manager = checkpoint.make_manager(
+        tmp_path / "checkpoints", keep=3, keep_best=1, best_metric=config.train.best_metric
+    )
+    assert f"skipping the incomplete checkpoint {partial}" in capsys.readouterr().err
+    assert manager.latest_step() == 10 and not partial.exists()
 
 
 def test_non_finite_steps_stop_with_the_step_task_and_saved_batch_or_are_skipped(tmp_path, capsys):
