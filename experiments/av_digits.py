@@ -45,6 +45,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.eval_batch_size = 200
     c.data.image_shift = 0  # training augmentation: random image shifts of up to this many pixels (0: off)
     c.data.workers = 0  # grain worker processes for the training stream
+    # Interleaved data shards (0: one per process): the same global batches for any process count dividing it.
+    c.data.shards = 0
     c.data.audio_buckets = (
         ""  # e.g. "48,96": trim each training batch's audio to the shortest bucket that fits
     )

@@ -333,6 +333,7 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         worker_count=config.data.workers,
+        shards=config.data.shards,
         audio_buckets=pipeline.parse_buckets(
             config.data.get("audio_buckets", ""), config.data.audio_frames, config.model.audio.patch_time
         ),

@@ -157,27 +157,40 @@ def train_iterator(
     augment_fn: Callable[[dict, np.random.Generator], dict] | None = None,
     process_index: int = 0,
     process_count: int = 1,
+    shards: int = 0,
     worker_count: int = 0,
     audio_buckets: Sequence[int] = (),
 ) -> grain.DatasetIterator:
-    """Endless shuffled batches of this process's shard (every process_count-th example).
+    """Endless shuffled batches of this process's share of the global batch.
 
-    Each epoch is reshuffled; `augment_fn(example, rng)` draws from a generator seeded by (seed, position in
-    the stream), so augmentations differ per epoch yet repeat exactly after a restore. Each process yields
-    batch_size // process_count examples per batch. The returned iterator is checkpointable (get_state /
-    set_state, grain.checkpoint with Orbax). With `audio_buckets`, each batch's audio is trimmed to the
-    shortest bucket that holds its longest clip (see trim_audio).
+    The source is split into `shards` interleaved shards (every shards-th example; 0: one per process), each
+    reshuffled every epoch on its own (seed + shard) and batched batch_size // shards at a time. A process
+    reads `shards // process_count` consecutive shards and concatenates their batches, so a global batch is
+    the same for every process count that divides `shards` (one process with shards=2 trains exactly like
+    two). `augment_fn(example, rng)` draws from a generator seeded by (seed, position in the stream), so
+    augmentations differ per epoch yet repeat exactly after a restore. The returned iterator is
+    checkpointable (get_state / set_state, grain.checkpoint with Orbax). With `audio_buckets`, each batch's
+    audio is trimmed to the shortest bucket that holds its longest clip (see trim_audio).
     """
-    if batch_size % process_count:
-        raise ValueError(f"batch_size={batch_size} is not divisible by process_count={process_count}")
+    shards = shards or process_count
+    if shards % process_count:
+        raise ValueError(f"data.shards={shards} is not a multiple of the process count {process_count}")
+    if batch_size % shards:
+        raise ValueError(
+            f"batch_size={batch_size} is not divisible by {shards} data shards (one per process)"
+        )
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} is outside [0, {process_count})")
-    dataset = grain.MapDataset.source(source)[process_index::process_count]
-    dataset = dataset.seed(seed).shuffle().repeat(None).map(preprocess_fn)
-    if augment_fn is not None:
-        dataset = dataset.random_map(augment_fn)
-    # Batching the MapDataset lets prefetch workers take whole batches: same batches for any worker_count.
-    dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
+    per_process = shards // process_count
+    parts = []
+    for shard in range(process_index * per_process, (process_index + 1) * per_process):
+        part = grain.MapDataset.source(source)[shard::shards].seed(seed + shard).shuffle().repeat(None)
+        part = part.map(preprocess_fn)
+        if augment_fn is not None:
+            part = part.random_map(augment_fn)
+        parts.append(part.batch(batch_size // shards, drop_remainder=True))
+    dataset = parts[0] if len(parts) == 1 else grain.experimental.ZipMapDataset(parts).map(_concatenate)
+    # Batches come from the MapDataset, so prefetch workers take whole batches: same for any worker_count.
     if audio_buckets:
         dataset = dataset.map(functools.partial(trim_audio, buckets=tuple(audio_buckets)))
     dataset = dataset.to_iter_dataset()
@@ -186,6 +199,11 @@ def train_iterator(
             flags.FLAGS.mark_as_parsed()
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return iter(dataset)
+
+
+def _concatenate(batches: tuple[dict, ...]) -> dict:
+    """One batch of the rows of `batches` (dicts with the same keys), in order."""
+    return {key: np.concatenate([batch[key] for batch in batches]) for key in batches[0]}
 
 
 def _pad_rows(tree, size: int):

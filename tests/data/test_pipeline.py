@@ -74,6 +74,31 @@ def test_processes_see_disjoint_shards_covering_the_epoch():
     assert per_process[0] | per_process[1] == set(range(60))
 
 
+def test_one_process_with_two_shards_yields_the_global_batches_of_two_processes():
+    """Across epoch boundaries (6 batches per epoch), and after a state restore of the zipped iterator."""
+    make = functools.partial(
+        pipeline.train_iterator, range(60), batch_size=10, seed=1, preprocess_fn=_index_fn
+    )
+    single = make(shards=2)
+    pair = [make(process_index=p, process_count=2, shards=2) for p in range(2)]
+    for _ in range(14):
+        want = np.concatenate([next(it)["i"] for it in pair])
+        np.testing.assert_array_equal(next(single)["i"], want)
+    state = single.get_state()
+    expected = [next(single)["i"] for _ in range(3)]
+    restored = make(shards=2)
+    restored.set_state(state)
+    for want in expected:
+        np.testing.assert_array_equal(next(restored)["i"], want)
+
+
+def test_shards_must_split_over_processes():
+    with pytest.raises(ValueError, match="data.shards=3 is not a multiple of the process count 2"):
+        pipeline.train_iterator(
+            range(60), batch_size=12, seed=0, preprocess_fn=_index_fn, process_count=2, shards=3
+        )
+
+
 def test_batch_size_must_divide_over_processes():
     with pytest.raises(ValueError, match="batch_size=10"):
         pipeline.train_iterator(range(60), batch_size=10, seed=0, preprocess_fn=_index_fn, process_count=3)
