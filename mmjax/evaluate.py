@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from mmjax import checkpoint, losses, metrics, parallel
 from mmjax.data import av_digits, pipeline
@@ -87,7 +88,10 @@ def predict(params, batches: Iterable[dict], eval_fn, mesh, max_batches: int = 0
     for index, batch in enumerate(batches):
         if max_batches and index >= max_batches:
             break
-        parts.append(jax.device_get(eval_fn(params, parallel.to_global(batch, mesh))))
+        # Every process gets all rows, in global order (each gave its share of the batch).
+        parts.append(
+            multihost_utils.process_allgather(eval_fn(params, parallel.to_global(batch, mesh)), tiled=True)
+        )
     merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     valid = merged.pop("valid").astype(bool)
     return {key: value[valid] for key, value in merged.items()}
@@ -173,7 +177,13 @@ def main(
     init = functools.partial(model.init, {"params": jax.random.PRNGKey(0)}, example, train=False)
     abstract_params = parallel.with_sharding(jax.eval_shape(init)["params"], parallel.replicated(mesh))
     params = checkpoint.restore_params(manager, step, abstract_params)
-    batches = pipeline.eval_batches(source, batch_size=config.data.eval_batch_size, preprocess_fn=preprocess)
+    batches = pipeline.eval_batches(
+        source,
+        batch_size=config.data.eval_batch_size,
+        preprocess_fn=preprocess,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
     eval_fn = make_eval_step(model, mesh, av_digits.align_label_keys(config.model.get("align", {})))
     summary = summarize(predict(params, batches, eval_fn, mesh, max_batches), tasks)
     report = {"split": split, "step": step, "checkpoint": which, "questions": questions, "metrics": summary}

@@ -378,6 +378,17 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
     step_fn = make_train_step(model, optimizer, objective, mesh)
     eval_fn = evaluate.make_eval_step(model, mesh, objective.align_positives)
 
+    def validate(params) -> dict[str, float]:
+        batches = pipeline.eval_batches(
+            sources["validation"],
+            batch_size=config.data.eval_batch_size,
+            preprocess_fn=preprocess,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        results = evaluate.predict(params, batches, eval_fn, mesh, config.train.eval_max_batches)
+        return evaluate.summarize(results, tasks)
+
     # Loop.
     writer = metrics.MetricWriter(workdir, enabled=is_lead)
     bar = tqdm.tqdm(
@@ -416,21 +427,13 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
                     pending, window_batches, window_start, window_time = [], [], step, time.perf_counter()
                 is_eval = step % config.train.eval_every == 0 or step == total_steps
                 if is_eval:
-                    batches = pipeline.eval_batches(
-                        sources["validation"],
-                        batch_size=config.data.eval_batch_size,
-                        preprocess_fn=preprocess,
-                    )
-                    results = evaluate.predict(
-                        state.params, batches, eval_fn, mesh, config.train.eval_max_batches
-                    )
-                    val_metrics = evaluate.summarize(results, tasks)
+                    val_metrics = validate(state.params)
                     writer.write(step, {f"val/{k}": v for k, v in val_metrics.items()})
                     history.append(val_metrics[config.train.best_metric])
                     window_time = time.perf_counter()  # evaluation time is not training throughput
                 if is_eval or step % config.train.checkpoint_every == 0 or sigterm.is_set():
                     checkpoint.save(manager, step, state, train_iter, val_metrics if is_eval else None)
-                if sigterm.is_set():
+                if sigterm.is_set() and step < total_steps:
                     print(
                         f"mmjax: SIGTERM: saved the checkpoint of step {step} in {workdir}; rerun to resume"
                     )
@@ -443,13 +446,7 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
     if best is None:
         return val_metrics
     if best != int(state.step) or not val_metrics:  # the best is an earlier checkpoint: evaluate it
-        params = checkpoint.restore_params(manager, best, abstract_state.params)
-        batches = pipeline.eval_batches(
-            sources["validation"], batch_size=config.data.eval_batch_size, preprocess_fn=preprocess
-        )
-        val_metrics = evaluate.summarize(
-            evaluate.predict(params, batches, eval_fn, mesh, config.train.eval_max_batches), tasks
-        )
+        val_metrics = validate(checkpoint.restore_params(manager, best, abstract_state.params))
     print(f"validation of the best checkpoint (step {best} of {int(state.step)}):")
     print(evaluate.format_table(val_metrics, tasks))
     return val_metrics
@@ -479,12 +476,30 @@ def evaluations_since_best(history: list[float], min_delta: float = 0.0) -> int:
     return since
 
 
-def parse_command_line(argv: list[str]) -> tuple[ml_collections.ConfigDict, str]:
+def init_distributed(coordinator: str, num_processes: int, process_id: int) -> None:
+    """Joins a multi-process run (jax.distributed; CPU collectives over gloo). coordinator: "" for a single
+    process, "auto" to detect the cluster (Slurm, Open MPI, Cloud TPU, ...), else process 0's HOST:PORT."""
+    if not coordinator:
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if coordinator == "auto":
+        jax.distributed.initialize()
+    else:
+        jax.distributed.initialize(coordinator, num_processes, process_id)
+
+
+def parse_command_line(argv: list[str]) -> tuple[ml_collections.ConfigDict, str, tuple[str, int, int]]:
+    """(config, workdir, (coordinator, num_processes, process_id)) from the command line."""
     parser = argparse.ArgumentParser(
         prog="python -m mmjax.train", description=__doc__.strip().splitlines()[0]
     )
     parser.add_argument("--config", required=True, help="experiments/NAME.py[:arg,...]")
     parser.add_argument("--workdir", required=True, help="checkpoints, metrics and logs go here")
+    parser.add_argument(
+        "--coordinator", default="", help="multi-process runs: process 0's HOST:PORT, or auto (cluster)"
+    )
+    parser.add_argument("--num-processes", type=int, default=1, help="with --coordinator HOST:PORT")
+    parser.add_argument("--process-id", type=int, default=0, help="with --coordinator HOST:PORT")
     args, rest = parser.parse_known_args(argv)
     overrides = []
     for item in rest:
@@ -493,8 +508,11 @@ def parse_command_line(argv: list[str]) -> tuple[ml_collections.ConfigDict, str]
                 f"unrecognised argument {item!r} (config overrides look like --config.train.steps=100)"
             )
         overrides.append(item.removeprefix("--config."))
-    return load_config(args.config, overrides), args.workdir
+    distributed = (args.coordinator, args.num_processes, args.process_id)
+    return load_config(args.config, overrides), args.workdir, distributed
 
 
 if __name__ == "__main__":
-    main(*parse_command_line(sys.argv[1:]))
+    config, workdir, distributed = parse_command_line(sys.argv[1:])
+    init_distributed(*distributed)
+    main(config, workdir)

@@ -189,7 +189,7 @@ def train_iterator(
         if augment_fn is not None:
             part = part.random_map(augment_fn)
         parts.append(part.batch(batch_size // shards, drop_remainder=True))
-    dataset = parts[0] if len(parts) == 1 else grain.experimental.ZipMapDataset(parts).map(_concatenate)
+    dataset = parts[0] if len(parts) == 1 else grain.experimental.ZipMapDataset(parts).map(_combine)
     # Batches come from the MapDataset, so prefetch workers take whole batches: same for any worker_count.
     if audio_buckets:
         dataset = dataset.map(functools.partial(trim_audio, buckets=tuple(audio_buckets)))
@@ -201,9 +201,11 @@ def train_iterator(
     return iter(dataset)
 
 
-def _concatenate(batches: tuple[dict, ...]) -> dict:
-    """One batch of the rows of `batches` (dicts with the same keys), in order."""
-    return {key: np.concatenate([batch[key] for batch in batches]) for key in batches[0]}
+def _combine(parts: Sequence, join: Callable = np.concatenate):
+    """Joins (by default concatenates the rows of) matching arrays of nested dicts, in order."""
+    if isinstance(parts[0], dict):
+        return {key: _combine([part[key] for part in parts], join) for key in parts[0]}
+    return join(parts)
 
 
 def _pad_rows(tree, size: int):
@@ -237,14 +239,27 @@ def parse_buckets(text: str, frames: int, patch_time: int) -> tuple[int, ...]:
 
 
 def eval_batches(
-    source: Sequence, *, batch_size: int, preprocess_fn: Callable[[Mapping], dict]
+    source: Sequence,
+    *,
+    batch_size: int,
+    preprocess_fn: Callable[[Mapping], dict],
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> Iterator[dict]:
-    """One ordered pass in batches of batch_size; `valid` marks real examples (the last batch is padded)."""
-    dataset = grain.MapDataset.source(source).map(preprocess_fn).batch(batch_size, drop_remainder=False)
-    for i in range(len(dataset)):
-        batch = dataset[i]
-        batch["valid"] = np.arange(batch_size) < len(source) - i * batch_size
-        yield _pad_rows(batch, batch_size)
+    """One ordered pass in global batches of batch_size; `valid` marks real examples (the last batch is
+    padded). Yields this process's rows of each global batch (its batch_size // process_count consecutive
+    rows), read and preprocessed by this process only."""
+    if batch_size % process_count:
+        raise ValueError(f"data.eval_batch_size={batch_size} is not divisible by {process_count} processes")
+    rows = batch_size // process_count
+    dataset = grain.MapDataset.source(source).map(preprocess_fn)
+    for start in range(0, len(source), batch_size):
+        first = start + process_index * rows
+        # Rows past the end repeat the last example (a process may hold no real row of the last batch).
+        examples = [dataset[i] for i in range(first, min(first + rows, len(source)))] or [dataset[-1]]
+        batch = _pad_rows(_combine(examples, np.stack), rows)
+        batch["valid"] = np.arange(first, first + rows) < len(source)
+        yield batch
 
 
 def steps_per_epoch(source: Sequence, batch_size: int) -> int:

@@ -139,6 +139,25 @@ def test_eval_batches_pad_the_last_batch():
     assert [b["valid"].tolist() for b in batches[1:]] == [[True] * 4, [True, True, False, False]]
 
 
+def test_eval_batches_split_over_processes_rebuild_the_global_batches():
+    """10 examples in global batches of 8 over 4 processes: process 3 holds no real row of the last batch."""
+    whole = list(pipeline.eval_batches(range(10), batch_size=8, preprocess_fn=_index_fn))
+    shares = [
+        list(
+            pipeline.eval_batches(
+                range(10), batch_size=8, preprocess_fn=_index_fn, process_index=p, process_count=4
+            )
+        )
+        for p in range(4)
+    ]
+    for i, batch in enumerate(whole):
+        for key in ("i", "valid"):
+            np.testing.assert_array_equal(np.concatenate([share[i][key] for share in shares]), batch[key])
+    assert shares[3][1]["i"].tolist() == [9, 9] and not shares[3][1]["valid"].any()
+    with pytest.raises(ValueError, match="data.eval_batch_size=8 is not divisible by 3 processes"):
+        next(pipeline.eval_batches(range(10), batch_size=8, preprocess_fn=_index_fn, process_count=3))
+
+
 def test_eval_batches_on_real_data(source, preprocess_fn):
     batches = list(pipeline.eval_batches(source, batch_size=64, preprocess_fn=preprocess_fn))
     assert len(batches) == 10 and sum(int(b["valid"].sum()) for b in batches) == len(source)

@@ -1,0 +1,75 @@
+"""Multi-process training on the JAX distributed runtime: 2 CPU processes on localhost (gloo collectives),
+4 devices each, against this process's 8 devices on the same global batches (data.shards=2)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mmjax import train
+from tests.test_train import ROOT, smoke_config
+
+OVERRIDES = {
+    "train.steps": 12,
+    "train.log_every": 1,
+    "train.eval_every": 6,
+    "train.checkpoint_every": 6,
+    "data.shards": 2,
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _records(workdir) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_train_like_one_process_on_the_same_global_batches(av_digits_dir, tmp_path):
+    single = tmp_path / "single"
+    train.main(smoke_config(av_digits_dir, **OVERRIDES), single)
+
+    shared = tmp_path / "two_processes"  # one workdir: checkpoints are written cooperatively
+    command = [sys.executable, "-m", "mmjax.train", "--config", "experiments/av_digits.py:smoke"]
+    command += ["--workdir", str(shared), f"--config.data.tfds_dir={av_digits_dir}"]
+    command += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+    command += ["--coordinator", f"localhost:{_free_port()}", "--num-processes", "2"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    processes = [
+        subprocess.Popen(
+            [*command, "--process-id", str(p)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for p in range(2)
+    ]
+    outputs = [process.communicate(timeout=600) for process in processes]
+    for process, (_, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err.decode()[-3000:]
+    assert b"8 devices" in outputs[0][0]
+
+    want, got = _records(single), _records(shared)  # only process 0 writes metrics
+    losses = [{r["step"]: r["loss"] for r in records if "loss" in r} for records in (want, got)]
+    assert sorted(losses[1]) == list(range(1, 13))
+    # Equal up to the order of float sums (gloo's all-reduce against the in-process one).
+    np.testing.assert_allclose(
+        [losses[1][s] for s in range(1, 13)], [losses[0][s] for s in range(1, 13)], rtol=1e-5
+    )
+    validation = [{r["step"]: r for r in records if "val/answer/accuracy" in r} for records in (want, got)]
+    assert sorted(validation[1]) == [6, 12]
+    for step in (6, 12):
+        for key, value in validation[0][step].items():
+            if key.startswith("val/"):
+                assert validation[1][step][key] == pytest.approx(value, abs=1e-6, nan_ok=True), (step, key)
+    # Each process saved its own data-iterator position next to the shared train state.
+    data = sorted(p.name for p in (shared / "checkpoints" / "12" / "data").iterdir() if p.suffix == ".json")
+    assert data == ["process_0-of-2.json", "process_1-of-2.json"]
