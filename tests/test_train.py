@@ -174,63 +174,53 @@ def _signal_after(command, workdir, records: int, signum: int) -> subprocess.Pop
     return process
 
 
-def _resume_and_compare(command, workdir, uninterrupted, tfds_dir) -> int:
-    """Reruns the command to the end; its losses and final params equal the uninterrupted run's. Returns the
-    step it resumed from."""
+def test_sigterm_then_sigkill_then_rerun_matches_an_uninterrupted_run(av_digits_dir, tmp_path, uninterrupted):
+    workdir = tmp_path / "interrupted"
+    command = _train_command(workdir, av_digits_dir)
+    # SIGTERM: every step so far is logged and the checkpoint is of the current step (between save intervals).
+    process = _signal_after(command, workdir, 12, signal.SIGTERM)
+    assert process.returncode == 128 + signal.SIGTERM, process.stderr.read()[-2000:]
+    saved = int(process.stdout.read().split("SIGTERM: saved the checkpoint of step ")[1].split()[0])
+    assert sorted(last_record_per_step(workdir)) == list(range(1, saved + 1))
+    assert final_params(workdir, smoke_config(av_digits_dir))[0] == saved
+    # SIGKILL of the rerun: no chance to save, so the next rerun goes back to the last periodic checkpoint.
+    _signal_after(command, workdir, saved + 14, signal.SIGKILL)
+    killed_at = max(record["step"] for record in read_metrics(workdir))
+    assert killed_at < KILL_OVERRIDES["train.steps"]
+
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-2000:]
     resumed_from = int(finished.stdout.split("resumed from the checkpoint of step ")[1].split()[0])
+    assert saved < resumed_from <= killed_at and resumed_from % 5 == 0
     reference, expected = uninterrupted
     got = last_record_per_step(workdir)
     assert sorted(got) == list(range(1, 41))
-    for step in range(resumed_from + 1, 41):
+    for step in range(1, 41):
         assert got[step]["loss"] == expected[step]["loss"], step
     jax.tree.map(
         np.testing.assert_array_equal,
-        final_params(reference, smoke_config(tfds_dir))[1],
-        final_params(workdir, smoke_config(tfds_dir))[1],
+        final_params(reference, smoke_config(av_digits_dir))[1],
+        final_params(workdir, smoke_config(av_digits_dir))[1],
     )
-    return resumed_from
 
 
-def test_sigkill_and_restart_matches_an_uninterrupted_run(av_digits_dir, tmp_path, uninterrupted):
-    killed = tmp_path / "killed"
-    command = _train_command(killed, av_digits_dir)
-    _signal_after(command, killed, 17, signal.SIGKILL)
-    killed_at = max(record["step"] for record in read_metrics(killed))
-    assert killed_at < KILL_OVERRIDES["train.steps"]
-    resumed_from = _resume_and_compare(command, killed, uninterrupted, av_digits_dir)
-    assert 5 <= resumed_from <= killed_at and resumed_from % 5 == 0
+def test_an_incomplete_save_is_reported_deleted_and_never_restored(tmp_path, capsys):
+    def manager():
+        return checkpoint.make_manager(tmp_path, keep=3, keep_best=1, best_metric="answer/accuracy")
 
-
-def test_sigterm_saves_the_current_step_and_the_rerun_resumes_there(av_digits_dir, tmp_path, uninterrupted):
-    stopped = tmp_path / "stopped"
-    command = _train_command(stopped, av_digits_dir)
-    process = _signal_after(command, stopped, 12, signal.SIGTERM)
-    assert process.returncode == 128 + signal.SIGTERM, process.stderr.read()[-2000:]
-    saved = int(process.stdout.read().split("SIGTERM: saved the checkpoint of step ")[1].split()[0])
-    # Every step up to the saved one is logged, and the checkpoint is of that step (between save intervals
-    # in general: the interval is 5).
-    assert sorted(last_record_per_step(stopped)) == list(range(1, saved + 1))
-    assert final_params(stopped, smoke_config(av_digits_dir))[0] == saved
-    assert _resume_and_compare(command, stopped, uninterrupted, av_digits_dir) == saved
-
-
-def test_an_incomplete_save_is_reported_deleted_and_never_restored(av_digits_dir, tmp_path, capsys):
-    overrides = {"train.steps": 10, "train.checkpoint_every": 5, "train.eval_every": 1000}
-    train.main(smoke_config(av_digits_dir, **overrides), tmp_path)
+    data = pipeline.train_iterator(range(8), batch_size=2, seed=0, preprocess_fn=lambda i: {"i": np.int32(i)})
+    first = manager()
+    checkpoint.save(first, 10, {"w": np.ones(3, np.float32)}, data)
+    first.wait_until_finished()
     # What a run killed while saving step 15 leaves behind: Orbax's temporary folder, partly written.
-    partial = tmp_path / "checkpoints" / f"15{checkpoint.INCOMPLETE_MARK}-1700000000"
+    partial = tmp_path / f"15{checkpoint.INCOMPLETE_MARK}-1700000000"
     (partial / "state").mkdir(parents=True)
     (partial / "state" / "half_written").write_bytes(b"\0" * 100)
-    assert checkpoint.incomplete_saves(tmp_path / "checkpoints") == [partial]
+    assert checkpoint.incomplete_saves(tmp_path) == [partial]
     capsys.readouterr()
-    config = smoke_config(av_digits_dir, **overrides)
-    manager = checkpoint.make_manager(
-        tmp_path / "checkpoints", keep=3, keep_best=1, best_metric=config.train.best_metric
-    )
+    restarted = manager()
     assert f"skipping the incomplete checkpoint {partial}" in capsys.readouterr().err
-    assert manager.latest_step() == 10 and not partial.exists()
+    assert restarted.latest_step() == 10 and not partial.exists()
 
 
 def test_non_finite_steps_stop_with_the_step_task_and_saved_batch_or_are_skipped(tmp_path, capsys):
