@@ -2,7 +2,9 @@
 
 import dataclasses
 import functools
+import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -202,6 +204,20 @@ def test_sigterm_then_sigkill_then_rerun_matches_an_uninterrupted_run(av_digits_
         final_params(reference, smoke_config(av_digits_dir))[1],
         final_params(workdir, smoke_config(av_digits_dir))[1],
     )
+
+
+def test_a_run_saved_on_8_devices_resumes_on_1(av_digits_dir, tmp_path, uninterrupted):
+    reference, expected = uninterrupted
+    workdir = tmp_path / "moved"
+    shutil.copytree(reference, workdir)
+    command = _train_command(workdir, av_digits_dir) + ["--config.train.steps=44"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "resumed from the checkpoint of step 40" in finished.stdout and ", 1 devices," in finished.stdout
+    got = last_record_per_step(workdir)
+    assert sorted(got) == list(range(1, 45)) and all(np.isfinite(got[s]["loss"]) for s in range(41, 45))
+    assert final_params(workdir, smoke_config(av_digits_dir))[0] == 44
 
 
 def test_an_incomplete_save_is_reported_deleted_and_never_restored(tmp_path, capsys):
