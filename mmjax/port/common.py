@@ -1,6 +1,7 @@
 """Reading Hugging Face checkpoints (config.json, safetensors or torch files) and the strict merge."""
 
 import json
+import pickle
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -100,7 +101,11 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     if (folder / "pytorch_model.bin").is_file():
         import torch  # optional (the `hf` extra); only old-style checkpoints need it
 
-        state = torch.load(folder / "pytorch_model.bin", weights_only=True, map_location="cpu")
+        file = folder / "pytorch_model.bin"
+        try:  # weights_only: tensors and plain containers only; pickled code is never run
+            state = torch.load(file, weights_only=True, map_location="cpu")
+        except pickle.UnpicklingError as e:
+            raise ValueError(f"refusing {file}: it holds more than tensors ({str(e).splitlines()[0]})") from e
         return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
     raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {folder}")
 

@@ -53,3 +53,21 @@ def test_hf_spec_and_bad_specs(tiny_bert, tmp_path):
         load_pretrained(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_pretrained(f"hf:{tmp_path}")
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))  # unpickling would create the marker file
+
+
+def test_a_pickled_checkpoint_with_code_is_refused_and_never_run(tmp_path):
+    from mmjax.port.common import read_state_dict
+
+    marker = tmp_path / "was_run"
+    torch.save({"weight": torch.ones(2), "payload": _RunsCode(marker)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="refusing .*pytorch_model.bin: it holds more than tensors"):
+        read_state_dict(tmp_path)
+    assert not marker.exists()
