@@ -128,10 +128,10 @@ def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> Mul
     CLIP) takes that checkpoint's architecture; its weights come from pretrained_params at init.
     """
     if cfg.size not in SIZES:
-        raise ValueError(f"cfg.size={cfg.size!r} is not one of {sorted(SIZES)}")
-    _check_divisible(cfg.image.size, "cfg.image.size", cfg.image.patch_size, "cfg.image.patch_size")
-    _check_divisible(cfg.audio.frames, "cfg.audio.frames", cfg.audio.patch_time, "cfg.audio.patch_time")
-    _check_divisible(cfg.audio.mels, "cfg.audio.mels", cfg.audio.patch_freq, "cfg.audio.patch_freq")
+        raise ValueError(f"model.size={cfg.size!r} is not one of {sorted(SIZES)}")
+    _check_divisible(cfg.image.size, "model.image.size", cfg.image.patch_size, "model.image.patch_size")
+    _check_divisible(cfg.audio.frames, "model.audio.frames", cfg.audio.patch_time, "model.audio.patch_time")
+    _check_divisible(cfg.audio.mels, "model.audio.mels", cfg.audio.patch_freq, "model.audio.patch_freq")
     size = SIZES[cfg.size] | {k: cfg[k] for k in SIZES[cfg.size] if cfg.get(k)}  # e.g. model.width=256
     common = dict(
         width=size["width"],

@@ -59,6 +59,25 @@ class Objective:
     align_positives: tuple[str, str] | None = None  # the label keys whose equality marks positives
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Cross-field rules no single builder sees, checked before any data loading or compilation."""
+    for task, weight in config.tasks.items():
+        if weight < 0:
+            raise ValueError(f"config.tasks.{task}={weight} is negative (0 turns the task off)")
+    metric_task = config.train.best_metric.split("/")[0]
+    if config.tasks.get(metric_task, 0) <= 0:
+        raise ValueError(
+            f"config.train.best_metric={config.train.best_metric!r} needs config.tasks.{metric_task} > 0"
+        )
+    frames, model_frames = config.data.audio_frames, config.model.audio.frames
+    patch = config.model.audio.patch_time
+    if frames > model_frames or frames % patch:
+        raise ValueError(
+            f"config.data.audio_frames={frames} must be a multiple of config.model.audio.patch_time={patch} "
+            f"and at most config.model.audio.frames={model_frames} (the encoder's position table)"
+        )
+
+
 def make_objective(config: ml_collections.ConfigDict) -> Objective:
     """The objective of an experiment config (config.tasks, config.multitask, config.model.align)."""
     tasks = {task: float(config.tasks[task]) for task in sorted(config.tasks) if config.tasks[task] > 0}
@@ -302,6 +321,7 @@ def sigterm_flag():
 def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
     """Train (or resume) in `workdir`; returns the last validation metrics. On SIGTERM it logs, saves a
     checkpoint of the current step and raises Preempted (exit status 143); rerunning resumes there."""
+    check_config(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_lead = jax.process_index() == 0

@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -417,6 +418,37 @@ def test_objective_errors_name_the_fields(av_digits_dir):
         train.make_objective(smoke_config(av_digits_dir, **{"multitask.method": "mgda"}))
     with pytest.raises(ValueError, match=r"unknown task\(s\) \['caption'\]"):
         av_digits.task_classes({"answer": 1.0, "caption": 1.0})
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.batch_size=60", "data.batch_size=60 is not divisible by the 8 devices"),
+        ("data.eval_batch_size=50", "data.eval_batch_size=50 is not divisible by the 8 devices"),
+        ("data.shards=3", "data.batch_size=16 is not divisible by 3 data shards"),
+        (
+            "data.audio_frames=90",
+            "data.audio_frames=90 must be a multiple of config.model.audio.patch_time=8",
+        ),
+        ("data.audio_frames=104", "at most config.model.audio.frames=96"),
+        ("model.fusion.name=foo", "model.fusion.name='foo' is not one of"),
+        ("model.remat=bogus", "model.remat='bogus' is not one of"),
+        ("model.image.patch_size=5", "model.image.size=28 is not divisible by model.image.patch_size=5"),
+        ("model.align.modalities=text", "model.align.modalities='text' must name two of"),
+        ("tasks.answer=-1.0", "config.tasks.answer=-1.0 is negative"),
+        ("tasks.answer=0.0", "config.train.best_metric='answer/accuracy' needs config.tasks.answer > 0"),
+        ("train.on_nonfinite=bogus", "config.train.on_nonfinite='bogus' is not one of"),
+    ],
+)
+def test_config_errors_name_the_field_before_anything_compiles(
+    av_digits_dir, tmp_path, monkeypatch, override, message
+):
+    def never(*args, **kwargs):
+        raise AssertionError("the train step was built despite the bad config")
+
+    monkeypatch.setattr(train, "make_train_step", never)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train.main(smoke_config(av_digits_dir, **dict([override.split("=")])), tmp_path)
 
 
 def test_evaluations_since_best():

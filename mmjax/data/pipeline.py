@@ -177,7 +177,7 @@ def train_iterator(
         raise ValueError(f"data.shards={shards} is not a multiple of the process count {process_count}")
     if batch_size % shards:
         raise ValueError(
-            f"batch_size={batch_size} is not divisible by {shards} data shards (one per process)"
+            f"data.batch_size={batch_size} is not divisible by {shards} data shards (see data.shards)"
         )
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} is outside [0, {process_count})")
