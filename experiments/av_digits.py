@@ -39,6 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.data_dir = ""  # raw FSDD + MNIST; "" -> $MMJAX_DATA_DIR or ../shared/data
     c.data.tfds_dir = ""  # built data set; "" -> $MMJAX_TFDS_DIR or ~/.cache/mmjax/tensorflow_datasets
+    c.data.on_bad_example = "skip"  # building: a bad raw file is skipped and listed (skip) or stops it (stop)
     c.data.text_len = 16
     c.data.audio_frames = 96  # 0.96 s of 10 ms frames; longer clips (under 1% of FSDD) are cropped
     c.data.batch_size = 64  # global batch, split over all devices

@@ -165,7 +165,10 @@ def main(
     tasks = av_digits.task_classes(config.tasks)
     model = build_model(config.model, tasks)
     source = av_digits.load(
-        split, data_dir=config.data.data_dir or None, tfds_dir=config.data.tfds_dir or None
+        split,
+        data_dir=config.data.data_dir or None,
+        tfds_dir=config.data.tfds_dir or None,
+        on_bad=config.data.on_bad_example,
     )
     phrasings = pipeline.load_questions(questions) if questions else None
     recordings = ""

@@ -337,7 +337,10 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
     tasks = av_digits.task_classes(config.tasks)
     sources = {
         split: av_digits.load(
-            split, data_dir=config.data.data_dir or None, tfds_dir=config.data.tfds_dir or None
+            split,
+            data_dir=config.data.data_dir or None,
+            tfds_dir=config.data.tfds_dir or None,
+            on_bad=config.data.on_bad_example,
         )
         for split in ("train", "validation")
     }

@@ -5,6 +5,7 @@ i % 5 == 0, validation if i % 5 == 1, train otherwise. Pairs never cross splits.
 """
 
 import gzip
+import json
 import os
 import pathlib
 import re
@@ -26,6 +27,9 @@ MODALITY_LABELS = {"image": "labels/image_digit", "audio": "labels/audio_digit"}
 SPLITS = ("train", "validation", "test")
 PAIRS_PER_RECORDING = {"train": 4, "validation": 2, "test": 4}
 SAMPLE_RATE = 16000
+FSDD_SAMPLE_RATE = 8000
+ON_BAD = ("skip", "stop")  # data.on_bad_example
+BAD_INPUTS = "bad_inputs.json"  # the skipped raw files of a build, beside the built data
 N_MELS = 64
 
 # Training phrasings; evaluation can swap in others (experiments/av_digits_questions.json).
@@ -169,13 +173,32 @@ def make_tokenizer() -> text.WordTokenizer:
     return text.build_vocab(p for phrasings in PHRASINGS.values() for p in phrasings)
 
 
-def read_mnist(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """MNIST-5k CSV (784 pixels then the label per row) -> (uint8 [N, 28, 28], int64 [N])."""
+def read_mnist(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """MNIST-5k CSV (784 pixels then the label per row) -> (uint8 [N, 28, 28], int64 [N], {row: problem}).
+
+    Rows of the wrong length, or with pixels that are not integers in 0..255 (NaN included), or a label
+    outside 0..9 are listed as bad (their image and label are zeros); a file of no such rows raises.
+    """
     with gzip.open(path, "rt") as f:
-        table = np.loadtxt(f, delimiter=",", dtype=np.int64)
-    if table.ndim != 2 or table.shape[1] != 785:
-        raise ValueError(f"{path}: expected rows of 784 pixels and a label, got shape {table.shape}")
-    return table[:, :784].reshape(-1, 28, 28).astype(np.uint8), table[:, 784]
+        lines = [line for line in f.read().splitlines() if line.strip()]
+    table, bad = np.zeros((len(lines), 785)), {}
+    for row, line in enumerate(lines):
+        try:
+            values = np.array([float(v) for v in line.split(",")])
+        except ValueError:
+            bad[row] = "a value is not a number"
+            continue
+        if values.shape != (785,):
+            bad[row] = f"{values.size} values, expected 784 pixels and a label"
+        elif not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+            bad[row] = "non-integer or non-finite values"
+        elif values[:784].min() < 0 or values[:784].max() > 255 or not 0 <= values[784] <= 9:
+            bad[row] = "pixels outside 0..255 or a label outside 0..9"
+        else:
+            table[row] = values
+    if len(bad) == len(lines):
+        raise ValueError(f"{path}: no valid row of 784 pixels and a label")
+    return table[:, :784].reshape(-1, 28, 28).astype(np.uint8), table[:, 784].astype(np.int64), bad
 
 
 def list_recordings(recordings_dir: str | os.PathLike) -> list[str]:
@@ -187,8 +210,15 @@ def audio_features(
     path: str | os.PathLike, snr_db: float | None = None, rng: np.random.Generator | None = None
 ) -> np.ndarray:
     """WAV -> 16 kHz -> normalised log-mel, float32 [frames, 64]; with `snr_db`, white noise at that
-    signal-to-noise ratio (drawn from `rng`) is added to the recording first."""
+    signal-to-noise ratio (drawn from `rng`) is added to the recording first. A file that is unreadable,
+    empty, silent, not at FSDD's 8 kHz or has non-finite samples raises ValueError naming it."""
     wave, sample_rate = audio.load_wav(path)
+    if sample_rate != FSDD_SAMPLE_RATE:
+        raise ValueError(f"{path}: sample rate {sample_rate} Hz, FSDD recordings are {FSDD_SAMPLE_RATE} Hz")
+    if not np.all(np.isfinite(wave)):
+        raise ValueError(f"{path}: non-finite samples")
+    if not np.any(wave):
+        raise ValueError(f"{path}: silent (every sample is 0)")
     if snr_db is not None:
         wave = audio.add_white_noise(wave, snr_db, rng or np.random.default_rng(0))
     return audio.normalize(audio.log_mel(audio.resample(wave, sample_rate, SAMPLE_RATE), SAMPLE_RATE))
@@ -223,9 +253,19 @@ class AvDigits(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "FSDD x MNIST-5k pairs with six question types."}
 
-    def __init__(self, *, raw_dir: str | os.PathLike | None = None, **kwargs):
+    def __init__(self, *, raw_dir: str | os.PathLike | None = None, on_bad: str = "skip", **kwargs):
+        if on_bad not in ON_BAD:
+            raise ValueError(f"data.on_bad_example={on_bad!r} is not one of {ON_BAD}")
         self._raw_dir = raw_dir  # resolved only when building, so a built copy loads without raw data
+        self._on_bad = on_bad
+        self.bad_files: dict[str, str] = {}  # {file or CSV row: problem} found while building; skipped
         super().__init__(**kwargs)
+
+    def _bad(self, what: str, problem: str) -> None:
+        if self._on_bad == "stop":
+            raise ValueError(f"bad input {what}: {problem} (data.on_bad_example=skip skips and lists these)")
+        print(f"mmjax: warning: skipping {what}: {problem}")
+        self.bad_files[what] = problem
 
     def _info(self) -> tfds.core.DatasetInfo:
         digit = tfds.features.ClassLabel(num_classes=10)
@@ -256,7 +296,11 @@ class AvDigits(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         del dl_manager  # the raw data are read from a local folder
         raw_dir = resolve_data_dir(self._raw_dir)
-        images, labels = read_mnist(raw_dir / "mnist5k" / "mnist_5k.csv.gz")
+        mnist = raw_dir / "mnist5k" / "mnist_5k.csv.gz"
+        images, labels, bad_rows = read_mnist(mnist)
+        for row, problem in bad_rows.items():
+            self._bad(f"{mnist} row {row + 1}", problem)
+            labels[row] = -1  # never drawn for a pair
         recordings = list_recordings(raw_dir / "fsdd" / "recordings")
         return {
             split: self._generate_examples(raw_dir / "fsdd" / "recordings", recordings, images, labels, split)
@@ -273,7 +317,14 @@ class AvDigits(tfds.core.GeneratorBasedBuilder):
         for k, (recording, image, qtype_id, match) in enumerate(plan):
             name = names[recording]
             if cached != recording:  # plan lists each recording's pairs together: one feature pass each
-                features, cached = audio_features(recordings_dir / name), recording
+                cached = recording
+                try:
+                    features = audio_features(recordings_dir / name)
+                except ValueError as e:
+                    self._bad(str(recordings_dir / name), str(e).removeprefix(f"{recordings_dir / name}: "))
+                    features = None
+            if features is None:
+                continue
             audio_digit, speaker, _ = parse_recording(name)
             row = int(rows[image])
             qtype = QUESTION_TYPES[qtype_id]
@@ -296,12 +347,26 @@ class AvDigits(tfds.core.GeneratorBasedBuilder):
             )
 
 
-def load(split: str, *, data_dir: str | os.PathLike | None = None, tfds_dir: str | os.PathLike | None = None):
-    """Random-access source of one split; builds the data set into the tfds dir first if needed."""
+def load(
+    split: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    tfds_dir: str | os.PathLike | None = None,
+    on_bad: str = "skip",
+):
+    """Random-access source of one split; builds the data set into the tfds dir first if needed. Bad raw
+    files (see audio_features, read_mnist) are skipped and listed in `bad_inputs.json` beside the built data
+    (on_bad="skip"), or stop the build naming the file ("stop")."""
     if split not in SPLITS:
         raise ValueError(f"unknown AV-Digits split {split!r}; expected one of {SPLITS}")
-    builder = AvDigits(raw_dir=data_dir, data_dir=str(resolve_tfds_dir(tfds_dir)), file_format="array_record")
+    builder = AvDigits(
+        raw_dir=data_dir, on_bad=on_bad, data_dir=str(resolve_tfds_dir(tfds_dir)), file_format="array_record"
+    )
     if not builder.is_prepared():
         print(f"mmjax: building AV-Digits into {builder.data_dir} (once; under a minute)")
         builder.download_and_prepare()
+        report = pathlib.Path(builder.data_dir) / BAD_INPUTS
+        report.write_text(json.dumps(builder.bad_files, indent=1))
+        if builder.bad_files:
+            print(f"mmjax: skipped {len(builder.bad_files)} bad raw inputs; they are listed in {report}")
     return builder.as_data_source()[split]

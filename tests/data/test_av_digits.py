@@ -1,11 +1,14 @@
 """AV-Digits on the real data: split rules, pairing balance, label consistency, reproducibility, errors."""
 
 import collections
+import gzip
+import json
 import pathlib
 import shutil
 
 import numpy as np
 import pytest
+import soundfile
 
 from mmjax.data import av_digits as avd
 
@@ -29,7 +32,9 @@ def records(av_digits_dir) -> dict[str, list[dict]]:
 
 @pytest.fixture(scope="module")
 def mnist() -> tuple[np.ndarray, np.ndarray]:
-    return avd.read_mnist(avd.resolve_data_dir() / "mnist5k" / "mnist_5k.csv.gz")
+    images, labels, bad = avd.read_mnist(avd.resolve_data_dir() / "mnist5k" / "mnist_5k.csv.gz")
+    assert bad == {}
+    return images, labels
 
 
 def test_split_sizes(records):
@@ -125,12 +130,61 @@ def _tiny_raw_dir(root: pathlib.Path) -> pathlib.Path:
     return root
 
 
-@pytest.mark.parametrize("content", [b"RIFF\x00\x00garbage bytes, not a wave" * 4, b""])
-def test_bad_wav_fails_the_build_naming_the_file(tmp_path, content):
+def _add_bad_inputs(raw: pathlib.Path) -> dict[str, str]:
+    """Writes a bad file of each kind (all training takes) and 3 bad MNIST rows; {what: expected problem}."""
+    recordings = raw / "fsdd" / "recordings"
+    (recordings / "6_yweweler_11.wav").write_bytes(b"RIFF\x00\x00garbage bytes, not a wave" * 4)
+    (recordings / "7_yweweler_12.wav").write_bytes(b"")
+    soundfile.write(recordings / "8_theo_13.wav", np.zeros(4000, np.float32), 8000)
+    soundfile.write(recordings / "9_theo_14.wav", np.full(4000, 0.1, np.float32), 44100)
+    wave = np.full(4000, 0.1, np.float32)
+    wave[7] = np.nan
+    soundfile.write(recordings / "0_lucas_15.wav", wave, 8000, subtype="FLOAT")
+    mnist = raw / "mnist5k" / "mnist_5k.csv.gz"
+    with gzip.open(mnist, "rt") as f:
+        lines = f.read().splitlines()
+    lines[2] = ",".join(["nan"] + lines[2].split(",")[1:])  # rows 3-5 are training images
+    lines[3] = ",".join(lines[3].split(",")[:-5])
+    lines[4] = ",".join(["300"] + lines[4].split(",")[1:])
+    with gzip.open(mnist, "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    return {
+        str(recordings / "6_yweweler_11.wav"): "cannot read audio file",
+        str(recordings / "7_yweweler_12.wav"): "the file is empty",
+        str(recordings / "8_theo_13.wav"): "silent",
+        str(recordings / "9_theo_14.wav"): "sample rate 44100 Hz",
+        str(recordings / "0_lucas_15.wav"): "non-finite samples",
+        f"{mnist} row 3": "non-integer or non-finite values",
+        f"{mnist} row 4": "780 values, expected 784 pixels and a label",
+        f"{mnist} row 5": "pixels outside 0..255",
+    }
+
+
+def test_bad_raw_inputs_are_skipped_and_listed(tmp_path, capsys):
     raw = _tiny_raw_dir(tmp_path / "raw")
-    (raw / "fsdd" / "recordings" / "6_yweweler_11.wav").write_bytes(content)
-    with pytest.raises(ValueError, match="6_yweweler_11.wav"):
-        avd.load("train", data_dir=raw, tfds_dir=tmp_path / "tfds")
+    expected = _add_bad_inputs(raw)
+    train_split = avd.load("train", data_dir=raw, tfds_dir=tmp_path / "tfds")
+    # Only the good training recording (5_nicolas_10) is paired; no bad image is drawn.
+    assert len(train_split) == avd.PAIRS_PER_RECORDING["train"]
+    assert {train_split[i]["recording"].decode() for i in range(len(train_split))} == {"5_nicolas_10.wav"}
+    assert not {int(train_split[i]["image_index"]) for i in range(len(train_split))} & {2, 3, 4}
+    report = next((tmp_path / "tfds").rglob(avd.BAD_INPUTS))
+    listed = json.loads(report.read_text())
+    assert sorted(listed) == sorted(expected)
+    for what, problem in expected.items():
+        assert problem in listed[what], (what, listed[what])
+    assert f"skipped {len(expected)} bad raw inputs" in capsys.readouterr().out
+
+
+def test_a_bad_raw_input_stops_the_build_when_asked(tmp_path):
+    raw = _tiny_raw_dir(tmp_path / "raw")
+    _add_bad_inputs(raw)
+    with pytest.raises(ValueError, match=r"bad input .*mnist_5k.csv.gz row 3: non-integer"):
+        avd.load("train", data_dir=raw, tfds_dir=tmp_path / "tfds", on_bad="stop")
+    (raw / "mnist5k" / "mnist_5k.csv.gz").unlink()
+    shutil.copy(avd.resolve_data_dir() / "mnist5k" / "mnist_5k.csv.gz", raw / "mnist5k")
+    with pytest.raises(ValueError, match=r"bad input .*_1[1-5]\.wav: "):
+        avd.load("train", data_dir=raw, tfds_dir=tmp_path / "tfds2", on_bad="stop")
 
 
 def test_tiny_raw_dir_builds(tmp_path):
