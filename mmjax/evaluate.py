@@ -37,10 +37,24 @@ def make_preprocess(
     questions: Mapping[str, list[str]] | None = None,
     corruption: pipeline.Corruption | None = None,
 ):
-    """The per-example preprocessing of an experiment (optionally other phrasings, a robustness condition)."""
+    """The per-example preprocessing of an experiment (optionally other phrasings, a robustness condition).
+    Phrasings longer than data.text_len tokens are truncated with a warning, or stop the run when
+    data.on_bad_example=stop."""
+    tokenizer = make_tokenizer(config)
+    long = {
+        p: int(tokenizer.encode(p, 4 * config.data.text_len + 8)[1].sum())
+        for phrasings in (questions or av_digits.PHRASINGS).values()
+        for p in phrasings
+    }
+    long = {p: n for p, n in long.items() if n > config.data.text_len}
+    if long:
+        listed = "; ".join(f"{p!r} ({n} tokens)" for p, n in long.items())
+        if config.data.on_bad_example == "stop":
+            raise ValueError(f"question phrasings longer than data.text_len={config.data.text_len}: {listed}")
+        print(f"mmjax: warning: truncating to data.text_len={config.data.text_len} tokens: {listed}")
     return functools.partial(
         pipeline.preprocess,
-        tokenizer=make_tokenizer(config),
+        tokenizer=tokenizer,
         text_len=config.data.text_len,
         audio_frames=config.data.audio_frames,
         questions=questions,

@@ -260,3 +260,21 @@ def test_bad_audio_buckets_name_the_field(text, message):
     assert pipeline.parse_buckets("96, 48", 96, 8) == (48, 96) and pipeline.parse_buckets("", 96, 8) == ()
     with pytest.raises(ValueError, match=f"data.audio_buckets={text!r}.*{message}"):
         pipeline.parse_buckets(text, 96, 16 if text == "40,96" else 8)
+
+
+def test_question_phrasings_longer_than_text_len_warn_or_stop(capsys):
+    from mmjax import evaluate
+    from mmjax.config import load_config
+
+    config = load_config("experiments/av_digits.py:smoke")
+    long_one = "what digit do you hear in this recording of a voice saying a single digit out loud please"
+    questions = {qtype: ["what digit is it"] for qtype in avd.QUESTION_TYPES} | {"spoken_digit": [long_one]}
+    evaluate.make_preprocess(config, questions)
+    out = capsys.readouterr().out
+    assert "warning: truncating to data.text_len=16 tokens" in out and repr(long_one) in out
+    config.data.on_bad_example = "stop"
+    with pytest.raises(
+        ValueError, match="question phrasings longer than data.text_len=16: 'what digit do you"
+    ):
+        evaluate.make_preprocess(config, questions)
+    evaluate.make_preprocess(config, {qtype: ["what digit is it"] for qtype in avd.QUESTION_TYPES})
