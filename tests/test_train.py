@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import json
 import os
 import pathlib
 import re
@@ -478,3 +479,16 @@ def test_early_stopping_stops_resumes_stopped_and_reports_the_best_checkpoint(
     train.main(config, tmp_path)  # resuming a stopped run trains no further
     assert max(r["step"] for r in read_metrics(tmp_path)) == 4
     assert final_params(tmp_path, config)[0] == 4
+
+
+@pytest.mark.slow
+def test_chaos_script_loses_nothing(tmp_path):
+    out = tmp_path / "chaos.json"
+    subprocess.run(
+        [sys.executable, "scripts/chaos.py", "--kills", "2", "--steps", "30", "--out", str(out)],
+        cwd=ROOT,
+        check=True,
+    )
+    summary = json.loads(out.read_text())
+    assert summary["examples_lost"] == 0 and summary["final_params_bit_identical"]
+    assert summary["runs_recovered"] == summary["reruns"] == 3 and summary["all_corruptions_listed"]
