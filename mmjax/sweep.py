@@ -425,12 +425,19 @@ def plot_robustness(sweep: Mapping, records: Sequence[Mapping], path: pathlib.Pa
     others = ["clean"] + [condition_name(c) for c in sweep["robustness"] if set(c) != {"audio_snr"}]
     per_condition = {name: aggregate(records, metric(name, ANSWER)) for name in conditions(sweep)}
     groups = list(per_condition["clean"])
+    colors = plt.get_cmap("tab20")(np.linspace(0, 1, 20))[: len(groups)] if len(groups) > 10 else [None] * 20
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     xs = [db for db, _ in snr] + [max([db for db, _ in snr], default=0) + 10]
-    for group in groups:
+    for group, color in zip(groups, colors, strict=False):
         points = [per_condition[name][group] for _, name in snr] + [per_condition["clean"][group]]
         left.errorbar(
-            xs, [p[0] for p in points], yerr=[p[1] for p in points], marker="o", capsize=3, label=group
+            xs,
+            [p[0] for p in points],
+            yerr=[p[1] for p in points],
+            marker="o",
+            capsize=3,
+            label=group,
+            color=color,
         )
     left.set_xticks(xs, [f"{db:g}" for db, _ in snr] + ["clean"])
     left.set_xlabel("audio SNR (dB)")
@@ -441,7 +448,14 @@ def plot_robustness(sweep: Mapping, records: Sequence[Mapping], path: pathlib.Pa
     for index, group in enumerate(groups):
         stats = [per_condition[name][group] for name in others]
         positions = [i + (index - (len(groups) - 1) / 2) * width for i in range(len(others))]
-        right.bar(positions, [s[0] for s in stats], width, yerr=[s[1] for s in stats], capsize=2, label=group)
+        right.bar(
+            positions,
+            [s[0] for s in stats],
+            width,
+            yerr=[s[1] for s in stats],
+            capsize=2,
+            color=colors[index],
+        )
     right.set_xticks(range(len(others)), others, rotation=30, ha="right")
     right.set_ylim(0, 1)
     right.set_title("missing modality / image noise")
