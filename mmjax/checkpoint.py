@@ -6,10 +6,12 @@ resumes from the previous complete one; make_manager reports and deletes such le
 
 import logging
 import pathlib
+import shutil
 import sys
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -37,9 +39,11 @@ def make_manager(
     if not read_only:
         for path in incomplete_saves(directory):
             print(
-                f"mmjax: warning: skipping the incomplete checkpoint {path} (its save was cut short)",
+                f"mmjax: warning: deleting the incomplete checkpoint {path} (its save was cut short)",
                 file=sys.stderr,
             )
+            if jax.process_index() == 0:
+                shutil.rmtree(path)
     preservation = policies.AnyPreservationPolicy(
         [
             policies.LatestN(keep),
@@ -57,7 +61,6 @@ def make_manager(
         best_mode="max",
         read_only=read_only,
         create=not read_only,
-        cleanup_tmp_directories=not read_only,
     )
     return ocp.CheckpointManager(
         pathlib.Path(directory).absolute(), options=options, item_names=("state", "data")

@@ -150,11 +150,11 @@ def test_small_size_sets_the_width():
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [
-        ({"size": "huge"}, "cfg.size"),
+        ({"size": "huge"}, "model.size"),
         ({"fusion.name": "no_such_fusion"}, "model.fusion.name"),
-        ({"image.patch_size": 6}, "cfg.image.patch_size"),
-        ({"audio.patch_time": 3}, "cfg.audio.patch_time"),
-        ({"audio.patch_freq": 10}, "cfg.audio.patch_freq"),
+        ({"image.patch_size": 6}, "model.image.patch_size"),
+        ({"audio.patch_time": 3}, "model.audio.patch_time"),
+        ({"audio.patch_freq": 10}, "model.audio.patch_freq"),
     ],
 )
 def test_build_model_rejects_bad_config(overrides, field):

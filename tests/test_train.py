@@ -237,7 +237,7 @@ def test_an_incomplete_save_is_reported_deleted_and_never_restored(tmp_path, cap
     assert checkpoint.incomplete_saves(tmp_path) == [partial]
     capsys.readouterr()
     restarted = manager()
-    assert f"skipping the incomplete checkpoint {partial}" in capsys.readouterr().err
+    assert f"deleting the incomplete checkpoint {partial}" in capsys.readouterr().err
     assert restarted.latest_step() == 10 and not partial.exists()
 
 
