@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import os
 import pathlib
 import signal
 import sys
@@ -518,11 +519,18 @@ def parse_command_line(argv: list[str]) -> tuple[ml_collections.ConfigDict, str,
     )
     parser.add_argument("--config", required=True, help="experiments/NAME.py[:arg,...]")
     parser.add_argument("--workdir", required=True, help="checkpoints, metrics and logs go here")
+    env = os.environ
     parser.add_argument(
-        "--coordinator", default="", help="multi-process runs: process 0's HOST:PORT, or auto (cluster)"
+        "--coordinator",
+        default=env.get("JAX_COORDINATOR_ADDRESS", ""),
+        help="multi-process runs: process 0 HOST:PORT (default $JAX_COORDINATOR_ADDRESS), or auto (cluster)",
     )
-    parser.add_argument("--num-processes", type=int, default=1, help="with --coordinator HOST:PORT")
-    parser.add_argument("--process-id", type=int, default=0, help="with --coordinator HOST:PORT")
+    parser.add_argument(
+        "--num-processes", type=int, default=int(env.get("JAX_NUM_PROCESSES", 1)), help="($JAX_NUM_PROCESSES)"
+    )
+    parser.add_argument(
+        "--process-id", type=int, default=int(env.get("JAX_PROCESS_ID", 0)), help="($JAX_PROCESS_ID)"
+    )
     args, rest = parser.parse_known_args(argv)
     overrides = []
     for item in rest:

@@ -73,3 +73,14 @@ def test_two_processes_train_like_one_process_on_the_same_global_batches(av_digi
     # Each process saved its own data-iterator position next to the shared train state.
     data = sorted(p.name for p in (shared / "checkpoints" / "12" / "data").iterdir() if p.suffix == ".json")
     assert data == ["process_0-of-2.json", "process_1-of-2.json"]
+
+
+def test_the_command_line_reads_the_distributed_settings_from_flags_or_environment(monkeypatch):
+    argv = ["--config", "experiments/av_digits.py:smoke", "--workdir", "w"]
+    assert train.parse_command_line(argv)[2] == ("", 1, 0)
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+    monkeypatch.setenv("JAX_PROCESS_ID", "3")
+    assert train.parse_command_line(argv)[2] == ("10.0.0.1:1234", 4, 3)
+    flags = ["--coordinator", "h:1", "--num-processes", "2", "--process-id", "1"]
+    assert train.parse_command_line([*argv, *flags])[2] == ("h:1", 2, 1)
