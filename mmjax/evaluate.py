@@ -10,7 +10,7 @@ import functools
 import json
 import pathlib
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -41,17 +41,18 @@ def make_preprocess(
     Phrasings longer than data.text_len tokens are truncated with a warning, or stop the run when
     data.on_bad_example=stop."""
     tokenizer = make_tokenizer(config)
-    long = {
-        p: int(tokenizer.encode(p, 4 * config.data.text_len + 8)[1].sum())
+    limit = config.data.text_len
+    lengths = {
+        p: int(tokenizer.encode(p, 4 * limit + 8)[1].sum())  # + 8: room for special tokens
         for phrasings in (questions or av_digits.PHRASINGS).values()
         for p in phrasings
     }
-    long = {p: n for p, n in long.items() if n > config.data.text_len}
-    if long:
-        listed = "; ".join(f"{p!r} ({n} tokens)" for p, n in long.items())
+    too_long = {p: n for p, n in lengths.items() if n > limit}
+    if too_long:
+        listed = "; ".join(f"{p!r} ({n} tokens)" for p, n in too_long.items())
         if config.data.on_bad_example == "stop":
-            raise ValueError(f"question phrasings longer than data.text_len={config.data.text_len}: {listed}")
-        print(f"mmjax: warning: truncating to data.text_len={config.data.text_len} tokens: {listed}")
+            raise ValueError(f"question phrasings longer than data.text_len={limit}: {listed}")
+        print(f"mmjax: warning: truncating to data.text_len={limit} tokens: {listed}")
     return functools.partial(
         pipeline.preprocess,
         tokenizer=tokenizer,
@@ -60,6 +61,27 @@ def make_preprocess(
         questions=questions,
         seed=config.seed,
         corruption=corruption,
+    )
+
+
+def load_split(config: ml_collections.ConfigDict, split: str):
+    """The AV-Digits split of an experiment config (built on first use)."""
+    return av_digits.load(
+        split,
+        data_dir=config.data.data_dir or None,
+        tfds_dir=config.data.tfds_dir or None,
+        on_bad=config.data.on_bad_example,
+    )
+
+
+def split_batches(config: ml_collections.ConfigDict, source, preprocess) -> Iterator[dict]:
+    """This process's share of each evaluation batch of `source` (see pipeline.eval_batches)."""
+    return pipeline.eval_batches(
+        source,
+        batch_size=config.data.eval_batch_size,
+        preprocess_fn=preprocess,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
     )
 
 
@@ -178,12 +200,7 @@ def main(
     mesh = parallel.make_mesh()
     tasks = av_digits.task_classes(config.tasks)
     model = build_model(config.model, tasks)
-    source = av_digits.load(
-        split,
-        data_dir=config.data.data_dir or None,
-        tfds_dir=config.data.tfds_dir or None,
-        on_bad=config.data.on_bad_example,
-    )
+    source = load_split(config, split)
     phrasings = pipeline.load_questions(questions) if questions else None
     recordings = ""
     if audio_snr is not None:
@@ -194,13 +211,7 @@ def main(
     init = functools.partial(model.init, {"params": jax.random.PRNGKey(0)}, example, train=False)
     abstract_params = parallel.with_sharding(jax.eval_shape(init)["params"], parallel.replicated(mesh))
     params = checkpoint.restore_params(manager, step, abstract_params)
-    batches = pipeline.eval_batches(
-        source,
-        batch_size=config.data.eval_batch_size,
-        preprocess_fn=preprocess,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
+    batches = split_batches(config, source, preprocess)
     eval_fn = make_eval_step(model, mesh, av_digits.align_label_keys(config.model.get("align", {})))
     summary = summarize(predict(params, batches, eval_fn, mesh, max_batches), tasks)
     report = {"split": split, "step": step, "checkpoint": which, "questions": questions, "metrics": summary}

@@ -336,15 +336,7 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
 
     # Data.
     tasks = av_digits.task_classes(config.tasks)
-    sources = {
-        split: av_digits.load(
-            split,
-            data_dir=config.data.data_dir or None,
-            tfds_dir=config.data.tfds_dir or None,
-            on_bad=config.data.on_bad_example,
-        )
-        for split in ("train", "validation")
-    }
+    sources = {split: evaluate.load_split(config, split) for split in ("train", "validation")}
     preprocess = evaluate.make_preprocess(config)
     shift = config.data.image_shift
     augment = functools.partial(pipeline.random_shift, max_shift=shift) if shift else None
@@ -403,13 +395,7 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
     eval_fn = evaluate.make_eval_step(model, mesh, objective.align_positives)
 
     def validate(params) -> dict[str, float]:
-        batches = pipeline.eval_batches(
-            sources["validation"],
-            batch_size=config.data.eval_batch_size,
-            preprocess_fn=preprocess,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
+        batches = evaluate.split_batches(config, sources["validation"], preprocess)
         results = evaluate.predict(params, batches, eval_fn, mesh, config.train.eval_max_batches)
         return evaluate.summarize(results, tasks)
 
