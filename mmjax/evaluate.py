@@ -1,7 +1,8 @@
 """Evaluate a trained run: accuracy and macro-F1 per task and answer accuracy per question type.
 
   python -m mmjax.evaluate --workdir DIR [--split test] [--questions FILE] [--checkpoint best|latest]
-Writes DIR/eval_<split>.json and prints a table.
+Writes DIR/eval_<split>.json (metrics and confusion matrices) and prints a table; --explain N also draws
+the attention maps of N examples into DIR/explain/ (mmjax.explain).
 """
 
 import argparse
@@ -18,10 +19,10 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mmjax import checkpoint, losses, metrics, parallel
+from mmjax import checkpoint, explain, losses, metrics, parallel
 from mmjax.data import av_digits, pipeline
 from mmjax.data.text import PretrainedTokenizer, WordTokenizer, load_tokenizer
-from mmjax.model import build_model, dummy_batch
+from mmjax.model import MultimodalModel, build_model, dummy_batch
 from mmjax.port.pretrained import tokenizer_dir
 
 
@@ -50,7 +51,7 @@ def make_preprocess(
     too_long = {p: n for p, n in lengths.items() if n > limit}
     if too_long:
         listed = "; ".join(f"{p!r} ({n} tokens)" for p, n in too_long.items())
-        if config.data.on_bad_example == "stop":
+        if config.data.get("on_bad_example") == "stop":
             raise ValueError(f"question phrasings longer than data.text_len={limit}: {listed}")
         print(f"mmjax: warning: truncating to data.text_len={limit} tokens: {listed}")
     return functools.partial(
@@ -70,7 +71,7 @@ def load_split(config: ml_collections.ConfigDict, split: str):
         split,
         data_dir=config.data.data_dir or None,
         tfds_dir=config.data.tfds_dir or None,
-        on_bad=config.data.on_bad_example,
+        on_bad=config.data.get("on_bad_example", "skip"),  # absent in older runs
     )
 
 
@@ -164,6 +165,53 @@ def format_table(summary: Mapping[str, float], tasks: Iterable[str]) -> str:
     return "\n".join(lines)
 
 
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A trained run restored from its workdir: its config, tasks, model and one checkpoint's params."""
+
+    config: ml_collections.ConfigDict
+    tasks: dict[str, int]
+    model: MultimodalModel
+    params: dict
+    step: int
+
+
+def restore_run(workdir: str | pathlib.Path, which: str = "best", sharding=None) -> Run:
+    """The run in `workdir` with the params of its best (or latest) checkpoint, placed with `sharding`
+    (default: the first device). A run without a best checkpoint falls back to its latest."""
+    workdir = pathlib.Path(workdir)
+    config_path = workdir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: is {workdir} a training workdir?")
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    manager = checkpoint.make_manager(
+        workdir / "checkpoints",
+        keep=config.train.keep,
+        keep_best=config.train.keep_best,
+        best_metric=config.train.best_metric,
+        read_only=True,
+    )
+    step = manager.best_step() if which == "best" else manager.latest_step()
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+    tasks = av_digits.task_classes(config.tasks)
+    model = build_model(config.model, tasks)
+    example = dummy_batch(config.model, tasks)
+    init = functools.partial(model.init, {"params": jax.random.PRNGKey(0)}, example, train=False)
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract_params = parallel.with_sharding(jax.eval_shape(init)["params"], sharding)
+    return Run(config, tasks, model, checkpoint.restore_params(manager, step, abstract_params), step)
+
+
+def confusions(results: Mapping[str, np.ndarray], tasks: Mapping[str, int]) -> dict[str, list[list[int]]]:
+    """{task: confusion matrix [true][predicted] as nested lists} of every classification task."""
+    return {
+        task: metrics.confusion_matrix(results[f"pred/{task}"], results[f"labels/{task}"], n).tolist()
+        for task, n in tasks.items()
+    }
+
+
 def main(
     workdir: str | pathlib.Path,
     split: str = "test",
@@ -181,25 +229,9 @@ def main(
     `max_batches` > 0 evaluates only that many batches.
     """
     workdir = pathlib.Path(workdir)
-    config_path = workdir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found: is {workdir} a training workdir?")
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    manager = checkpoint.make_manager(
-        workdir / "checkpoints",
-        keep=config.train.keep,
-        keep_best=config.train.keep_best,
-        best_metric=config.train.best_metric,
-        read_only=True,
-    )
-    step = manager.best_step() if which == "best" else manager.latest_step()
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
-
     mesh = parallel.make_mesh()
-    tasks = av_digits.task_classes(config.tasks)
-    model = build_model(config.model, tasks)
+    run = restore_run(workdir, which, parallel.replicated(mesh))
+    config, tasks, model, params = run.config, run.tasks, run.model, run.params
     source = load_split(config, split)
     phrasings = pipeline.load_questions(questions) if questions else None
     recordings = ""
@@ -207,17 +239,15 @@ def main(
         recordings = str(av_digits.resolve_data_dir(config.data.data_dir or None) / "fsdd" / "recordings")
     corruption = pipeline.Corruption(drop, audio_snr, image_noise, recordings)
     preprocess = make_preprocess(config, phrasings, corruption)
-    example = dummy_batch(config.model, tasks)
-    init = functools.partial(model.init, {"params": jax.random.PRNGKey(0)}, example, train=False)
-    abstract_params = parallel.with_sharding(jax.eval_shape(init)["params"], parallel.replicated(mesh))
-    params = checkpoint.restore_params(manager, step, abstract_params)
     batches = split_batches(config, source, preprocess)
     eval_fn = make_eval_step(model, mesh, av_digits.align_label_keys(config.model.get("align", {})))
-    summary = summarize(predict(params, batches, eval_fn, mesh, max_batches), tasks)
-    report = {"split": split, "step": step, "checkpoint": which, "questions": questions, "metrics": summary}
+    results = predict(params, batches, eval_fn, mesh, max_batches)
+    summary = summarize(results, tasks)
+    report = {"split": split, "step": run.step, "checkpoint": which, "questions": questions}
+    report |= {"metrics": summary, "confusion": confusions(results, tasks)}
     report["condition"] = {k: v for k, v in dataclasses.asdict(corruption).items() if k != "recordings_dir"}
     (workdir / f"eval_{split}{corruption.suffix}.json").write_text(json.dumps(report, indent=2))
-    print(f"{split} split{corruption.suffix.replace('_', ' ')}, checkpoint of step {step} ({which}):")
+    print(f"{split} split{corruption.suffix.replace('_', ' ')}, checkpoint of step {run.step} ({which}):")
     print(format_table(summary, tasks))
     return summary
 
@@ -234,6 +264,7 @@ if __name__ == "__main__":
     parser.add_argument("--audio-snr", type=float, default=None, help="white noise on the audio (dB SNR)")
     parser.add_argument("--image-noise", type=float, default=0.0, help="noise std on the normalised images")
     parser.add_argument("--max-batches", type=int, default=0, help="evaluate only this many batches")
+    parser.add_argument("--explain", type=int, default=0, metavar="N", help="draw N examples' attention maps")
     args = parser.parse_args(sys.argv[1:])
     main(
         args.workdir,
@@ -245,3 +276,6 @@ if __name__ == "__main__":
         args.image_noise,
         args.max_batches,
     )
+    if args.explain:
+        for path in explain.write_maps(args.workdir, args.explain, args.split, args.checkpoint):
+            print(f"attention map: {path}")

@@ -20,7 +20,15 @@ from mmjax.data import audio, text
 SPEAKERS = ("jackson", "nicolas", "theo", "yweweler", "george", "lucas")
 QUESTION_TYPES = ("spoken_digit", "written_digit", "same", "sum", "larger", "speaker")
 ANSWERS = tuple(str(i) for i in range(19)) + ("yes", "no", "written", "spoken", "equal") + SPEAKERS
-TASKS = {"answer": len(ANSWERS), "image_digit": 10, "audio_digit": 10, "speaker": len(SPEAKERS), "match": 2}
+DIGITS = tuple(str(i) for i in range(10))
+CLASS_NAMES = {
+    "answer": ANSWERS,
+    "image_digit": DIGITS,
+    "audio_digit": DIGITS,
+    "speaker": SPEAKERS,
+    "match": ("no", "yes"),
+}
+TASKS = {task: len(names) for task, names in CLASS_NAMES.items()}
 ALIGN = "align"  # the contrastive audio-image alignment task (no classes; see model.align)
 # The label that says which examples of another modality match (positives="labels" in contrastive alignment).
 MODALITY_LABELS = {"image": "labels/image_digit", "audio": "labels/audio_digit"}
@@ -215,12 +223,22 @@ def audio_features(
     wave, sample_rate = audio.load_wav(path)
     if sample_rate != FSDD_SAMPLE_RATE:
         raise ValueError(f"{path}: sample rate {sample_rate} Hz, FSDD recordings are {FSDD_SAMPLE_RATE} Hz")
-    if not np.all(np.isfinite(wave)):
-        raise ValueError(f"{path}: non-finite samples")
-    if not np.any(wave):
-        raise ValueError(f"{path}: silent (every sample is 0)")
+    check_wave(wave, path)
     if snr_db is not None:
         wave = audio.add_white_noise(wave, snr_db, rng or np.random.default_rng(0))
+    return wave_features(wave, sample_rate)
+
+
+def check_wave(wave: np.ndarray, source: str | os.PathLike) -> None:
+    """Raises ValueError naming `source` if the waveform has non-finite samples or is silent."""
+    if not np.all(np.isfinite(wave)):
+        raise ValueError(f"{source}: non-finite samples")
+    if not np.any(wave):
+        raise ValueError(f"{source}: silent (every sample is 0)")
+
+
+def wave_features(wave: np.ndarray, sample_rate: int) -> np.ndarray:
+    """A waveform at any sample rate -> 16 kHz -> normalised log-mel, float32 [frames, 64]."""
     return audio.normalize(audio.log_mel(audio.resample(wave, sample_rate, SAMPLE_RATE), SAMPLE_RATE))
 
 

@@ -1,0 +1,527 @@
+"""Report of trained runs: training curves, test metrics, robustness, confusion matrices, attention maps.
+
+  python -m mmjax.report DIR [DIR ...] [--out OUT] [--explain N]
+Writes OUT/report.html (self-contained: figures embedded as base64 PNG, inline CSS, no scripts) and
+OUT/report.md (the same, its figures in OUT/report_files/). OUT defaults to DIR for one run and to the
+runs' common parent folder for several; several runs get a comparison section first. --explain N first
+writes N attention maps per run into DIR/explain/ (mmjax.explain.write_maps).
+
+The content is a list of blocks, rendered twice: ("h1" | "h2" | "h3" | "p", text), ("table", header, rows)
+and ("figures", [(name, png bytes, caption)]); `code` in text becomes <code> in HTML.
+"""
+
+import argparse
+import base64
+import html
+import io
+import json
+import os
+import pathlib
+import re
+import sys
+from collections.abc import Iterable, Sequence
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+from mmjax.data import av_digits
+from mmjax.metrics import read_metrics
+from mmjax.sweep import condition_name
+
+ANNOTATE_UP_TO = 12  # confusion matrices of at most this many classes get their counts written in
+DPI = 90
+FILES = "report_files"  # beside report.md: its figures
+NONE = "—"  # a table cell without a value
+CSS = """
+body{font-family:system-ui,sans-serif;color:#222;max-width:1400px;margin:1.5em auto;padding:0 1em}
+h2{border-bottom:2px solid #ddd;margin-top:2em}
+table{border-collapse:collapse;margin:.4em 0 1em;font-size:14px}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap}
+th:first-child,td:first-child{text-align:left}
+th{background:#f2f2f2}
+.scroll{overflow-x:auto}
+.figures{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}
+figure{margin:0}
+figcaption{font-size:13px;color:#555;max-width:560px}
+img{max-width:100%}
+code{background:#f2f2f2;padding:0 3px;border-radius:3px}
+"""
+
+
+# Reading a workdir.
+
+
+def check_workdir(workdir: str | os.PathLike) -> pathlib.Path:
+    """The resolved workdir; raises if it lacks config.json or metrics.jsonl."""
+    path = pathlib.Path(workdir).resolve()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a training workdir: no such folder")
+    missing = [name for name in ("config.json", "metrics.jsonl") if not (path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{path} is not a training workdir: it has no {' and no '.join(missing)} "
+            "(written by python -m mmjax.train)"
+        )
+    return path
+
+
+def last_per_step(records: Iterable[dict]) -> list[dict]:
+    """One record per step, the later one where a resumed run repeated a step; sorted by step."""
+    by_step = {record["step"]: record for record in records}
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def load_run(workdir: str | os.PathLike, name: str = "") -> dict:
+    """A workdir's config, training and validation records, eval files {stem: report} and attention maps."""
+    path = check_workdir(workdir)
+    records = read_metrics(path)
+    return {
+        "name": name or path.name,
+        "path": path,
+        "config": json.loads((path / "config.json").read_text()),
+        "train": last_per_step(r for r in records if "loss" in r),
+        "val": last_per_step(r for r in records if any(key.startswith("val/") for key in r)),
+        "evals": {p.stem: json.loads(p.read_text()) for p in sorted(path.glob("eval_*.json"))},
+        "maps": sorted((path / "explain").glob("*.png")),
+        "shares": json.loads(shares.read_text())
+        if (shares := path / "explain" / "shares.json").is_file()
+        else None,
+    }
+
+
+def write_attention_maps(workdir: pathlib.Path, n: int) -> None:
+    """N attention-map figures of the run into workdir/explain/ (imported here: it restores the model)."""
+    from mmjax.explain import write_maps
+
+    write_maps(workdir, n)
+
+
+def run_names(paths: Sequence[pathlib.Path]) -> list[str]:
+    """Folder names, or paths below the common parent where folder names repeat."""
+    names = [path.name for path in paths]
+    if len(set(names)) == len(names):
+        return names
+    parent = pathlib.Path(os.path.commonpath(paths))
+    return [str(path.relative_to(parent)) or path.name for path in paths]
+
+
+def series(records: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of the records that have `key`."""
+    points = [(r["step"], r[key]) for r in records if key in r]
+    return [step for step, _ in points], [value for _, value in points]
+
+
+def nonempty(curves: Sequence[tuple]) -> list[tuple]:
+    """The curves (label, steps, values, style) that have points."""
+    return [curve for curve in curves if curve[1]]
+
+
+def run_tasks(run: dict) -> dict[str, float]:
+    """{task: weight} of the tasks the run trains (weight > 0)."""
+    return {task: weight for task, weight in run["config"].get("tasks", {}).items() if weight > 0}
+
+
+def best_validation(run: dict, key: str = "val/answer/accuracy") -> tuple[float, int] | None:
+    """(best value, its first step) of a validation metric, None without validation records."""
+    steps, values = series(run["val"], key)
+    if not values:
+        return None
+    best = int(np.argmax(values))
+    return values[best], steps[best]
+
+
+def fmt(value) -> str:
+    """A table cell: floats to 4 decimals."""
+    if value is None:
+        return NONE
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+
+
+# Figures.
+
+
+def png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def curve_figure(title: str, ylabel: str, curves: Sequence[tuple], log: bool = False) -> bytes:
+    """Curves [(label, steps, values, plot style)] over training steps."""
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
+    for label, steps, values, style in curves:
+        ax.plot(steps, values, label=label, **style)
+    ax.set(title=title, xlabel="step", ylabel=ylabel)
+    if log:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return png(fig)
+
+
+def confusion_figure(task: str, matrix: Sequence[Sequence[int]]) -> bytes:
+    """Heatmap of a [true, predicted] count matrix, coloured by the fraction of each true class."""
+    counts = np.asarray(matrix, np.int64)
+    n = len(counts)
+    names = av_digits.CLASS_NAMES.get(task, ())
+    names = names if len(names) == n else tuple(str(i) for i in range(n))
+    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    size = 2.2 + 0.24 * n
+    fig = Figure(figsize=(size + 1.2, size))
+    ax = fig.subplots()
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="fraction of the true class")
+    ax.set(title=f"{task} ({counts.sum()} examples)", xlabel="predicted", ylabel="true")
+    ax.set_xticks(range(n), names, rotation=90, fontsize=8)
+    ax.set_yticks(range(n), names, fontsize=8)
+    if n <= ANNOTATE_UP_TO:
+        for i, j in np.ndindex(n, n):
+            color = "white" if rates[i, j] > 0.5 else "black"
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", color=color, fontsize=8)
+    return png(fig)
+
+
+def run_colors(n: int) -> list:
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+# Sections.
+
+
+def training_figures(run: dict, prefix: str) -> list[tuple[str, bytes, str]]:
+    """Loss, accuracy (validation as markers), learning rate, grad norms and throughput over steps."""
+    train, val, tasks = run["train"], run["val"], run_tasks(run)
+    color = {task: f"C{i}" for i, task in enumerate(tasks)}
+
+    def per_task(records, template, label="{}", **style):
+        curves = [
+            (label.format(task), *series(records, template.format(task)), {"color": color[task], **style})
+            for task in tasks
+        ]
+        return nonempty(curves)
+
+    def single(key, label, **style):
+        return nonempty([(label, *series(train, key), style)])
+
+    validation = per_task(val, "val/{}/accuracy", "{} (val)", marker="o", linestyle=":")
+    figures = [
+        (
+            "loss",
+            "training loss (total and per task)",
+            "loss",
+            single("loss", "total", color="black") + per_task(train, "{}/loss"),
+        ),
+        (
+            "accuracy",
+            "accuracy: training (lines), validation (markers)" if validation else "training accuracy",
+            "accuracy",
+            per_task(train, "{}/accuracy") + validation,
+        ),
+        ("learning_rate", "learning rate", "learning rate", single("learning_rate", "learning rate")),
+        (
+            "grad_norm",
+            "gradient norms (global and per task)",
+            "L2 norm",
+            single("grad_norm", "global", color="black") + per_task(train, "{}/grad_norm"),
+        ),
+        ("throughput", "throughput", "examples / s", single("examples_per_sec", "examples/s")),
+    ]
+    log = {"grad_norm"}
+    return [
+        (f"{prefix}-{name}", curve_figure(title, ylabel, curves, name in log), title)
+        for name, title, ylabel, curves in figures
+        if curves
+    ]
+
+
+def metrics_tables(report: dict) -> list[tuple]:
+    """Accuracy and macro-F1 per task, and answer accuracy per question type, of one eval report."""
+    metrics = report["metrics"]
+    tasks = [key.removesuffix("/accuracy") for key in metrics if re.fullmatch(r"[^/]+/accuracy", key)]
+    rows = [[task, fmt(metrics[f"{task}/accuracy"]), fmt(metrics.get(f"{task}/macro_f1"))] for task in tasks]
+    blocks = [("table", ["task", "accuracy", "macro-F1"], rows)]
+    per_type = [
+        [key.removeprefix("answer/accuracy/"), fmt(value)]
+        for key, value in metrics.items()
+        if key.startswith("answer/accuracy/")
+    ]
+    if per_type:
+        blocks.append(("table", ["question type", "answer accuracy"], per_type))
+    return blocks
+
+
+def robustness_table(evals: dict[str, dict]) -> tuple:
+    """One row per eval file: its condition, checkpoint step and each task's accuracy."""
+    tasks = list(
+        dict.fromkeys(
+            key.removesuffix("/accuracy")
+            for report in evals.values()
+            for key in report["metrics"]
+            if re.fullmatch(r"[^/]+/accuracy", key)
+        )
+    )
+    rows = [
+        [f"{stem}.json", report.get("split", NONE), condition_name(report.get("condition", {}))]
+        + [fmt(report.get("step"))]
+        + [fmt(report["metrics"].get(f"{task}/accuracy")) for task in tasks]
+        for stem, report in evals.items()
+    ]
+    return ("table", ["file", "split", "condition", "step"] + [f"{task} acc" for task in tasks], rows)
+
+
+def run_header(run: dict) -> list[tuple]:
+    """Run name, workdir, fusion, tasks and their weights, steps trained."""
+    config = run["config"]
+    fusion = config.get("model", {}).get("fusion", {}).get("name", NONE)
+    weighting = config.get("multitask", {}).get("method", NONE)
+    weights = ", ".join(f"{task} {weight:g}" for task, weight in run_tasks(run).items())
+    steps = run["train"][-1]["step"] if run["train"] else 0
+    return [
+        ("h2", f"Run {run['name']}"),
+        ("p", f"workdir `{run['path']}`"),
+        ("p", f"fusion: {fusion}; tasks (weight): {weights}; task weighting: {weighting}"),
+        ("p", f"steps trained: {steps}; validation evaluations: {len(run['val'])}"),
+    ]
+
+
+def training_blocks(run: dict, prefix: str) -> list[tuple]:
+    figures = training_figures(run, prefix)
+    blocks = [("h3", "Training"), ("figures", figures) if figures else ("p", "no training records yet")]
+    if not run["val"]:
+        blocks.append(("p", "no validation records in metrics.jsonl (written every train.eval_every steps)"))
+    return blocks
+
+
+def eval_blocks(run: dict) -> list[tuple]:
+    """Test metrics from eval_test.json, then one row per other eval file (robustness conditions)."""
+    test = run["evals"].get("eval_test")
+    others = {stem: report for stem, report in run["evals"].items() if stem != "eval_test"}
+    blocks = [("h3", "Test metrics")]
+    if test is None:
+        blocks.append(("p", f"no eval_test.json: run `python -m mmjax.evaluate --workdir {run['path']}`"))
+    else:
+        source = f"`eval_test.json`: {test.get('checkpoint', NONE)} checkpoint, step {test.get('step', NONE)}"
+        blocks += [("p", source), *metrics_tables(test)]
+    if others:
+        blocks += [
+            ("h3", "Other eval conditions"),
+            robustness_table(({"eval_test": test} if test else {}) | others),
+        ]
+    return blocks
+
+
+def confusion_blocks(run: dict, prefix: str) -> list[tuple]:
+    """One heatmap per task from eval_test.json's confusion matrices."""
+    test = run["evals"].get("eval_test")
+    blocks = [("h3", "Confusion matrices (test)")]
+    if test is None:
+        return blocks + [("p", "no confusion matrices without eval_test.json")]
+    if "confusion" not in test:
+        command = f"python -m mmjax.evaluate --workdir {run['path']}"
+        return blocks + [
+            ("p", f"eval_test.json has no confusion matrices (older evaluate): rerun `{command}`")
+        ]
+    caption = "rows: true class, columns: predicted; colour: fraction of the row"
+    figures = [
+        (f"{prefix}-confusion-{task}", confusion_figure(task, matrix), f"{task}: {caption}")
+        for task, matrix in test["confusion"].items()
+    ]
+    return blocks + [("figures", figures)]
+
+
+def attention_blocks(run: dict, prefix: str) -> list[tuple]:
+    """The PNGs of DIR/explain/."""
+    blocks = [("h3", "Attention maps")]
+    if not run["maps"]:
+        return blocks + [("p", f"no attention maps in `{run['path'] / 'explain'}`: rerun with `--explain N`")]
+    maps = [(f"{prefix}-explain-{slug(p.stem)}", p.read_bytes(), f"explain/{p.name}") for p in run["maps"]]
+    if run["shares"]:
+        shares = run["shares"]
+        text = f"Share of the question's attention on the image and audio patches ({shares['examples']} "
+        blocks.append(("p", text + f"{shares['split']} examples, by question type):"))
+        rows = [[qtype, fmt(v["image"]), fmt(v["audio"])] for qtype, v in shares["shares"].items()]
+        blocks.append(("table", ["question type", "image", "audio"], rows))
+    return blocks + [("figures", maps)]
+
+
+def run_section(run: dict, prefix: str) -> list[tuple]:
+    """Header, training curves, test metrics, other eval conditions, confusion matrices, attention maps."""
+    return (
+        run_header(run)
+        + training_blocks(run, prefix)
+        + eval_blocks(run)
+        + confusion_blocks(run, prefix)
+        + attention_blocks(run, prefix)
+    )
+
+
+def comparison_table(runs: Sequence[dict]) -> tuple:
+    """One row per run: test accuracy per task and per question type, best validation answer accuracy."""
+    tasks = [task for task in dict.fromkeys(t for run in runs for t in run_tasks(run)) if task != "answer"]
+    header = ["run", "fusion", "steps", "test answer acc", *(f"{task} acc" for task in tasks)]
+    header += [f"answer/{qtype}" for qtype in av_digits.QUESTION_TYPES] + ["best val answer acc", "at step"]
+    rows = []
+    for run in runs:
+        metrics = run["evals"].get("eval_test", {}).get("metrics", {})
+        best = best_validation(run) or (None, None)
+        rows.append(
+            [run["name"], run["config"].get("model", {}).get("fusion", {}).get("name", NONE)]
+            + [fmt(run["train"][-1]["step"] if run["train"] else None), fmt(metrics.get("answer/accuracy"))]
+            + [fmt(metrics.get(f"{task}/accuracy")) for task in tasks]
+            + [fmt(metrics.get(f"answer/accuracy/{qtype}")) for qtype in av_digits.QUESTION_TYPES]
+            + [fmt(best[0]), fmt(best[1])]
+        )
+    return ("table", header, rows)
+
+
+def comparison_figures(runs: Sequence[dict]) -> list[tuple[str, bytes, str]]:
+    """Training loss and validation answer accuracy of every run on shared axes."""
+    colors = run_colors(len(runs))
+    pairs = list(zip(runs, colors, strict=True))
+    loss = nonempty([(run["name"], *series(run["train"], "loss"), {"color": c}) for run, c in pairs])
+    val = nonempty(
+        [
+            (run["name"], *series(run["val"], "val/answer/accuracy"), {"color": c, "marker": "o"})
+            for run, c in pairs
+        ]
+    )
+    figures = [
+        ("compare-loss", "training loss (total)", "loss", loss),
+        ("compare-val-answer", "validation answer accuracy", "accuracy", val),
+    ]
+    return [
+        (name, curve_figure(title, ylabel, curves), title)
+        for name, title, ylabel, curves in figures
+        if curves
+    ]
+
+
+def comparison_section(runs: Sequence[dict]) -> list[tuple]:
+    blocks = [("h2", "Comparison"), comparison_table(runs)]
+    missing = [run["name"] for run in runs if "eval_test" not in run["evals"]]
+    if missing:
+        blocks.append(("p", f"no eval_test.json (test columns empty): {', '.join(missing)}"))
+    figures = comparison_figures(runs)
+    return blocks + [
+        ("figures", figures) if figures else ("p", "no training or validation records to compare")
+    ]
+
+
+# Rendering.
+
+
+def inline_html(text: str) -> str:
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def render_html(title: str, blocks: Sequence[tuple]) -> str:
+    """A self-contained page: inline CSS, figures as data: URLs."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+    ]
+    for block in blocks:
+        match block:
+            case (("h1" | "h2" | "h3" | "p") as tag, text):
+                parts.append(f"<{tag}>{inline_html(text)}</{tag}>")
+            case ("table", header, rows):
+                head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
+                body = "".join(
+                    "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
+                    for row in rows
+                )
+                parts.append(f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>')
+            case ("figures", figures):
+                parts.append('<div class="figures">')
+                for name, data, caption in figures:
+                    src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+                    parts.append(
+                        f'<figure id="{html.escape(name)}"><img src="{src}" alt="{html.escape(name)}">'
+                        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+                    )
+                parts.append("</div>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def markdown_cell(text: str) -> str:
+    return text.replace("|", r"\|")
+
+
+def render_markdown(blocks: Sequence[tuple]) -> str:
+    """Markdown with the figures linked as FILES/<name>.png."""
+    parts = []
+    for block in blocks:
+        match block:
+            case (("h1" | "h2" | "h3") as tag, text):
+                parts.append(f"{'#' * int(tag[1])} {text}")
+            case ("p", text):
+                parts.append(text)
+            case ("table", header, rows):
+                lines = [header, ["---"] + ["---:"] * (len(header) - 1), *rows]
+                parts.append("\n".join("| " + " | ".join(map(markdown_cell, line)) + " |" for line in lines))
+            case ("figures", figures):
+                parts += [f"![{name}]({FILES}/{name}.png)\n*{caption}*" for name, _, caption in figures]
+    return "\n\n".join(parts) + "\n"
+
+
+def default_out(paths: Sequence[pathlib.Path]) -> pathlib.Path:
+    """The workdir of a single run, the common parent folder of several."""
+    return paths[0] if len(paths) == 1 else pathlib.Path(os.path.commonpath(paths))
+
+
+def main(
+    workdirs: Sequence[str | os.PathLike], out: str | os.PathLike | None = None, explain: int = 0
+) -> dict:
+    """Write OUT/report.html and OUT/report.md (+ OUT/report_files/*.png); returns their paths."""
+    paths = [check_workdir(workdir) for workdir in workdirs]
+    if explain:
+        for path in paths:
+            write_attention_maps(path, explain)
+    runs = [load_run(path, name) for path, name in zip(paths, run_names(paths), strict=True)]
+    blocks = [("h1", f"mmjax report: {runs[0]['name'] if len(runs) == 1 else f'{len(runs)} runs'}")]
+    if len(runs) > 1:
+        blocks += comparison_section(runs)
+    for index, run in enumerate(runs):
+        blocks += run_section(run, f"{index}-{slug(run['name'])}")
+
+    out = pathlib.Path(out) if out is not None else default_out(paths)
+    files = out / FILES
+    files.mkdir(parents=True, exist_ok=True)
+    for stale in files.glob("*.png"):
+        stale.unlink()
+    figures = [figure for block in blocks if block[0] == "figures" for figure in block[1]]
+    for name, data, _ in figures:
+        (files / f"{name}.png").write_bytes(data)
+    (out / "report.html").write_text(render_html(blocks[0][1], blocks), encoding="utf-8")
+    (out / "report.md").write_text(render_markdown(blocks), encoding="utf-8")
+    return {
+        "html": out / "report.html",
+        "md": out / "report.md",
+        "figures": [files / f"{name}.png" for name, _, _ in figures],
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        prog="python -m mmjax.report", description=__doc__.strip().splitlines()[0]
+    )
+    parser.add_argument("workdirs", nargs="+", metavar="DIR", help="training workdirs")
+    parser.add_argument(
+        "--out", default=None, help="output folder (default: DIR, or the DIRs' common parent)"
+    )
+    parser.add_argument(
+        "--explain", type=int, default=0, metavar="N", help="first write N attention maps per run"
+    )
+    args = parser.parse_args(sys.argv[1:])
+    written = main(args.workdirs, args.out, args.explain)
+    print(f"wrote {written['html']} and {written['md']} ({len(written['figures'])} figures)")
