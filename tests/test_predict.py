@@ -73,15 +73,17 @@ def test_cli_and_api_give_the_same_answer(smoke_run, files, predictor):
     assert from_api["present"] == ["text", "image", "audio"]
 
 
-def test_cli_prints_the_answer_and_top5(smoke_run, files):
-    done = _run_cli("--workdir", smoke_run, "--audio", files["flac"], "--question", "who is speaking?")
-    assert done.returncode == 0, done.stderr[-2000:]
-    lines = done.stdout.strip().splitlines()
-    answer_line = next(i for i, line in enumerate(lines) if line.startswith("answer: "))
-    top5 = lines[answer_line + 1 : answer_line + 6]
-    assert top5[0].split()[0] == lines[answer_line].split()[1]
-    assert all(name in av_digits.ANSWERS for name in (line.split()[0] for line in top5))
-    assert "image_digit" not in done.stdout and "speaker: " in done.stdout
+def test_printed_answer_and_top5(predictor, files):
+    result = predictor(audio=files["flac"], question="who is speaking?")
+    lines = predict.format_result(result).splitlines()
+    assert lines[0] == f"answer: {result['answer']}"
+    assert [line.split() for line in lines[1:6]] == [[name, f"{p:.3f}"] for name, p in result["top5"]]
+    assert all(name in av_digits.ANSWERS for name, _ in result["top5"])
+    assert lines[6:] == [
+        f"audio_digit: {result['tasks']['audio_digit'][0]} ({result['tasks']['audio_digit'][1]:.3f})",
+        f"speaker: {result['tasks']['speaker'][0]} ({result['tasks']['speaker'][1]:.3f})",
+        "modalities given: text, audio",
+    ]
 
 
 def test_the_call_matches_the_evaluation_pipeline(smoke_run, predictor, files):
