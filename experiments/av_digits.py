@@ -85,7 +85,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.fusion = dict(
         name=args.fusion,  # a key of mmjax.fusion.FUSIONS
         depth=2,  # fusion layers (cross_attention, co_attention, early, bottleneck, perceiver)
-        bidirectional=False,  # cross_attention: the context attends to the text too
+        bidirectional=False,  # cross_attention: the context attends to the queries too
+        query="text",  # cross_attention: the modality whose tokens query the others (text | image | audio)
         num_bottlenecks=4,  # bottleneck: shared tokens
         fusion_layer=0,  # bottleneck: first layer that exchanges through them (MBT: 0 = early, depth = late)
         num_latents=8,  # perceiver

@@ -92,6 +92,8 @@ def attention_maps(
     if model_config.get("audio", {}).get("freq_major"):
         raise ValueError("attention maps assume time-major audio patches (model.audio.freq_major=False)")
     fusion = model_config["fusion"]["name"]
+    if fusion == "cross_attention" and model_config["fusion"].get("query", "text") != "text":
+        raise ValueError("attention maps need text queries; this run has model.fusion.query != 'text'")
     (outputs, _), state = model.apply({"params": params}, batch, train=False, mutable=["intermediates"])
     weights = sown_attention(state["intermediates"], fusion)
     context = text_attention(weights, batch["text_mask"], fusion, batch["text"].shape[1])

@@ -273,3 +273,30 @@ def test_multitask_and_peft_sweeps_define_valid_runs():
     lora = sweep.run_config(peft, {"variant": "lora", "seed": 0})
     assert lora.model.peft.lora and lora.optim.lr_rules.endswith("text/.*=0")
     assert lora.model.text.init_from.startswith("hf:")
+
+
+def test_query_modality_sweep_trains_an_image_query_model(av_digits_dir, tmp_path):
+    queries = sweep.load_sweep(str(ROOT / "experiments/query_modality.py"))
+    ablation = sweep.load_sweep(ABLATION)
+    # The text-query runs are the ablation's cross_attention runs: the same config, seed for seed.
+    text = sweep.run_config(queries, {"variant": "text", "seed": 1}).to_dict()
+    same = sweep.run_config(ablation, {"model.fusion.name": "cross_attention", "seed": 1}).to_dict()
+    assert text == same
+    image = sweep.run_config(queries, {"variant": "image", "seed": 0})
+    assert image.model.fusion.query == "image" and image.model.fusion.name == "cross_attention"
+
+    spec = str(ROOT / "experiments/query_modality.py:smoke")
+    argv = [
+        spec,
+        "--workdir",
+        str(tmp_path),
+        "--only",
+        "variant=image,",
+        f"--config.data.tfds_dir={av_digits_dir}",
+    ]
+    (record,) = sweep.main(argv)
+    assert record["status"] == "complete", record["error"]
+    assert set(record["metrics"]) == {"clean", "drop-text"}
+    run = tmp_path / "runs" / "variant=image,seed=0"
+    params = sweep.evaluate.restore_run(run).params
+    assert "image_layer_0" in params["fusion"] and "text_layer_0" not in params["fusion"]

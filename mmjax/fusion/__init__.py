@@ -57,7 +57,10 @@ def build_fusion(
     if cfg.name == "late":
         return LateFusion(width=width, mlp_dim=mlp_dim, dropout_rate=dropout_rate)
     if cfg.name == "cross_attention":
-        return CrossAttentionFusion(**blocks, depth=cfg.depth, bidirectional=cfg.bidirectional)
+        query = cfg.get("query", "text")
+        if query not in ("text", "image", "audio"):
+            raise ValueError(f"model.fusion.query={query!r} is not one of text, image, audio")
+        return CrossAttentionFusion(**blocks, depth=cfg.depth, bidirectional=cfg.bidirectional, query=query)
     if cfg.name == "late_logits":
         return LateLogitsFusion(width=width, mlp_dim=mlp_dim, dropout_rate=dropout_rate)
     if cfg.name == "early":

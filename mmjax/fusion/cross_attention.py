@@ -1,21 +1,22 @@
-"""Cross-attention fusion: text tokens attend to the image + audio tokens (optionally both ways)."""
+"""Cross-attention fusion: one modality's tokens (text by default) attend to the others' (or both ways)."""
 
 import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
-from mmjax.fusion.common import project
+from mmjax.fusion.common import MODALITIES, project
 from mmjax.nn.transformer import TransformerBlock, run_block
-
-CONTEXT_MODALITIES = ("image", "audio")  # concatenated in this order as keys/values
 
 
 class CrossAttentionFusion(nn.Module):
-    """Per-modality Dense to `width` + learned modality embedding, then `depth` blocks where text queries
-    attend to the context (keys masked by padding and presence). bidirectional: the context also
-    attends to the text in each layer. pooled = the text [CLS] token after fusion.
+    """Per-modality Dense to `width` + learned modality embedding, then `depth` blocks where the `query`
+    modality's tokens attend to the context: the other modalities' tokens, concatenated in MODALITIES order
+    (keys masked by padding and presence). bidirectional: the context also attends to the query tokens in
+    each layer. pooled = the query modality's first token ([CLS]) after fusion. out["tokens"] holds every
+    modality's tokens in MODALITIES order (text, image, audio).
     """
 
     width: int
@@ -28,6 +29,7 @@ class CrossAttentionFusion(nn.Module):
     remat: str = ""  # speed levers of the blocks (mmjax.nn.transformer): "" | full | dots | dots_saveable
     dtype: str = "float32"  # compute dtype of the blocks: float32 | bfloat16 (params stay float32)
     attention: str = "xla"  # xla | fused (mmjax.nn.attention.MultiHeadAttention.implementation)
+    query: str = "text"  # the modality whose tokens are the queries: text | image | audio
 
     @nn.compact
     def __call__(
@@ -38,13 +40,15 @@ class CrossAttentionFusion(nn.Module):
         *,
         deterministic: bool,
     ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-        if "text" not in tokens:
-            raise ValueError("CrossAttentionFusion needs 'text' tokens (the queries)")
-        context_names = [m for m in CONTEXT_MODALITIES if m in tokens]
+        if self.query not in tokens:
+            raise ValueError(
+                f"CrossAttentionFusion needs {self.query!r} tokens (model.fusion.query, the queries)"
+            )
+        context_names = [m for m in MODALITIES if m in tokens and m != self.query]
         if not context_names:
-            raise ValueError(f"CrossAttentionFusion needs at least one of {CONTEXT_MODALITIES}")
+            raise ValueError(f"CrossAttentionFusion needs a modality other than {self.query!r} as context")
 
-        x, x_mask = project(self, "text", tokens, masks, present)
+        x, x_mask = project(self, self.query, tokens, masks, present)
         embedded = [project(self, m, tokens, masks, present) for m in context_names]
         ctx = jnp.concatenate([e[0] for e in embedded], axis=1)
         ctx_mask = jnp.concatenate([e[1] for e in embedded], axis=1)
@@ -60,15 +64,21 @@ class CrossAttentionFusion(nn.Module):
         )
         run = functools.partial(run_block, deterministic=deterministic, remat=self.remat)
         for i in range(self.depth):
-            new_x = run(block(name=f"text_layer_{i}"), x, x_mask, ctx, ctx_mask)
+            new_x = run(block(name=f"{self.query}_layer_{i}"), x, x_mask, ctx, ctx_mask)
             if self.bidirectional:
                 ctx = run(block(name=f"context_layer_{i}"), ctx, ctx_mask, x, x_mask)
             x = new_x
         if self.pre_ln:
-            x = nn.LayerNorm(name="text_final_ln")(x)
+            x = nn.LayerNorm(name=f"{self.query}_final_ln")(x)
             if self.bidirectional:
                 ctx = nn.LayerNorm(name="context_final_ln")(ctx)
-        out_mask = jnp.concatenate([x_mask, ctx_mask], axis=1)
-        out_tokens = jnp.where(out_mask[..., None], jnp.concatenate([x, ctx], axis=1), 0.0)
-        out = {"tokens": out_tokens, "mask": out_mask, "pooled": x[:, 0]}
+        # Back in MODALITIES order, the layout of the other fusions: split the context per modality.
+        splits = np.cumsum([e[0].shape[1] for e in embedded])[:-1]
+        pieces = zip(jnp.split(ctx, splits, 1), jnp.split(ctx_mask, splits, 1), strict=True)
+        parts = dict(zip(context_names, pieces, strict=True))
+        parts[self.query] = (x, x_mask)
+        order = [m for m in MODALITIES if m in parts]
+        out_mask = jnp.concatenate([parts[m][1] for m in order], axis=1)
+        out_tokens = jnp.concatenate([parts[m][0] for m in order], axis=1)
+        out = {"tokens": jnp.where(out_mask[..., None], out_tokens, 0.0), "mask": out_mask, "pooled": x[:, 0]}
         return out, {f"fusion/{k}": v for k, v in out.items()}

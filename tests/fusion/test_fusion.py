@@ -24,6 +24,8 @@ def _build(name, pre_ln=True, **fields):
 
 FUSION_CASES = {name: _build(name) for name in FUSIONS} | {
     "bidirectional": _build("cross_attention", bidirectional=True),
+    "image_query": _build("cross_attention", query="image"),
+    "audio_query_bidirectional": _build("cross_attention", query="audio", bidirectional=True),
     "post_ln": CrossAttentionFusion(width=D, depth=1, num_heads=2, mlp_dim=32, pre_ln=False),
 }
 
@@ -130,10 +132,30 @@ def test_bidirectional_updates_context_tokens():
     assert not np.allclose(one_way["tokens"][:, n_text:], both_ways["tokens"][:, n_text:])
 
 
-def test_cross_attention_needs_text_and_context():
+def test_cross_attention_needs_its_query_and_context():
     tokens, masks, present = _inputs()
     fusion = FUSION_CASES["cross_attention"]
-    with pytest.raises(ValueError, match="text"):
+    with pytest.raises(ValueError, match="needs 'text' tokens"):
         fusion.init(jax.random.key(0), {"image": tokens["image"]}, masks, present, deterministic=True)
-    with pytest.raises(ValueError, match="at least one"):
+    with pytest.raises(ValueError, match="a modality other than 'text'"):
         fusion.init(jax.random.key(0), {"text": tokens["text"]}, masks, present, deterministic=True)
+    with pytest.raises(ValueError, match="model.fusion.query='video'"):
+        _build("cross_attention", query="video")
+
+
+def test_image_query_pools_the_image_cls_after_attending_to_text_and_audio():
+    tokens, masks, present = _inputs()
+    out, _ = _run("image_query", tokens, masks, present)
+    variables = _variables("image_query")["params"]
+    assert {"image_layer_0", "image_layer_1", "image_final_ln"} <= set(variables)
+    # pooled = the image's first token, which sits after the text tokens in the output layout.
+    np.testing.assert_allclose(out["pooled"], out["tokens"][:, LENGTHS["text"]], rtol=1e-6)
+    # The query attends to the text: changing a valid text token changes the pooled image vector.
+    changed = dict(tokens, text=tokens["text"].copy())
+    changed["text"][:, 1] += 1.0
+    assert not np.allclose(out["pooled"], _run("image_query", changed, masks, present)[0]["pooled"])
+    # One way: the text and audio tokens pass through unattended (only projected), so the query's content
+    # leaves them unchanged.
+    moved = dict(tokens, image=tokens["image"] + 1.0)
+    out_moved, _ = _run("image_query", moved, masks, present)
+    np.testing.assert_allclose(out_moved["tokens"][:, : LENGTHS["text"]], out["tokens"][:, : LENGTHS["text"]])
