@@ -42,6 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.on_bad_example = "skip"  # building: a bad raw file is skipped and listed (skip) or stops it (stop)
     c.data.text_len = 16
     c.data.audio_frames = 96  # 0.96 s of 10 ms frames; longer clips (under 1% of FSDD) are cropped
+    c.data.n_mfcc = 0  # > 0: the audio as this many MFCCs per frame (set model.audio.mels to match)
     c.data.batch_size = 64  # global batch, split over all devices
     c.data.eval_batch_size = 200
     c.data.image_shift = 0  # training augmentation: random image shifts of up to this many pixels (0: off)
@@ -76,6 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.image = dict(size=28, channels=1, patch_size=7, **pretrained)
     c.model.audio = dict(frames=c.data.audio_frames, mels=64, patch_time=8, patch_freq=16, **pretrained)
     c.model.modality_dropout = 0.0  # training: drop each modality of an example with this probability
+    c.model.modality_heads = False  # also one head per task and modality (loss: fused + per-modality)
     # Contrastive alignment (task `align`): modalities "image,audio" ("" = none); loss info_nce | siglip;
     # positives: "labels" (the same digit, av_digits.MODALITY_LABELS) or "pairs" (the same example).
     c.model.align = dict(modalities="", loss="info_nce", dim=64, positives="labels")

@@ -62,6 +62,7 @@ def make_preprocess(
         questions=questions,
         seed=config.seed,
         corruption=corruption,
+        n_mfcc=config.data.get("n_mfcc", 0),
     )
 
 
@@ -87,13 +88,18 @@ def split_batches(config: ml_collections.ConfigDict, source, preprocess) -> Iter
 
 
 def eval_step(params, batch: dict, *, model, align_positives: tuple[str, str] | None = None) -> dict:
-    """Predicted class per task, with the labels, question types and validity passed through.
+    """Predicted class per task (and per modality head, -1 where the modality is absent), with the labels,
+    question types and validity passed through.
 
     The contrastive `align` task gives `hits/align`: whether each example's nearest other-modality
     embedding in the same eval batch is a positive (labels `align_positives` equal, else itself).
     """
     outputs, _ = model.apply({"params": params}, batch, train=False)
     result = {}
+    for task, heads in outputs.pop("modality_heads", {}).items():  # scored on the examples with m
+        for m, logits in heads.items():
+            result[f"pred/{task}@{m}"] = jnp.where(outputs["present"][m], jnp.argmax(logits, -1), -1)
+    outputs.pop("present", None)
     for task, out in outputs.items():
         if task == av_digits.ALIGN:
             valid = out["valid"] & batch["valid"]
@@ -135,12 +141,19 @@ def predict(params, batches: Iterable[dict], eval_fn, mesh, max_batches: int = 0
 
 
 def summarize(results: Mapping[str, np.ndarray], tasks: Mapping[str, int]) -> dict[str, float]:
-    """`task/accuracy`, `task/macro_f1`, and `answer/accuracy/<question type>`."""
+    """`task/accuracy`, `task/macro_f1`, `answer/accuracy/<question type>` and, with modality heads,
+    `task@modality/accuracy` over the examples that have the modality."""
     summary = {}
     for task, num_classes in tasks.items():
         pred, labels = results[f"pred/{task}"], results[f"labels/{task}"]
         summary[f"{task}/accuracy"] = metrics.accuracy(pred, labels)
         summary[f"{task}/macro_f1"] = metrics.macro_f1(pred, labels, num_classes)
+    for key in [k for k in results if "@" in k]:  # modality heads: pred/<task>@<modality>, -1 if absent
+        task = key.removeprefix("pred/").split("@")[0]
+        scored = results[key] >= 0
+        summary[f"{key.removeprefix('pred/')}/accuracy"] = metrics.accuracy(
+            results[key][scored], results[f"labels/{task}"][scored]
+        )
     if "hits/align" in results:
         hits = results["hits/align"][results["valid/align"].astype(bool)]
         summary["align/accuracy"] = float(hits.mean()) if hits.size else float("nan")
@@ -156,6 +169,8 @@ def summarize(results: Mapping[str, np.ndarray], tasks: Mapping[str, int]) -> di
 def format_table(summary: Mapping[str, float], tasks: Iterable[str]) -> str:
     lines = [f"{'task':<16}{'accuracy':>10}{'macro-F1':>10}"]
     lines += [f"{t:<16}{summary[f'{t}/accuracy']:>10.4f}{summary[f'{t}/macro_f1']:>10.4f}" for t in tasks]
+    heads = [k.removesuffix("/accuracy") for k in summary if "@" in k]
+    lines += [f"{head:<16}{summary[f'{head}/accuracy']:>10.4f}" for head in heads]
     if "align/accuracy" in summary:
         lines.append(f"{'align (top-1)':<16}{summary['align/accuracy']:>10.4f}")
     per_type = [(k.rsplit("/", 1)[1], v) for k, v in summary.items() if k.startswith("answer/accuracy/")]

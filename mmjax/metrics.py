@@ -2,7 +2,7 @@
 
 import json
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import tensorboardX
@@ -58,3 +58,65 @@ def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
     """All records of metrics.jsonl; a resumed run may repeat steps, the later record is the newer one."""
     path = pathlib.Path(workdir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _precision_recall_f1(true_pos, predicted, support) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Elementwise precision, recall and F1 of counts, 0 where a denominator is 0."""
+    true_pos, predicted, support = (np.asarray(x, np.float64) for x in (true_pos, predicted, support))
+    precision = true_pos / np.maximum(predicted, 1)
+    recall = true_pos / np.maximum(support, 1)
+    f1 = 2 * true_pos / np.maximum(predicted + support, 1)
+    return precision, recall, f1
+
+
+def _row(precision: float, recall: float, f1: float, support: int) -> dict:
+    return {"precision": float(precision), "recall": float(recall), "f1": float(f1), "support": int(support)}
+
+
+def classification_report(predictions: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> dict:
+    """{"classes": {name: {"precision", "recall", "f1", "support"}}, "micro", "macro", "weighted": {...}}.
+
+    Labels are class indices into `names`; a negative prediction means "no prediction" (a miss for its label,
+    e.g. a word lost to truncation). Macro averages the classes that occur in the labels or the predictions
+    (a class with neither has no defined score); weighted averages by support; micro pools the counts.
+    """
+    predictions, labels = np.asarray(predictions).ravel(), np.asarray(labels).ravel()
+    n = len(names)
+    if predictions.shape != labels.shape:
+        raise ValueError(f"{predictions.size} predictions for {labels.size} labels")
+    if labels.size and (labels.min() < 0 or labels.max() >= n):
+        raise ValueError(f"labels must be class indices in [0, {n}), got {labels.min()}..{labels.max()}")
+    if predictions.size and predictions.max() >= n:
+        raise ValueError(f"predictions must be below the number of classes {n}, got {predictions.max()}")
+    support = np.bincount(labels, minlength=n)
+    predicted = np.bincount(predictions[predictions >= 0], minlength=n)
+    true_pos = np.bincount(labels[predictions == labels], minlength=n)
+    precision, recall, f1 = _precision_recall_f1(true_pos, predicted, support)
+    micro = _precision_recall_f1(true_pos.sum(), predicted.sum(), support.sum())
+
+    def average(weights: np.ndarray) -> dict:
+        if not weights.sum():
+            return _row(np.nan, np.nan, np.nan, support.sum())
+        return _row(*(np.average(v, weights=weights) for v in (precision, recall, f1)), support.sum())
+
+    scores = zip(names, precision, recall, f1, support, strict=True)
+    return {
+        "classes": {name: _row(*values) for name, *values in scores},
+        "micro": _row(*micro, support.sum()),
+        "macro": average(((support + predicted) > 0).astype(np.float64)),
+        "weighted": average(support.astype(np.float64)),
+    }
+
+
+def format_classification_report(report: Mapping, digits: int = 3) -> str:
+    """`classification_report` as a text table: one row per class, then the micro, macro and weighted rows."""
+    width = max([len("weighted avg"), *(len(name) for name in report["classes"])])
+
+    def line(name: str, scores: Mapping) -> str:
+        values = "  ".join(f"{scores[k]:>9.{digits}f}" for k in ("precision", "recall", "f1"))
+        return f"{name:<{width}}  {values}  {scores['support']:>9d}"
+
+    header = f"{'':<{width}}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'support':>9}"
+    classes = [line(name, scores) for name, scores in report["classes"].items()]
+    averages = [line(f"{k} avg", report[k]) for k in ("micro", "macro", "weighted")]
+    return "\n".join([header, *classes, "", *averages])

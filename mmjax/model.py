@@ -32,7 +32,10 @@ class MultimodalModel(nn.Module):
     With `align` = (modality a, modality b), outputs["align"] holds both modalities' pooled encodings
     projected to `align_dim` ("x", "y"), the learnable "scale" (and SigLIP's "bias") and "valid" (both
     present in the data) for a contrastive loss. `peft` (keyword arguments of mmjax.nn.lora.interceptor)
-    adds LoRA and bottleneck adapters to the modules its regexes select.
+    adds LoRA and bottleneck adapters to the modules its regexes select. With `modality_heads`, every task
+    also gets one head per modality on that encoder's pooled vector: outputs["modality_heads"] =
+    {task: {modality: logits}} and outputs["present"] = {modality: [B]} (present in the example and not
+    dropped), so each head's loss covers the examples that have its modality.
     """
 
     text: TextEncoder
@@ -47,6 +50,7 @@ class MultimodalModel(nn.Module):
     align_dim: int = 64
     align_bias: bool = False  # SigLIP's learnable logit bias
     peft: tuple[tuple[str, object], ...] = ()  # mmjax.nn.lora.interceptor keyword arguments
+    modality_heads: bool = False  # also one head per task and modality on the encoders' pooled vectors
 
     def __call__(
         self, batch: Mapping[str, jax.Array | Mapping[str, jax.Array]], *, train: bool
@@ -86,12 +90,23 @@ class MultimodalModel(nn.Module):
                 outputs[task] = jnp.einsum("bmc,bm->bc", jnp.stack(per_modality, 1), fused["weights"])
             else:
                 outputs[task] = head(name=f"head_{task}")(fused["pooled"], deterministic=det)
-        if self.align:
-            pooled = {
-                "text": txt_aux["txt/pooled"],
-                "image": img_aux["img/pooled"],
-                "audio": aud_aux["aud/pooled"],
+        pooled = {
+            "text": txt_aux["txt/pooled"],
+            "image": img_aux["img/pooled"],
+            "audio": aud_aux["aud/pooled"],
+        }
+        if self.modality_heads:
+            outputs["modality_heads"] = {
+                task: {
+                    m: ClassificationHead(n, dropout_rate=self.head_dropout, name=f"head_{task}_{m}")(
+                        pooled[m], deterministic=det
+                    )
+                    for m in pooled
+                }
+                for task, n in self.tasks
             }
+            outputs["present"] = present
+        if self.align:
             a, b = self.align
             scale, bias = LogitScale(with_bias=self.align_bias, name="align_scale")()
             outputs["align"] = {
@@ -177,6 +192,7 @@ def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> Mul
         modality_dropout=cfg.get("modality_dropout", 0.0),
         **align_fields(cfg.get("align", {})),
         peft=peft_fields(cfg.get("peft", {})),
+        modality_heads=bool(cfg.get("modality_heads", False)),
     )
 
 

@@ -150,7 +150,10 @@ def make_batch(config, image, audio, question, tokenizer) -> dict:
         normalised = (pixels / 255.0 - pipeline.IMAGE_MEAN) / pipeline.IMAGE_STD
         batch["image"][0] = normalised[..., None]
     if audio is not None:
-        batch["audio"][0], batch["audio_mask"][0] = audio_lib.pad_or_crop(load_audio(audio), frames)
+        features, mask = audio_lib.pad_or_crop(load_audio(audio), frames)
+        if config.data.get("n_mfcc", 0):
+            features = audio_lib.mfcc_from_log_mel(features, mask, config.data.n_mfcc)
+        batch["audio"][0], batch["audio_mask"][0] = features, mask
     given = {"text": question, "image": image, "audio": audio}
     batch["present"] = {m: np.array([value is not None]) for m, value in given.items()}
     return batch

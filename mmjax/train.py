@@ -113,13 +113,19 @@ def make_objective(config: ml_collections.ConfigDict) -> Objective:
 
 
 def task_losses(outputs: dict, batch: dict, objective: Objective) -> jax.Array:
-    """Per-task losses [T] in objective.tasks order: cross-entropy, or the contrastive loss for `align`."""
+    """Per-task losses [T] in objective.tasks order: cross-entropy, or the contrastive loss for `align`.
+    With modality heads, a task's loss is its fused head's plus each modality head's (over the examples
+    that have that modality)."""
     values = []
     for task in objective.tasks:
         if task == av_digits.ALIGN:
             values.append(align_loss(outputs[task], batch, objective))
-        else:
-            values.append(losses.softmax_cross_entropy(outputs[task], batch[f"labels/{task}"]))
+            continue
+        labels = batch[f"labels/{task}"]
+        loss = losses.softmax_cross_entropy(outputs[task], labels)
+        for m, logits in outputs.get("modality_heads", {}).get(task, {}).items():
+            loss += losses.softmax_cross_entropy(logits, labels, outputs["present"][m])
+        values.append(loss)
     return jnp.stack(values)
 
 

@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import scipy.special
 
+from mmjax import evaluate, train
 from mmjax.data import pipeline
 from mmjax.losses import softmax_cross_entropy
 from mmjax.model import build_model, drop_modalities, dummy_batch
@@ -272,3 +274,34 @@ def test_audio_trimmed_to_a_bucket_gives_the_padded_result_and_one_compile_per_b
                 lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), apply(variables, trimmed)[0], padded
             )
     assert apply._cache_size() == 2  # 100 frames and 64 frames, each compiled once
+
+
+def test_modality_heads_add_each_modality_loss_over_the_examples_that_have_it():
+    rng = np.random.default_rng(0)
+    fused, heads = rng.normal(size=(4, 5)), {m: rng.normal(size=(4, 5)) for m in ("text", "image", "audio")}
+    labels = np.array([0, 3, 4, 1])
+    present = {"text": np.ones(4, bool), "image": np.array([1, 0, 1, 0], bool), "audio": np.zeros(4, bool)}
+    outputs = {"answer": fused, "modality_heads": {"answer": heads}, "present": present}
+    objective = train.Objective(tasks=("answer",), weights=(1.0,), method="static")
+    (loss,) = np.asarray(train.task_losses(outputs, {"labels/answer": labels}, objective))
+
+    def nll(logits, rows):
+        log_p = logits - scipy.special.logsumexp(logits, axis=1, keepdims=True)
+        return -log_p[np.arange(4), labels][rows].mean() if rows.any() else 0.0
+
+    everyone = np.ones(4, bool)
+    expected = nll(fused, everyone) + nll(heads["text"], everyone) + nll(heads["image"], present["image"])
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)  # the absent audio head adds nothing
+
+
+def test_modality_heads_are_scored_where_their_modality_is_present():
+    results = {
+        "pred/answer": np.array([1, 2, 3]),
+        "labels/answer": np.array([1, 2, 0]),
+        "pred/answer@audio": np.array([1, -1, 0]),  # -1: the example has no audio
+        "question_type": np.array([0, 1, 2]),
+    }
+    summary = evaluate.summarize(results, {"answer": 30})
+    assert summary["answer/accuracy"] == pytest.approx(2 / 3)
+    assert summary["answer@audio/accuracy"] == 1.0
+    assert "answer@audio" in evaluate.format_table(summary, ["answer"])

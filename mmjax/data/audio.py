@@ -75,6 +75,14 @@ def pad_or_crop(features: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarr
     return out, mask
 
 
+def mfcc_from_log_mel(features: np.ndarray, mask: np.ndarray, n_mfcc: int) -> np.ndarray:
+    """MFCCs [T, n_mfcc] of log-mel features [T, n_mels]: the orthonormal DCT-II over the mel bands, as
+    librosa's MFCC (which takes the log in dB: 10 / ln 10 times natural-log input). Orthonormal, so
+    normalised log-mels give coefficients of the same scale; padded frames (not in `mask`) are 0."""
+    coefficients = features.astype(np.float32) @ _dct_ortho(features.shape[1], n_mfcc)
+    return np.where(mask[:, None], coefficients, 0.0).astype(np.float32)
+
+
 # --- On-device frontends matching Hugging Face feature extractors (16 kHz input) ---
 
 _SAMPLE_RATE = 16000

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mmjax.data import audio, text
+from mmjax.data.locate import find_data_dir
 
 SPEAKERS = ("jackson", "nicolas", "theo", "yweweler", "george", "lucas")
 QUESTION_TYPES = ("spoken_digit", "written_digit", "same", "sum", "larger", "speaker")
@@ -112,21 +113,8 @@ def align_label_keys(align: Mapping) -> tuple[str, str] | None:
 
 def resolve_data_dir(path: str | os.PathLike | None = None) -> pathlib.Path:
     """Folder with the raw FSDD and MNIST-5k data: `path`, else $MMJAX_DATA_DIR, else ../shared/data."""
-    if path is not None:
-        candidates = [pathlib.Path(path)]
-    elif os.environ.get("MMJAX_DATA_DIR"):
-        candidates = [pathlib.Path(os.environ["MMJAX_DATA_DIR"])]
-    else:
-        repo_root = pathlib.Path(__file__).resolve().parents[2]
-        candidates = [repo_root / ".." / "shared" / "data", pathlib.Path.cwd() / ".." / "shared" / "data"]
-    for candidate in candidates:
-        if _has_raw_data(candidate):
-            return candidate.resolve()
-    looked = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(
-        f"AV-Digits raw data not found (looked in: {looked}; each needs fsdd/recordings and "
-        f"mnist5k/mnist_5k.csv.gz). MMJAX_DATA_DIR overrides the location. {_DATA_HELP}"
-    )
+    what = "AV-Digits raw data (fsdd/recordings and mnist5k/mnist_5k.csv.gz)"
+    return find_data_dir(path, _has_raw_data, what, f"MMJAX_DATA_DIR overrides the location. {_DATA_HELP}")
 
 
 def resolve_tfds_dir(path: str | os.PathLike | None = None) -> pathlib.Path:

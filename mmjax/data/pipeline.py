@@ -84,11 +84,13 @@ def preprocess(
     questions: Mapping[str, Sequence[str]] | None = None,
     seed: int = 0,
     corruption: Corruption | None = None,
+    n_mfcc: int = 0,
 ) -> dict:
     """One decoded AV-Digits example -> one unbatched example of the batch contract.
 
     With `questions` ({question type: phrasings}), the stored question is replaced by one of those phrasings;
-    with `corruption`, that robustness condition is applied.
+    with `corruption`, that robustness condition is applied; with `n_mfcc` > 0 the audio becomes that many
+    MFCCs per frame (audio.mfcc_from_log_mel) instead of the log-mel bands.
     """
     qtype = int(example["question_type"])
     question = _as_str(example["question"])
@@ -108,9 +110,11 @@ def preprocess(
         "question_type": np.int32(qtype),
         **{f"labels/{task}": np.int32(example[task]) for task in TASKS},
     }
-    if corruption is None:
-        return processed
-    return corrupt(processed, example, corruption, audio_frames=audio_frames, seed=seed)
+    if corruption is not None:
+        processed = corrupt(processed, example, corruption, audio_frames=audio_frames, seed=seed)
+    if n_mfcc:
+        processed["audio"] = audio.mfcc_from_log_mel(processed["audio"], processed["audio_mask"], n_mfcc)
+    return processed
 
 
 def random_shift(example: dict, rng: np.random.Generator, *, max_shift: int) -> dict:

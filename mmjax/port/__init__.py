@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mmjax.port import ast, bert, clip, vit, whisper
+from mmjax.port import ast, bert, clip, resnet, vit, whisper
 from mmjax.port.common import merge, read_config, read_state_dict, strip_prefix
 from mmjax.port.export import to_hf  # noqa: F401  (re-exported: mmjax.port.to_hf)
 
@@ -25,6 +25,7 @@ FAMILIES = {
     "clip": clip,
     "clip_text_model": clip.TEXT_MODEL,
     "clip_vision_model": clip.VISION_MODEL,
+    "resnet": resnet,
 }
 
 
@@ -52,6 +53,9 @@ def from_hf(
 
     Returns (module, params) for `module.apply({"params": params}, input_ids, attention_mask, ...)`
     (text) or `module.apply({"params": params}, pixel_values)` (image, [B, C, H, W] of the checkpoint's size).
+    A module with more collections than params (ResNet's BatchNorm `batch_stats`) gets all its variables
+    instead, {"params": ..., "batch_stats": ...} for `module.apply(variables, pixel_values)`; its key map
+    and `dont_load` paths then start with the collection ("params/embedder/conv/kernel").
     `tower` picks one tower of a multi-tower checkpoint (None or the family's only tower otherwise).
     `dont_load`: regexes over mmjax param paths (kept at their initial value) or HF keys (skipped);
     see mmjax.port.common.merge.
@@ -63,9 +67,11 @@ def from_hf(
     inputs = family.dummy_inputs(config, tower)
     dont_load = tuple(dont_load)
     if dont_load:
-        template = module.init(jax.random.key(0), *inputs)["params"]
+        template = module.init(jax.random.key(0), *inputs)
     else:
-        template = jax.eval_shape(module.init, jax.random.key(0), *inputs)["params"]
+        template = jax.eval_shape(module.init, jax.random.key(0), *inputs)
+    if set(template) == {"params"}:
+        template = template["params"]
     key_map = partial(family.key_map, module=module, tower=tower)
     params = merge(template, state_dict, key_map, dont_load, source=str(path))
     return module, jax.tree.map(jnp.asarray, params)

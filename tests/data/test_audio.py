@@ -96,3 +96,19 @@ def test_pad_or_crop_keeps_the_start():
     out, mask = audio.pad_or_crop(features, 4)
     np.testing.assert_array_equal(out, features[:4])
     assert mask.all() and mask.shape == (4,)
+
+
+def test_mfcc_from_log_mel_is_librosas_mfcc_and_ignores_padding(wav_path):
+    wave, rate = audio.load_wav(wav_path)
+    mel = librosa.feature.melspectrogram(y=wave, sr=rate, n_fft=256, hop_length=80, n_mels=40, power=2.0)
+    log_mel = np.log(mel + 1e-6).T  # [frames, mels]
+    frames = len(log_mel)
+    padded, mask = audio.pad_or_crop(log_mel, frames + 7)
+    padded[frames:] = 3.0  # padding content must not show
+    ours = audio.mfcc_from_log_mel(padded, mask, 13)
+    assert ours.shape == (frames + 7, 13) and np.all(ours[frames:] == 0.0)
+    # librosa's MFCC of the same log-mel in dB (10 / ln 10 times ours).
+    theirs = librosa.feature.mfcc(S=10 * np.log10(mel + 1e-6), n_mfcc=13).T
+    np.testing.assert_allclose(
+        ours[:frames] * 10 / np.log(10), theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max()
+    )
