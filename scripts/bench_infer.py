@@ -12,6 +12,8 @@ there, and the JSON reports both models' FLOPs. Each framework runs in its own p
 
   python scripts/bench_infer.py --out bench_infer.json [--workdir runs/av_cross]
   python scripts/bench_infer.py --quick
+With --workdir, also the batch-1 latency (p50/p99) of that run's model through mmjax.predict.Predictor on a
+real recording and digit: the whole call (decoding, resampling, features, tokenising) and the model alone.
 """
 
 import argparse
@@ -159,6 +161,8 @@ def jax_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
         }
         if name == "twin":
             out[name]["logits_batch1"] = {t: np.asarray(v).tolist() for t, v in logits.items()}
+    if args.workdir:
+        out["predictor"] = predictor_latency(args)
     return out
 
 
@@ -186,25 +190,53 @@ def scratch_config(args: argparse.Namespace, switches: dict):
 def scratch_parameters(args: argparse.Namespace, cfg, model, tasks: dict):
     import jax
 
-    from mmjax import checkpoint, parallel
+    from mmjax import evaluate
     from mmjax.model import dummy_batch
 
-    def init():
-        return model.init({"params": jax.random.PRNGKey(0)}, dummy_batch(cfg.model, tasks), train=False)
+    if args.workdir:
+        return evaluate.restore_run(args.workdir).params
+    return model.init({"params": jax.random.PRNGKey(0)}, dummy_batch(cfg.model, tasks), train=False)["params"]
 
-    if not args.workdir:
-        return init()["params"]
-    manager = checkpoint.make_manager(
-        Path(args.workdir) / "checkpoints",
-        keep=cfg.train.keep,
-        keep_best=cfg.train.keep_best,
-        best_metric=cfg.train.best_metric,
-        read_only=True,
+
+def predictor_latency(args: argparse.Namespace) -> dict:
+    """Batch-1 latency of the workdir's model through mmjax.predict.Predictor on a real FSDD recording and
+    MNIST digit: the whole call (decode, resample, features, tokenise, model) and the model call alone."""
+    import tempfile
+
+    import jax
+    import numpy as np
+    import PIL.Image
+
+    from mmjax.data import av_digits
+    from mmjax.predict import Predictor, make_batch
+
+    data = av_digits.resolve_data_dir()
+    images, labels, _ = av_digits.read_mnist(data / "mnist5k" / "mnist_5k.csv.gz")
+    image = Path(tempfile.mkdtemp()) / "seven.png"
+    PIL.Image.fromarray(images[int(np.flatnonzero(labels == 7)[0])]).save(image)
+    inputs = dict(
+        image=image,
+        audio=data / "fsdd" / "recordings" / "3_george_0.wav",
+        question="what is the sum of the written and spoken digits?",
     )
-    step = manager.best_step() or manager.latest_step()
-    mesh = parallel.make_mesh(jax.devices()[:1])
-    abstract = parallel.with_sharding(jax.eval_shape(init)["params"], parallel.replicated(mesh))
-    return checkpoint.restore_params(manager, step, abstract)
+    start = time.perf_counter()
+    predictor = Predictor.from_workdir(args.workdir)
+    restore_and_compile_s = time.perf_counter() - start
+    batch = make_batch(predictor.run.config, tokenizer=predictor.tokenizer, **inputs)
+    whole = bc.median_times(lambda: predictor(**inputs), args.warmup, args.calls)
+    model = bc.median_times(
+        lambda: jax.block_until_ready(predictor.compiled(predictor.run.params, batch)),
+        args.warmup,
+        args.calls,
+    )
+    return {
+        "restore_and_compile_s": restore_and_compile_s,
+        "call_p50_ms": 1e3 * whole["median_s"],
+        "call_p99_ms": 1e3 * whole["p99_s"],
+        "model_p50_ms": 1e3 * model["median_s"],
+        "model_p99_ms": 1e3 * model["p99_s"],
+        "answer": predictor(**inputs)["answer"],
+    }
 
 
 def torch_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
@@ -303,6 +335,13 @@ def print_report(result: dict, s: bc.Shapes) -> None:
     twin = result["summary"]["mmjax twin"]
     ratios = ", ".join(f"{k} {v:.2f}x" for k, v in twin.items() if "speedup" in k)
     print(f"mmjax twin / torch: {ratios}; twin logits max |diff| {result['twin_logits_max_abs_diff']:.2g}")
+    if "predictor" in result["mmjax"]:
+        p = result["mmjax"]["predictor"]
+        print(
+            f"Predictor ({result['workdir']}), batch 1: whole call p50 {p['call_p50_ms']:.2f} ms, "
+            f"p99 {p['call_p99_ms']:.2f} ms; model alone p50 {p['model_p50_ms']:.2f} ms, "
+            f"p99 {p['model_p99_ms']:.2f} ms"
+        )
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,6 +1,7 @@
 """scripts/bench_train.py and scripts/bench_infer.py: quick runs give well-formed JSON, and the PyTorch twin
 computes the same loss as mmjax from the same weights. No timing thresholds: timings depend on the machine."""
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -136,3 +137,14 @@ def test_bench_infer_quick(tmp_path):
     assert _positive(result["mmjax"]["twin"]["xla_flops_batch32"])
     assert _positive(result["torch"]["flop_counter_flops_batch32"])
     assert result["twin_logits_max_abs_diff"] < 1e-4
+
+
+def test_bench_infer_times_a_trained_run_through_the_predictor(smoke_run):
+    import bench_infer
+
+    from mmjax.data import av_digits
+
+    timing = bench_infer.predictor_latency(argparse.Namespace(workdir=str(smoke_run), warmup=1, calls=5))
+    assert 0 < timing["model_p50_ms"] <= timing["model_p99_ms"]
+    assert timing["call_p50_ms"] > timing["model_p50_ms"]  # decoding, features and tokenising come on top
+    assert timing["restore_and_compile_s"] > 0 and timing["answer"] in av_digits.ANSWERS
