@@ -74,7 +74,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.text = dict(
         vocab_size=av_digits.make_tokenizer().vocab_size, max_len=c.data.text_len, **pretrained
     )
-    c.model.image = dict(size=28, channels=1, patch_size=7, **pretrained)
+    c.model.image = dict(
+        size=28,
+        channels=1,
+        patch_size=7,
+        encoder="vit",  # vit | resnet (BatchNorm running statistics kept in the train state's batch_stats)
+        resnet=dict(embedding_size=32, hidden_sizes=(32, 64), depths=(1, 1), layer_type="basic"),
+        **pretrained,
+    )
     c.model.audio = dict(frames=c.data.audio_frames, mels=64, patch_time=8, patch_freq=16, **pretrained)
     c.model.modality_dropout = 0.0  # training: drop each modality of an example with this probability
     c.model.modality_heads = False  # also one head per task and modality (loss: fused + per-modality)

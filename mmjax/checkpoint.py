@@ -94,10 +94,12 @@ def restore(
     return manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
 
-def restore_params(manager: ocp.CheckpointManager, step: int, abstract_params: Any) -> Any:
-    """Restore only `params` of a saved train state (no optimizer state needed), e.g. for evaluation."""
-    args = ocp.args.Composite(state=_restore_args({"params": abstract_params}, partial=True))
-    return manager.restore(step, args=args)["state"]["params"]
+def restore_variables(manager: ocp.CheckpointManager, step: int, abstract_variables: dict) -> dict:
+    """Restore only the model variables of a saved train state ({"params"} and, if the model has them,
+    {"batch_stats"}; no optimizer state needed), e.g. for evaluation."""
+    args = ocp.args.Composite(state=_restore_args(dict(abstract_variables), partial=True))
+    restored = manager.restore(step, args=args)["state"]
+    return {key: restored[key] for key in abstract_variables}
 
 
 def _restore_args(abstract: Any, partial: bool = False) -> ocp.args.PyTreeRestore:

@@ -87,14 +87,14 @@ def split_batches(config: ml_collections.ConfigDict, source, preprocess) -> Iter
     )
 
 
-def eval_step(params, batch: dict, *, model, align_positives: tuple[str, str] | None = None) -> dict:
+def eval_step(variables, batch: dict, *, model, align_positives: tuple[str, str] | None = None) -> dict:
     """Predicted class per task (and per modality head, -1 where the modality is absent), with the labels,
     question types and validity passed through.
 
     The contrastive `align` task gives `hits/align`: whether each example's nearest other-modality
     embedding in the same eval batch is a positive (labels `align_positives` equal, else itself).
     """
-    outputs, _ = model.apply({"params": params}, batch, train=False)
+    outputs, _ = model.apply(variables, batch, train=False)
     result = {}
     for task, heads in outputs.pop("modality_heads", {}).items():  # scored on the examples with m
         for m, logits in heads.items():
@@ -125,7 +125,7 @@ def make_eval_step(model, mesh, align_positives: tuple[str, str] | None = None):
     )
 
 
-def predict(params, batches: Iterable[dict], eval_fn, mesh, max_batches: int = 0) -> dict[str, np.ndarray]:
+def predict(variables, batches: Iterable[dict], eval_fn, mesh, max_batches: int = 0) -> dict[str, np.ndarray]:
     """Run eval_fn over the batches (at most max_batches if > 0); returns the valid rows, concatenated."""
     parts = []
     for index, batch in enumerate(batches):
@@ -133,7 +133,7 @@ def predict(params, batches: Iterable[dict], eval_fn, mesh, max_batches: int = 0
             break
         # Every process gets all rows, in global order (each gave its share of the batch).
         parts.append(
-            multihost_utils.process_allgather(eval_fn(params, parallel.to_global(batch, mesh)), tiled=True)
+            multihost_utils.process_allgather(eval_fn(variables, parallel.to_global(batch, mesh)), tiled=True)
         )
     merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     valid = merged.pop("valid").astype(bool)
@@ -182,17 +182,18 @@ def format_table(summary: Mapping[str, float], tasks: Iterable[str]) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """A trained run restored from its workdir: its config, tasks, model and one checkpoint's params."""
+    """A trained run restored from its workdir: its config, tasks, model and one checkpoint's variables
+    ({"params"}, and {"batch_stats"} for a model with BatchNorm), for `model.apply(variables, ...)`."""
 
     config: ml_collections.ConfigDict
     tasks: dict[str, int]
     model: MultimodalModel
-    params: dict
+    variables: dict
     step: int
 
 
 def restore_run(workdir: str | pathlib.Path, which: str = "best", sharding=None) -> Run:
-    """The run in `workdir` with the params of its best (or latest) checkpoint, placed with `sharding`
+    """The run in `workdir` with the variables of its best (or latest) checkpoint, placed with `sharding`
     (default: the first device). A run without a best checkpoint falls back to its latest."""
     workdir = pathlib.Path(workdir)
     config_path = workdir / "config.json"
@@ -215,8 +216,11 @@ def restore_run(workdir: str | pathlib.Path, which: str = "best", sharding=None)
     example = dummy_batch(config.model, tasks)
     init = functools.partial(model.init, {"params": jax.random.PRNGKey(0)}, example, train=False)
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract_params = parallel.with_sharding(jax.eval_shape(init)["params"], sharding)
-    return Run(config, tasks, model, checkpoint.restore_params(manager, step, abstract_params), step)
+    abstract = {
+        name: tree for name, tree in jax.eval_shape(init).items() if name in ("params", "batch_stats")
+    }
+    abstract = parallel.with_sharding(abstract, sharding)
+    return Run(config, tasks, model, checkpoint.restore_variables(manager, step, abstract), step)
 
 
 def confusions(results: Mapping[str, np.ndarray], tasks: Mapping[str, int]) -> dict[str, list[list[int]]]:
@@ -246,7 +250,7 @@ def main(
     workdir = pathlib.Path(workdir)
     mesh = parallel.make_mesh()
     run = restore_run(workdir, which, parallel.replicated(mesh))
-    config, tasks, model, params = run.config, run.tasks, run.model, run.params
+    config, tasks, model = run.config, run.tasks, run.model
     source = load_split(config, split)
     phrasings = pipeline.load_questions(questions) if questions else None
     recordings = ""
@@ -256,7 +260,7 @@ def main(
     preprocess = make_preprocess(config, phrasings, corruption)
     batches = split_batches(config, source, preprocess)
     eval_fn = make_eval_step(model, mesh, av_digits.align_label_keys(config.model.get("align", {})))
-    results = predict(params, batches, eval_fn, mesh, max_batches)
+    results = predict(run.variables, batches, eval_fn, mesh, max_batches)
     summary = summarize(results, tasks)
     report = {"split": split, "step": run.step, "checkpoint": which, "questions": questions}
     report |= {"metrics": summary, "confusion": confusions(results, tasks)}

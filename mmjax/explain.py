@@ -86,7 +86,7 @@ def split_maps(context: np.ndarray, grids: Mapping[str, tuple[int, int]]) -> dic
 
 
 def attention_maps(
-    model, params, batch: Mapping, model_config: Mapping
+    model, variables, batch: Mapping, model_config: Mapping
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """(outputs of the model, {modality: [B, rows, columns] attention share per patch}) for one batch."""
     if model_config.get("audio", {}).get("freq_major"):
@@ -94,7 +94,7 @@ def attention_maps(
     fusion = model_config["fusion"]["name"]
     if fusion == "cross_attention" and model_config["fusion"].get("query", "text") != "text":
         raise ValueError("attention maps need text queries; this run has model.fusion.query != 'text'")
-    (outputs, _), state = model.apply({"params": params}, batch, train=False, mutable=["intermediates"])
+    (outputs, _), state = model.apply(variables, batch, train=False, mutable=["intermediates"])
     weights = sown_attention(state["intermediates"], fusion)
     context = text_attention(weights, batch["text_mask"], fusion, batch["text"].shape[1])
     return outputs, split_maps(np.asarray(context), grid_shapes(model_config))
@@ -167,7 +167,7 @@ def write_maps(
     answers, maps = [], {"image": [], "audio": []}
     for start in range(0, len(examples), 100):
         batch = jax.tree.map(lambda *xs: np.stack(xs), *examples[start : start + 100])
-        outputs, chunk = attention_maps(run.model, run.params, batch, run.config.model.to_dict())
+        outputs, chunk = attention_maps(run.model, run.variables, batch, run.config.model.to_dict())
         answers.append(np.asarray(jnp.argmax(outputs["answer"], -1)) if "answer" in outputs else None)
         for m in maps:
             maps[m].append(chunk[m])

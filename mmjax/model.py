@@ -11,6 +11,7 @@ from flax import traverse_util
 
 from mmjax.encoders.audio import SpectrogramEncoder
 from mmjax.encoders.image import ViTEncoder
+from mmjax.encoders.resnet import ResNetEncoder
 from mmjax.encoders.text import TextEncoder
 from mmjax.fusion import build_fusion
 from mmjax.heads import ClassificationHead, EmbeddingHead, LogitScale
@@ -39,7 +40,7 @@ class MultimodalModel(nn.Module):
     """
 
     text: TextEncoder
-    image: ViTEncoder
+    image: ViTEncoder | ResNetEncoder
     audio: SpectrogramEncoder
     fusion: nn.Module  # one of mmjax.fusion.FUSIONS
     tasks: tuple[tuple[str, int], ...]  # (task name, number of classes)
@@ -144,7 +145,11 @@ def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> Mul
     """
     if cfg.size not in SIZES:
         raise ValueError(f"model.size={cfg.size!r} is not one of {sorted(SIZES)}")
-    _check_divisible(cfg.image.size, "model.image.size", cfg.image.patch_size, "model.image.patch_size")
+    image_encoder = cfg.image.get("encoder", "vit")
+    if image_encoder not in IMAGE_ENCODERS:
+        raise ValueError(f"model.image.encoder={image_encoder!r} is not one of {IMAGE_ENCODERS}")
+    if image_encoder == "vit":
+        _check_divisible(cfg.image.size, "model.image.size", cfg.image.patch_size, "model.image.patch_size")
     _check_divisible(cfg.audio.frames, "model.audio.frames", cfg.audio.patch_time, "model.audio.patch_time")
     _check_divisible(cfg.audio.mels, "model.audio.mels", cfg.audio.patch_freq, "model.audio.patch_freq")
     size = SIZES[cfg.size] | {k: cfg[k] for k in SIZES[cfg.size] if cfg.get(k)}  # e.g. model.width=256
@@ -169,7 +174,11 @@ def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> Mul
     )
     encoders = dict(
         text=TextEncoder(vocab_size=cfg.text.vocab_size, max_len=cfg.text.max_len, **common),
-        image=ViTEncoder(patch_size=cfg.image.patch_size, **common),
+        image=(
+            resnet_encoder(cfg.image)
+            if image_encoder == "resnet"
+            else ViTEncoder(patch_size=cfg.image.patch_size, **common)
+        ),
         audio=SpectrogramEncoder(
             patch_time=cfg.audio.patch_time,
             patch_freq=cfg.audio.patch_freq,
@@ -180,9 +189,9 @@ def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> Mul
     for m, (spec, tower) in _pretrained_specs(cfg).items():
         pretrained, _ = load_pretrained(spec, tower)
         updates = dict(channels_first=False) if m == "image" else {}  # batches hold images [B, H, W, C]
-        encoders[m] = pretrained.clone(
-            aux_prefix=AUX_PREFIXES[m], dropout_rate=cfg.dropout, **levers, **updates
-        )
+        if not isinstance(pretrained, ResNetEncoder):  # transformers: the run's dropout and speed levers
+            updates |= dict(dropout_rate=cfg.dropout, **levers)
+        encoders[m] = pretrained.clone(aux_prefix=AUX_PREFIXES[m], **updates)
     return MultimodalModel(
         **encoders,
         fusion=fusion,
@@ -193,6 +202,21 @@ def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> Mul
         **align_fields(cfg.get("align", {})),
         peft=peft_fields(cfg.get("peft", {})),
         modality_heads=bool(cfg.get("modality_heads", False)),
+    )
+
+
+IMAGE_ENCODERS = ("vit", "resnet")
+
+
+def resnet_encoder(cfg: ml_collections.ConfigDict) -> ResNetEncoder:
+    """A ResNetEncoder from `model.image.resnet` (embedding_size, hidden_sizes, depths, layer_type)."""
+    r = cfg.resnet
+    return ResNetEncoder(
+        embedding_size=r.embedding_size,
+        hidden_sizes=tuple(r.hidden_sizes),
+        depths=tuple(r.depths),
+        layer_type=r.layer_type,
+        aux_prefix=AUX_PREFIXES["image"],
     )
 
 
@@ -256,22 +280,26 @@ def pretrained_params(cfg: ml_collections.ConfigDict) -> dict[str, dict]:
     for m, (spec, tower) in _pretrained_specs(cfg).items():
         module, tree = load_pretrained(spec, tower)
         params[m] = jax.device_get(tree)
-        if cfg.get("scan", False):
+        if cfg.get("scan", False) and "encoder" in params[m]:  # transformer encoders (not ResNet's variables)
             params[m] = params[m] | {"encoder": stack_layers(params[m]["encoder"], module.depth)}
     return params
 
 
 def with_pretrained(params: dict, pretrained: Mapping[str, dict]) -> dict:
-    """`params` with each pretrained modality's subtree swapped in; structures and shapes must agree."""
+    """`params` with each pretrained modality's subtree swapped in. Structures and shapes must agree, except
+    for the LoRA and adapter params PEFT adds (mmjax.nn.lora), which keep their initial values."""
     params = dict(params)
+    peft_names = set(lora.LORA_PARAMS + lora.ADAPTER_PARAMS)
     for m, tree in pretrained.items():
         ours, theirs = _shapes(params[m]), _shapes(tree)
-        if ours != theirs:
-            diff = sorted(set(ours.items()) ^ set(theirs.items()))
+        added_by_peft = {path for path in set(ours) - set(theirs) if path.rsplit("/", 1)[-1] in peft_names}
+        if {k: v for k, v in ours.items() if k not in added_by_peft} != theirs:
+            diff = sorted((set(ours.items()) ^ set(theirs.items())) - {(p, ours[p]) for p in added_by_peft})
             raise ValueError(
                 f"pretrained {m} params do not fit the {m} encoder; differing (path, shape): {diff}"
             )
-        params[m] = tree
+        merged = traverse_util.flatten_dict(params[m], sep="/") | traverse_util.flatten_dict(tree, sep="/")
+        params[m] = traverse_util.unflatten_dict(merged, sep="/")
     return params
 
 

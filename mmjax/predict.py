@@ -95,12 +95,12 @@ class Predictor:
     def from_workdir(cls, workdir: str | os.PathLike, which: str = "best") -> "Predictor":
         run = evaluate.restore_run(workdir, which)
 
-        def probabilities(params, batch):
-            outputs, _ = run.model.apply({"params": params}, batch, train=False)
+        def probabilities(variables, batch):
+            outputs, _ = run.model.apply(variables, batch, train=False)
             return {task: jax.nn.softmax(outputs[task], -1)[0] for task in run.tasks}
 
         empty = make_batch(run.config, None, None, None, evaluate.make_tokenizer(run.config))
-        compiled = jax.jit(probabilities).lower(run.params, empty).compile()
+        compiled = jax.jit(probabilities).lower(run.variables, empty).compile()
         return cls(run, evaluate.make_tokenizer(run.config), compiled)
 
     def __call__(
@@ -111,7 +111,7 @@ class Predictor:
         if image is None and audio is None and question is None:
             raise ValueError("give at least one of image, audio and question")
         batch = make_batch(self.run.config, image, audio, question, self.tokenizer)
-        probabilities = jax.device_get(self.compiled(self.run.params, batch))
+        probabilities = jax.device_get(self.compiled(self.run.variables, batch))
         result = {"present": [m for m, here in batch["present"].items() if here[0]]}
         if "answer" in probabilities:
             result["top5"] = top_k(probabilities["answer"], av_digits.ANSWERS, 5)

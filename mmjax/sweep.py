@@ -174,13 +174,13 @@ def model_cost(config: ml_collections.ConfigDict) -> tuple[int, int, float]:
     batch_size = config.data.eval_batch_size
     batch = jax.eval_shape(functools.partial(dummy_batch, config.model, tasks, batch_size))
     init = functools.partial(model.init, {"params": jax.random.PRNGKey(0)}, train=False)
-    params = jax.eval_shape(init, batch)["params"]
-    trainable, num_params = optim.trainable_count(config.optim, params)
+    variables = jax.eval_shape(init, batch)
+    trainable, num_params = optim.trainable_count(config.optim, variables["params"])
 
-    def forward(params, batch):
-        return model.apply({"params": params}, batch, train=False)[0]
+    def forward(variables, batch):
+        return model.apply(variables, batch, train=False)[0]
 
-    cost = jax.jit(forward).lower(params, batch).compile().cost_analysis()
+    cost = jax.jit(forward).lower(variables, batch).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost  # a list of one dict on older jax
     return num_params, trainable, float(cost["flops"]) / batch_size
 

@@ -37,6 +37,11 @@ class TrainState:
     opt_state: Any
     task_state: Any  # the task weighting's state (mmjax.multitask.init_state)
     rng: jax.Array  # base key; each step folds in its step number
+    batch_stats: Any = dataclasses.field(default_factory=dict)  # BatchNorm running statistics (ResNet)
+
+    def variables(self) -> dict:
+        """The model variables for `model.apply`: params, and batch_stats when the model has them."""
+        return {"params": self.params} | ({"batch_stats": self.batch_stats} if self.batch_stats else {})
 
 
 class NonFiniteLossError(RuntimeError):
@@ -147,14 +152,28 @@ def align_loss(out: dict, batch: dict, objective: Objective) -> jax.Array:
 def init_state(
     model, optimizer, objective: Objective, example_batch, seed: int, pretrained: dict | None = None
 ) -> TrainState:
-    """A fresh state; `pretrained` ({modality: params}) replaces those encoders' random init."""
+    """A fresh state; `pretrained` ({modality: params, or variables with batch_stats}) replaces those
+    encoders' random init."""
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
-    params = model.init({"params": init_rng}, example_batch, train=False)["params"]
-    params = with_pretrained(params, pretrained or {})
+    variables = model.init({"params": init_rng}, example_batch, train=False)
+    pretrained = pretrained or {}
+    with_stats = {m: tree for m, tree in pretrained.items() if "batch_stats" in tree}
+    params = with_pretrained(
+        variables["params"],
+        {m: tree.get("params", tree) if m in with_stats else tree for m, tree in pretrained.items()},
+    )
+    batch_stats = with_pretrained(
+        dict(variables.get("batch_stats", {})), {m: tree["batch_stats"] for m, tree in with_stats.items()}
+    )
     step = jnp.zeros((), jnp.int32)
     task_state = multitask.init_state(objective.method, jnp.asarray(objective.weights, jnp.float32))
     return TrainState(
-        step=step, params=params, opt_state=optimizer.init(params), task_state=task_state, rng=train_rng
+        step=step,
+        params=params,
+        opt_state=optimizer.init(params),
+        task_state=task_state,
+        rng=train_rng,
+        batch_stats=batch_stats,
     )
 
 
@@ -165,15 +184,20 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective: O
     method = objective.method
 
     def losses_fn(params):
-        outputs, _ = model.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        (outputs, _), updated = model.apply(
+            variables, batch, train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
+        )
         per_task = task_losses(outputs, batch, objective)
-        return per_task, (per_task, outputs)
+        return per_task, (per_task, outputs, updated.get("batch_stats", {}))
 
     def shared_norms(params):
         return multitask.task_gradient_norms(lambda p: losses_fn(p)[0], params, objective.shared)
 
     if method == "pcgrad":
-        task_grads, (per_task, outputs) = multitask.per_task_gradients(losses_fn, state.params, has_aux=True)
+        task_grads, (per_task, outputs, batch_stats) = multitask.per_task_gradients(
+            losses_fn, state.params, has_aux=True
+        )
         grads = multitask.pcgrad(task_grads, jax.random.fold_in(rng, 1), weights)
     else:
 
@@ -181,7 +205,9 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective: O
             per_task, aux = losses_fn(params)
             return multitask.weighted_total(method, state.task_state, per_task, weights), aux
 
-        (_, (per_task, outputs)), grads = jax.value_and_grad(total_fn, has_aux=True)(state.params)
+        (_, (per_task, outputs, batch_stats)), grads = jax.value_and_grad(total_fn, has_aux=True)(
+            state.params
+        )
     num_tasks = len(objective.tasks)
     if method == "gradnorm":
         norms = shared_norms(state.params)
@@ -224,10 +250,12 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective: O
     scalars["skipped"] = (~finite).astype(jnp.float32)
     kept = jax.tree.map(
         lambda new, old: jnp.where(finite, new, old),
-        (params, opt_state, task_state),
-        (state.params, state.opt_state, state.task_state),
+        (params, opt_state, task_state, batch_stats),
+        (state.params, state.opt_state, state.task_state, state.batch_stats),
     )
-    new_state = state.replace(step=state.step + 1, params=kept[0], opt_state=kept[1], task_state=kept[2])
+    new_state = state.replace(
+        step=state.step + 1, params=kept[0], opt_state=kept[1], task_state=kept[2], batch_stats=kept[3]
+    )
     return new_state, scalars
 
 
@@ -400,9 +428,9 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
     step_fn = make_train_step(model, optimizer, objective, mesh)
     eval_fn = evaluate.make_eval_step(model, mesh, objective.align_positives)
 
-    def validate(params) -> dict[str, float]:
+    def validate(variables) -> dict[str, float]:
         batches = evaluate.split_batches(config, sources["validation"], preprocess)
-        results = evaluate.predict(params, batches, eval_fn, mesh, config.train.eval_max_batches)
+        results = evaluate.predict(variables, batches, eval_fn, mesh, config.train.eval_max_batches)
         return evaluate.summarize(results, tasks)
 
     # Loop.
@@ -443,7 +471,7 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
                     pending, window_batches, window_start, window_time = [], [], step, time.perf_counter()
                 is_eval = step % config.train.eval_every == 0 or step == total_steps
                 if is_eval:
-                    val_metrics = validate(state.params)
+                    val_metrics = validate(state.variables())
                     writer.write(step, {f"val/{k}": v for k, v in val_metrics.items()})
                     history.append(val_metrics[config.train.best_metric])
                     window_time = time.perf_counter()  # evaluation time is not training throughput
@@ -462,7 +490,7 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
     if best is None:
         return val_metrics
     if best != int(state.step) or not val_metrics:  # the best is an earlier checkpoint: evaluate it
-        val_metrics = validate(checkpoint.restore_params(manager, best, abstract_state.params))
+        val_metrics = validate(checkpoint.restore_variables(manager, best, abstract_state.variables()))
     print(f"validation of the best checkpoint (step {best} of {int(state.step)}):")
     print(evaluate.format_table(val_metrics, tasks))
     return val_metrics

@@ -194,7 +194,7 @@ def scratch_parameters(args: argparse.Namespace, cfg, model, tasks: dict):
     from mmjax.model import dummy_batch
 
     if args.workdir:
-        return evaluate.restore_run(args.workdir).params
+        return evaluate.restore_run(args.workdir).variables["params"]
     return model.init({"params": jax.random.PRNGKey(0)}, dummy_batch(cfg.model, tasks), train=False)["params"]
 
 
@@ -225,7 +225,7 @@ def predictor_latency(args: argparse.Namespace) -> dict:
     batch = make_batch(predictor.run.config, tokenizer=predictor.tokenizer, **inputs)
     whole = bc.median_times(lambda: predictor(**inputs), args.warmup, args.calls)
     model = bc.median_times(
-        lambda: jax.block_until_ready(predictor.compiled(predictor.run.params, batch)),
+        lambda: jax.block_until_ready(predictor.compiled(predictor.run.variables, batch)),
         args.warmup,
         args.calls,
     )

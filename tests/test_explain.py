@@ -48,7 +48,7 @@ def test_maps_of_the_smoke_run(smoke_run):
     source = evaluate.load_split(config, "test")
     preprocess = evaluate.make_preprocess(config)
     batch = jax.tree.map(lambda *xs: np.stack(xs), *[preprocess(source[i]) for i in range(4)])
-    outputs, maps = explain.attention_maps(run.model, run.params, batch, config.model.to_dict())
+    outputs, maps = explain.attention_maps(run.model, run.variables, batch, config.model.to_dict())
     assert maps["image"].shape == (4, 4, 4) and maps["audio"].shape == (4, 12, 4)
     # Softmax rows: patch shares plus the two [CLS] tokens' shares make 1, so the patches get less.
     total = maps["image"].sum(axis=(1, 2)) + maps["audio"].sum(axis=(1, 2))
@@ -57,7 +57,7 @@ def test_maps_of_the_smoke_run(smoke_run):
     valid_patches = batch["audio_mask"].reshape(4, 12, 8).any(-1)
     assert np.all(maps["audio"][~valid_patches] == 0.0)
     no_audio = dict(batch, present=dict(batch["present"], audio=np.zeros(4, bool)))
-    _, dropped = explain.attention_maps(run.model, run.params, no_audio, config.model.to_dict())
+    _, dropped = explain.attention_maps(run.model, run.variables, no_audio, config.model.to_dict())
     assert np.all(dropped["audio"] == 0.0) and np.all(dropped["image"].sum(axis=(1, 2)) > total * 0.5)
     assert set(outputs) >= {"answer"}
 

@@ -305,3 +305,21 @@ def test_modality_heads_are_scored_where_their_modality_is_present():
     assert summary["answer/accuracy"] == pytest.approx(2 / 3)
     assert summary["answer@audio/accuracy"] == 1.0
     assert "answer@audio" in evaluate.format_table(summary, ["answer"])
+
+
+def test_pretrained_weights_fill_an_encoder_with_lora_and_keep_the_lora_init():
+    from mmjax.model import with_pretrained
+
+    ours = {
+        "text": {"q": {"kernel": np.zeros((4, 4)), "lora_a": np.ones((4, 2)), "lora_b": np.zeros((2, 4))}}
+    }
+    theirs = {"text": {"q": {"kernel": np.full((4, 4), 7.0)}}}
+    merged = with_pretrained(ours, theirs)["text"]["q"]
+    np.testing.assert_array_equal(merged["kernel"], 7.0)
+    np.testing.assert_array_equal(merged["lora_a"], 1.0)
+    with pytest.raises(
+        ValueError, match=r"differing \(path, shape\): \[\('q/kernel', \(4, 4\)\), \('q/kernel', \(4, 5\)\)\]"
+    ):
+        with_pretrained(ours, {"text": {"q": {"kernel": np.zeros((4, 5))}}})
+    with pytest.raises(ValueError, match="q/other"):  # only PEFT's own params may be missing
+        with_pretrained({"text": {"q": {"kernel": np.zeros((4, 4)), "other": np.zeros(3)}}}, theirs)

@@ -115,7 +115,7 @@ def test_missing_modalities(predictor, files):
     with_image = dict(
         batch, image=predict.make_batch(predictor.run.config, files["png"], None, None, None)["image"]
     )
-    a, b = (predictor.compiled(predictor.run.params, x) for x in (batch, with_image))
+    a, b = (predictor.compiled(predictor.run.variables, x) for x in (batch, with_image))
     np.testing.assert_array_equal(a["answer"], b["answer"])
     with pytest.raises(ValueError, match="at least one of image, audio and question"):
         predictor()

@@ -298,5 +298,5 @@ def test_query_modality_sweep_trains_an_image_query_model(av_digits_dir, tmp_pat
     assert record["status"] == "complete", record["error"]
     assert set(record["metrics"]) == {"clean", "drop-text"}
     run = tmp_path / "runs" / "variant=image,seed=0"
-    params = sweep.evaluate.restore_run(run).params
+    params = sweep.evaluate.restore_run(run).variables["params"]
     assert "image_layer_0" in params["fusion"] and "text_layer_0" not in params["fusion"]

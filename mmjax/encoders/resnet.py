@@ -73,7 +73,9 @@ class ResidualLayer(nn.Module):
 class ResNetEncoder(nn.Module):
     """Encodes images [B, H, W, C] ([B, C, H, W] with `channels_first`) of any size.
 
-    Returns (tokens [B, h * w, hidden_sizes[-1]], aux): the last feature map as spatial tokens (row-major).
+    Returns (tokens [B, 1 + h * w, hidden_sizes[-1]], aux): the global average of the last feature map
+    first (where the other encoders keep their [CLS], which fusions read), then the map's spatial tokens
+    (row-major: HF's last_hidden_state).
     aux keys (after `aux_prefix`): `tokens`, `mask` (all True), `pooled` (global average of the last map,
     HF's pooler_output) and `hidden_states` (the stem's output, then every stage's output, each NHWC).
     `deterministic=False` normalises with batch statistics and updates `batch_stats` (see the module doc).
@@ -117,7 +119,9 @@ class ResNetEncoder(nn.Module):
                 )
                 x = layer(x, deterministic=deterministic)
             hidden_states.append(x)
-        tokens = x.reshape(x.shape[0], -1, x.shape[-1])
+        spatial = x.reshape(x.shape[0], -1, x.shape[-1])
+        pooled = spatial.mean(axis=1)
+        tokens = jnp.concatenate([pooled[:, None], spatial], axis=1)  # the global average in the [CLS] slot
         mask = jnp.ones(tokens.shape[:2], dtype=bool)
-        aux = {"tokens": tokens, "mask": mask, "pooled": tokens.mean(axis=1), "hidden_states": hidden_states}
+        aux = {"tokens": tokens, "mask": mask, "pooled": pooled, "hidden_states": hidden_states}
         return tokens, {self.aux_prefix + k: v for k, v in aux.items()}

@@ -61,7 +61,9 @@ def load_pretrained(spec: str, tower: str | None = None) -> tuple[nn.Module, dic
     family, tower = family_and_tower(info["hf_config"], info["tower"], folder / PORT_JSON)
     module = family.encoder_from_config(info["hf_config"], set(info["hf_keys"]), tower)
     inputs = family.dummy_inputs(info["hf_config"], tower)
-    abstract = jax.eval_shape(module.init, jax.random.key(0), *inputs)["params"]
+    abstract = jax.eval_shape(module.init, jax.random.key(0), *inputs)
+    if set(abstract) == {"params"}:  # as from_hf: every collection only for a model with more (ResNet)
+        abstract = abstract["params"]
     return module, ocp.StandardCheckpointer().restore((folder / "params").absolute(), abstract)
 
 

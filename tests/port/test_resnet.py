@@ -64,9 +64,10 @@ def test_resnet_matches_hf_every_stage(
         np.testing.assert_allclose(_nchw(ours), hf.numpy(), rtol=1e-5, atol=1e-5)
     last = theirs.last_hidden_state.numpy()
     np.testing.assert_allclose(
-        out, last.reshape(*last.shape[:2], -1).transpose(0, 2, 1), rtol=1e-5, atol=1e-5
+        out[:, 1:], last.reshape(*last.shape[:2], -1).transpose(0, 2, 1), rtol=1e-5, atol=1e-5
     )
     np.testing.assert_allclose(aux["pooled"], theirs.pooler_output.numpy()[:, :, 0, 0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out[:, 0], aux["pooled"])  # the [CLS] slot holds the pooled vector
     assert aux["mask"].shape == out.shape[:2] and aux["mask"].all()
     channels_last = module.clone(channels_first=False)
     np.testing.assert_array_equal(channels_last.apply(variables, np.moveaxis(pixels, 1, -1))[0], out)
