@@ -58,6 +58,11 @@ def load_image(image: ImageInput, size: int) -> np.ndarray:
     return np.asarray(picture, np.float32)
 
 
+def check_image(path: str | os.PathLike) -> None:
+    """Raises ValueError naming `path` if it is not a readable image."""
+    load_image(path, 1)
+
+
 def load_audio(audio: AudioInput) -> np.ndarray:
     """A file (any sample rate) or (wave, sample rate) -> the training log-mel features [frames, 64].
     Unreadable, empty, silent or non-finite audio raises ValueError naming the file."""
@@ -184,6 +189,9 @@ def main(argv: list[str]) -> dict:
     if args.image is None and args.audio is None and args.question is None:
         parser.error("give at least one of --image, --audio and --question")
     try:
+        for reader, path in ((load_audio, args.audio), (check_image, args.image)):
+            if path is not None:
+                reader(path)  # a bad file is named before the model is restored and compiled
         predictor = Predictor.from_workdir(args.workdir, args.checkpoint)
         result = predictor(args.image, args.audio, args.question)
     except (ValueError, FileNotFoundError) as err:

@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev,parity
-# Two pytest workers: XLA compiles on one thread, so two test processes keep both cores busy.
-.venv/bin/python -m pytest -q -n 2 "$@"
+# Two pytest workers: XLA compiles on one thread, so two test processes keep both cores busy. loadgroup keeps
+# the tests of one xdist_group (those sharing a trained run) on one worker.
+.venv/bin/python -m pytest -q -n 2 --dist loadgroup "$@"

@@ -139,6 +139,7 @@ def test_bench_infer_quick(tmp_path):
     assert result["twin_logits_max_abs_diff"] < 1e-4
 
 
+@pytest.mark.xdist_group("smoke_run")  # with the other smoke_run tests (tests/test_predict.py)
 def test_bench_infer_times_a_trained_run_through_the_predictor(smoke_run):
     import bench_infer
 

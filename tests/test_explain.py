@@ -10,6 +10,9 @@ from PIL import Image
 
 from mmjax import evaluate, explain
 
+# One pytest-xdist worker runs every test of the smoke_run fixture, so it is trained once.
+pytestmark = pytest.mark.xdist_group("smoke_run")
+
 GRIDS = {"image": (2, 2), "audio": (3, 2)}  # contexts of 1 + 4 image and 1 + 6 audio tokens
 
 

@@ -14,6 +14,9 @@ from mmjax import predict
 from mmjax.data import av_digits
 from tests.test_train import ROOT
 
+# One pytest-xdist worker runs every test of the smoke_run fixture, so it is trained once.
+pytestmark = pytest.mark.xdist_group("smoke_run")
+
 RECORDING = "3_george_0.wav"  # a test-split take
 
 

@@ -17,6 +17,9 @@ from mmjax import report
 from mmjax.data import av_digits
 from mmjax.metrics import read_metrics
 
+# One pytest-xdist worker runs every test of the smoke_run fixture, so it is trained once.
+pytestmark = pytest.mark.xdist_group("smoke_run")
+
 CHROMIUM = pathlib.Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
