@@ -2,6 +2,7 @@
 the image and audio patch grids, honours missing modalities, and is drawn for a trained run."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -45,7 +46,7 @@ def test_pick_examples_takes_question_types_in_turn():
     assert explain.pick_examples(np.array([3, 3]), 5) == [0, 1]
 
 
-def test_maps_of_the_smoke_run(smoke_run):
+def test_maps_of_the_smoke_run(smoke_run, tmp_path):
     run = evaluate.restore_run(smoke_run)
     config = run.config
     source = evaluate.load_split(config, "test")
@@ -64,10 +65,11 @@ def test_maps_of_the_smoke_run(smoke_run):
     assert np.all(dropped["audio"] == 0.0) and np.all(dropped["image"].sum(axis=(1, 2)) > total * 0.5)
     assert set(outputs) >= {"answer"}
 
-    paths = explain.write_maps(smoke_run, 2)
+    workdir = shutil.copytree(smoke_run, tmp_path / "run")  # the shared run stays without maps
+    paths = explain.write_maps(workdir, 2)
     assert [p.name for p in paths] == ["example_0.png", "example_1.png"]
     assert all(Image.open(p).size[0] > 400 for p in paths)
-    shares = json.loads((smoke_run / "explain" / "shares.json").read_text())
+    shares = json.loads((workdir / "explain" / "shares.json").read_text())
     assert shares["examples"] == 300 and set(shares["shares"]) <= {
         "spoken_digit",
         "written_digit",

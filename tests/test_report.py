@@ -252,7 +252,7 @@ def test_explain_writes_the_attention_maps_first(smoke_run, tmp_path, monkeypatc
         calls.append((workdir, n))
         image = Image.new("RGB", (160, 120), "white")
         ImageDraw.Draw(image).rectangle((20, 20, 100, 80), fill="navy")
-        (workdir / "explain").mkdir()
+        (workdir / "explain").mkdir(exist_ok=True)
         image.save(workdir / "explain" / "map_0.png")
         return [workdir / "explain" / "map_0.png"]
 
