@@ -13,6 +13,7 @@ import pathlib
 
 from mmjax.config import parse_arg
 from mmjax.multitask import METHODS
+from mmjax.sweep import smoke_sweep
 
 BASE = str(pathlib.Path(__file__).with_name("av_digits.py"))
 AUXILIARY = ("image_digit", "audio_digit", "speaker", "match")
@@ -35,9 +36,7 @@ def get_sweep(arg: str | None = None) -> dict:
         eval_max_batches=0,
     )
     if args.smoke:
-        sweep["base"] = f"{BASE}:smoke"
         chosen = ("single", "gradnorm", "pcgrad")
-        sweep["grid"] = {"variant": {k: v for k, v in variants().items() if k in chosen}, "seed": [0]}
-        sweep["overrides"] = {"train.eval_every": 1000, "train.checkpoint_every": 1000}
-        sweep["eval_max_batches"] = 2
+        sweep["grid"]["variant"] = {k: v for k, v in variants().items() if k in chosen}
+        sweep = smoke_sweep(sweep, f"{BASE}:smoke")
     return sweep

@@ -12,6 +12,7 @@ Argument `smoke`: the smoke config (still with MiniLM), 3 variants x 1 seed.
 import pathlib
 
 from mmjax.config import parse_arg
+from mmjax.sweep import smoke_sweep
 
 BASE = str(pathlib.Path(__file__).with_name("av_digits.py"))
 VARIANTS = {
@@ -32,8 +33,5 @@ def get_sweep(arg: str | None = None) -> dict:
         eval_max_batches=0,
     )
     if args.smoke:
-        sweep["base"] = f"{BASE}:text=minilm,smoke"
-        sweep["grid"]["seed"] = [0]
-        sweep["overrides"] = {"train.eval_every": 1000, "train.checkpoint_every": 1000}
-        sweep["eval_max_batches"] = 2
+        sweep = smoke_sweep(sweep, f"{BASE}:text=minilm,smoke")
     return sweep

@@ -11,6 +11,7 @@ The text-query runs are the fusion ablation's cross_attention runs (same config,
 import pathlib
 
 from mmjax.config import parse_arg
+from mmjax.sweep import smoke_sweep
 
 BASE = str(pathlib.Path(__file__).with_name("av_digits.py"))
 VARIANTS = {query: {"model.fusion.query": query} for query in ("text", "image")}
@@ -27,9 +28,7 @@ def get_sweep(arg: str | None = None) -> dict:
         eval_max_batches=0,
     )
     if args.smoke:
-        sweep["base"] = f"{BASE}:fusion=cross_attention,smoke"
-        sweep["grid"]["seed"] = [0]
-        sweep["overrides"] = {"train.eval_every": 1000, "train.checkpoint_every": 1000}
-        sweep["robustness"] = [{"drop": "text"}]
-        sweep["eval_max_batches"] = 2
+        sweep = smoke_sweep(sweep, f"{BASE}:fusion=cross_attention,smoke") | {
+            "robustness": [{"drop": "text"}]
+        }
     return sweep

@@ -47,6 +47,14 @@ ANSWER = "answer/accuracy"
 # Sweep definition and grid.
 
 
+def smoke_sweep(sweep: dict, base: str) -> dict:
+    """A sweep's smoke version (seconds per run): the `base` smoke config, seed 0 only, each run evaluated
+    once at its end and tested on 2 batches."""
+    grid = sweep["grid"] | {"seed": [0]}
+    overrides = {"train.eval_every": 1000, "train.checkpoint_every": 1000}
+    return sweep | {"base": base, "grid": grid, "overrides": overrides, "eval_max_batches": 2}
+
+
 def load_sweep(spec: str) -> dict:
     """Load `path/to/sweep.py[:arg]` (its `get_sweep(arg)`) and check the sweep's fields."""
     path, _, arg = spec.partition(":")
