@@ -2,7 +2,8 @@
 
   python -m mmjax.evaluate --workdir DIR [--split test] [--questions FILE] [--checkpoint best|latest]
 Writes DIR/eval_<split>.json (metrics and confusion matrices) and prints a table; --explain N also draws
-the attention maps of N examples into DIR/explain/ (mmjax.explain).
+the attention maps of N examples into DIR/explain/ (mmjax.explain). Text-only runs (data.dataset ud_ewt or
+xquad) get per-word tag accuracy with a per-tag classification report, or XQuAD exact match and F1.
 """
 
 import argparse
@@ -11,7 +12,7 @@ import functools
 import json
 import pathlib
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,9 +21,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from mmjax import checkpoint, explain, losses, metrics, parallel
-from mmjax.data import av_digits, pipeline
+from mmjax.data import av_digits, pipeline, text_tasks
 from mmjax.data.text import PretrainedTokenizer, WordTokenizer, load_tokenizer
-from mmjax.model import MultimodalModel, build_model, dummy_batch
+from mmjax.model import SPAN, MultimodalModel, TextTaskModel, build_model, dummy_batch
 from mmjax.port.pretrained import tokenizer_dir
 
 
@@ -76,6 +77,45 @@ def load_split(config: ml_collections.ConfigDict, split: str):
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class ExperimentData:
+    """What training and evaluation read from the experiment's data set (config.data.dataset)."""
+
+    tasks: dict[str, int]  # task -> classes
+    load: Callable[[str], Sequence]  # split -> grain source
+    preprocess: Callable[[Mapping], dict]
+    summarize: Callable[[str, Mapping[str, np.ndarray]], dict[str, float]]  # (split, eval results) -> metrics
+    iterator_args: dict  # pipeline.train_iterator's shape buckets
+    text: text_tasks.TextTaskData | None = None  # text-only data sets
+
+
+def experiment_data(config: ml_collections.ConfigDict) -> ExperimentData:
+    """AV-Digits (built on first use) or a text data set encoded in memory (mmjax.data.text_tasks)."""
+    dataset = config.data.get("dataset", "av_digits")
+    if dataset == "av_digits":
+        tasks = av_digits.task_classes(config.tasks)
+        buckets = pipeline.parse_buckets(
+            config.data.get("audio_buckets", ""), config.data.audio_frames, config.model.audio.patch_time
+        )
+        return ExperimentData(
+            tasks,
+            functools.partial(load_split, config),
+            make_preprocess(config),
+            lambda split, results: summarize(results, tasks),
+            {"audio_buckets": buckets},
+        )
+    data = text_tasks.load(
+        dataset,
+        [task for task, weight in config.tasks.items() if weight > 0],
+        make_tokenizer(config),
+        config.data.text_len,
+        config.data.get("doc_stride", 128),
+        config.data.data_dir or None,
+    )
+    buckets = text_tasks.parse_text_buckets(config.data.get("text_buckets", ""), config.data.text_len)
+    return ExperimentData(data.tasks, data.source, dict, data.summarize, {"text_buckets": buckets}, data)
+
+
 def split_batches(config: ml_collections.ConfigDict, source, preprocess) -> Iterator[dict]:
     """This process's share of each evaluation batch of `source` (see pipeline.eval_batches)."""
     return pipeline.eval_batches(
@@ -89,7 +129,7 @@ def split_batches(config: ml_collections.ConfigDict, source, preprocess) -> Iter
 
 def eval_step(variables, batch: dict, *, model, align_positives: tuple[str, str] | None = None) -> dict:
     """Predicted class per task (and per modality head, -1 where the modality is absent), with the labels,
-    question types and validity passed through.
+    question types and validity passed through; the span task also returns its start/end logits.
 
     The contrastive `align` task gives `hits/align`: whether each example's nearest other-modality
     embedding in the same eval batch is a positive (labels `align_positives` equal, else itself).
@@ -111,7 +151,10 @@ def eval_step(variables, batch: dict, *, model, align_positives: tuple[str, str]
         else:
             result[f"pred/{task}"] = jnp.argmax(out, -1)
             result[f"labels/{task}"] = batch[f"labels/{task}"]
-    result["question_type"] = batch["question_type"]
+        if task == SPAN:
+            result[f"logits/{task}"] = out
+    if "question_type" in batch:
+        result["question_type"] = batch["question_type"]
     result["valid"] = batch["valid"]
     return result
 
@@ -180,6 +223,11 @@ def format_table(summary: Mapping[str, float], tasks: Iterable[str]) -> str:
     return "\n".join(lines)
 
 
+def format_metrics(summary: Mapping[str, float]) -> str:
+    """One `name value` line per metric."""
+    return "\n".join(f"{key:<24}{value:>10.4f}" for key, value in summary.items())
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
     """A trained run restored from its workdir: its config, tasks, model and one checkpoint's variables
@@ -187,19 +235,19 @@ class Run:
 
     config: ml_collections.ConfigDict
     tasks: dict[str, int]
-    model: MultimodalModel
+    model: MultimodalModel | TextTaskModel
     variables: dict
     step: int
 
 
-def restore_run(workdir: str | pathlib.Path, which: str = "best", sharding=None) -> Run:
+def restore_run(
+    workdir: str | pathlib.Path, which: str = "best", sharding=None, tasks: dict[str, int] | None = None
+) -> Run:
     """The run in `workdir` with the variables of its best (or latest) checkpoint, placed with `sharding`
-    (default: the first device). A run without a best checkpoint falls back to its latest."""
+    (default: the first device). A run without a best checkpoint falls back to its latest. `tasks`: the
+    run's task classes when known (text data sets take them from the data), else AV-Digits'."""
     workdir = pathlib.Path(workdir)
-    config_path = workdir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found: is {workdir} a training workdir?")
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    config = read_config(workdir)
     manager = checkpoint.make_manager(
         workdir / "checkpoints",
         keep=config.train.keep,
@@ -211,7 +259,7 @@ def restore_run(workdir: str | pathlib.Path, which: str = "best", sharding=None)
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
-    tasks = av_digits.task_classes(config.tasks)
+    tasks = tasks or av_digits.task_classes(config.tasks)
     model = build_model(config.model, tasks)
     example = dummy_batch(config.model, tasks)
     init = functools.partial(model.init, {"params": jax.random.PRNGKey(0)}, example, train=False)
@@ -221,6 +269,33 @@ def restore_run(workdir: str | pathlib.Path, which: str = "best", sharding=None)
     }
     abstract = parallel.with_sharding(abstract, sharding)
     return Run(config, tasks, model, checkpoint.restore_variables(manager, step, abstract), step)
+
+
+def read_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+    """The config.json a training run wrote into `workdir`."""
+    config_path = workdir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: is {workdir} a training workdir?")
+    return ml_collections.ConfigDict(json.loads(config_path.read_text()))
+
+
+def evaluate_text(workdir: pathlib.Path, split: str, which: str, max_batches: int) -> dict:
+    """A text-only run (data.dataset ud_ewt | xquad) on `split`: writes eval_<split>.json with the metrics
+    and, for tagging, a per-tag classification report per task (printed too)."""
+    mesh = parallel.make_mesh()
+    data = experiment_data(read_config(workdir))
+    run = restore_run(workdir, which, parallel.replicated(mesh), data.tasks)
+    batches = split_batches(run.config, data.load(split), data.preprocess)
+    results = predict(run.variables, batches, make_eval_step(run.model, mesh), mesh, max_batches)
+    summary = data.summarize(split, results)
+    reports = data.text.reports(split, results)
+    report = {"split": split, "step": run.step, "checkpoint": which, "metrics": summary, "reports": reports}
+    (workdir / f"eval_{split}.json").write_text(json.dumps(report, indent=2))
+    for task, table in reports.items():
+        print(f"{task} on the {split} split (per word):\n{metrics.format_classification_report(table)}\n")
+    print(f"{split} split, checkpoint of step {run.step} ({which}):")
+    print(format_metrics(summary))
+    return summary
 
 
 def confusions(results: Mapping[str, np.ndarray], tasks: Mapping[str, int]) -> dict[str, list[list[int]]]:
@@ -248,6 +323,10 @@ def main(
     `max_batches` > 0 evaluates only that many batches.
     """
     workdir = pathlib.Path(workdir)
+    if read_config(workdir).data.get("dataset", "av_digits") != "av_digits":
+        if questions or drop or audio_snr is not None or image_noise:
+            raise ValueError("--questions, --drop, --audio-snr and --image-noise are for AV-Digits runs only")
+        return evaluate_text(workdir, split, which, max_batches)
     mesh = parallel.make_mesh()
     run = restore_run(workdir, which, parallel.replicated(mesh))
     config, tasks, model = run.config, run.tasks, run.model

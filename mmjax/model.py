@@ -1,4 +1,5 @@
-"""MultimodalModel: text/image/audio encoders -> fusion -> one classification head per task."""
+"""MultimodalModel: text/image/audio encoders -> fusion -> one classification head per task; TextTaskModel:
+a text encoder with token-level heads (tagging, span extraction)."""
 
 from collections.abc import Mapping
 from functools import partial
@@ -14,7 +15,7 @@ from mmjax.encoders.image import ViTEncoder
 from mmjax.encoders.resnet import ResNetEncoder
 from mmjax.encoders.text import TextEncoder
 from mmjax.fusion import build_fusion
-from mmjax.heads import ClassificationHead, EmbeddingHead, LogitScale
+from mmjax.heads import ClassificationHead, EmbeddingHead, LogitScale, SpanHead, TokenClassificationHead
 from mmjax.nn import lora
 from mmjax.nn.attention import DTYPES, IMPLEMENTATIONS
 from mmjax.nn.transformer import REMAT_POLICIES, SIZES, stack_layers
@@ -56,10 +57,7 @@ class MultimodalModel(nn.Module):
     def __call__(
         self, batch: Mapping[str, jax.Array | Mapping[str, jax.Array]], *, train: bool
     ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-        if not self.peft:
-            return self.forward(batch, train)
-        with nn.intercept_methods(lora.interceptor(**dict(self.peft), deterministic=not train)):
-            return self.forward(batch, train)
+        return with_peft(self, batch, train)
 
     @nn.compact
     def forward(self, batch, train: bool) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
@@ -119,6 +117,51 @@ class MultimodalModel(nn.Module):
         return outputs, {**txt_aux, **img_aux, **aud_aux, **fusion_aux}
 
 
+SPAN = "span"  # TextTaskModel's span-extraction task
+
+
+class TextTaskModel(nn.Module):
+    """A text encoder with token-level heads, for text-only experiments (UD tagging, XQuAD span QA).
+
+    `__call__(batch, train=...)` reads `text`, `text_mask` and, when given, `text_types` (segment ids) and
+    returns ({task: logits}, aux). A tagging task gets logits [B, L, K] from a TokenClassificationHead;
+    the task `span` gets start and end logits over positions stacked as [B, 2, L] (SpanHead), with the
+    positions outside batch["span_mask"] [B, L] set to losses.MASK_VALUE. Both train with
+    losses.token_cross_entropy against labels [B, L] (tags, -1 ignored) or [B, 2] (start, end positions).
+    """
+
+    text: TextEncoder
+    tasks: tuple[tuple[str, int], ...]  # (task name, number of classes; for `span` the sequence length)
+    head_dropout: float = 0.0
+    peft: tuple[tuple[str, object], ...] = ()  # mmjax.nn.lora.interceptor keyword arguments
+
+    def __call__(self, batch: Mapping[str, jax.Array], *, train: bool) -> tuple[dict, dict]:
+        return with_peft(self, batch, train)
+
+    @nn.compact
+    def forward(self, batch, train: bool) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        det = not train
+        tokens, aux = self.text(batch["text"], batch["text_mask"], batch.get("text_types"), deterministic=det)
+        outputs = {}
+        for task, n in self.tasks:
+            if task == SPAN:
+                x = nn.Dropout(self.head_dropout)(tokens, deterministic=det)
+                start, end = SpanHead(name="head_span")(x, batch["span_mask"])
+                outputs[task] = jnp.stack([start, end], axis=1)
+            else:
+                head = TokenClassificationHead(n, dropout_rate=self.head_dropout, name=f"head_{task}")
+                outputs[task] = head(tokens, deterministic=det)
+        return outputs, aux
+
+
+def with_peft(model: MultimodalModel | TextTaskModel, batch, train: bool):
+    """model.forward(batch, train), inside the LoRA / adapter interceptor when the model has `peft`."""
+    if not model.peft:
+        return model.forward(batch, train)
+    with nn.intercept_methods(lora.interceptor(**dict(model.peft), deterministic=not train)):
+        return model.forward(batch, train)
+
+
 def drop_modalities(present: dict[str, jax.Array], rate: float, rng: jax.Array) -> dict[str, jax.Array]:
     """Hides each present modality of each example with probability `rate`; an example that would lose
     all its modalities keeps them all."""
@@ -137,12 +180,17 @@ def _check_divisible(size: int, size_field: str, patch: int, patch_field: str) -
         raise ValueError(f"{size_field}={size} is not divisible by {patch_field}={patch}")
 
 
-def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> MultimodalModel:
-    """Builds the model from the experiment config (see the module fields read below).
+def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> MultimodalModel | TextTaskModel:
+    """Builds the model from the experiment config (see the module fields read below): a MultimodalModel,
+    or with `model.kind="text"` a TextTaskModel on the text encoder alone.
 
     An encoder whose config has `init_from` (`hf:DIR` or a `python -m mmjax.port` folder; `tower` for
     CLIP) takes that checkpoint's architecture; its weights come from pretrained_params at init.
     """
+    if cfg.get("kind", "multimodal") not in MODEL_KINDS:
+        raise ValueError(f"model.kind={cfg.kind!r} is not one of {MODEL_KINDS}")
+    if cfg.get("kind") == "text":
+        return build_text_model(cfg, tasks)
     if cfg.size not in SIZES:
         raise ValueError(f"model.size={cfg.size!r} is not one of {sorted(SIZES)}")
     image_encoder = cfg.image.get("encoder", "vit")
@@ -206,6 +254,23 @@ def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> Mul
 
 
 IMAGE_ENCODERS = ("vit", "resnet")
+MODEL_KINDS = ("multimodal", "text")
+
+
+def build_text_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> TextTaskModel:
+    """A TextTaskModel on the text encoder of `model.text.init_from` (required: text tasks fine-tune
+    a port)."""
+    spec = cfg.text.get("init_from", "")
+    if not spec:
+        raise ValueError("model.kind='text' needs model.text.init_from (hf:DIR or a ported folder)")
+    encoder, _ = load_pretrained(spec, cfg.text.get("tower", "") or None)
+    encoder = encoder.clone(aux_prefix=AUX_PREFIXES["text"], dropout_rate=cfg.dropout, **lever_fields(cfg))
+    return TextTaskModel(
+        text=encoder,
+        tasks=tuple(tasks.items()),
+        head_dropout=cfg.head_dropout,
+        peft=peft_fields(cfg.get("peft", {})),
+    )
 
 
 def resnet_encoder(cfg: ml_collections.ConfigDict) -> ResNetEncoder:
@@ -269,7 +334,9 @@ def peft_fields(cfg: Mapping) -> tuple[tuple[str, object], ...]:
 
 def _pretrained_specs(cfg: ml_collections.ConfigDict) -> dict[str, tuple[str, str | None]]:
     """{modality: (init_from, tower)} of the encoders that start from a checkpoint."""
-    specs = {m: (cfg[m].get("init_from", ""), cfg[m].get("tower", "") or None) for m in AUX_PREFIXES}
+    specs = {
+        m: (cfg[m].get("init_from", ""), cfg[m].get("tower", "") or None) for m in AUX_PREFIXES if m in cfg
+    }
     return {m: spec for m, spec in specs.items() if spec[0]}
 
 
@@ -310,6 +377,11 @@ def _shapes(tree: dict) -> dict[str, tuple[int, ...]]:
 def dummy_batch(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int], batch_size: int = 1) -> dict:
     """An all-zeros batch with the configured shapes (every modality present), for init / eval_shape."""
     b = batch_size
+    if cfg.get("kind") == "text":
+        length = cfg.text.max_len
+        batch = {key: jnp.ones((b, length), bool) for key in ("text_mask", "span_mask")}
+        batch |= {key: jnp.zeros((b, length), jnp.int32) for key in ("text", "text_types")}
+        return batch | {f"labels/{t}": jnp.zeros((b, 2 if t == SPAN else length), jnp.int32) for t in tasks}
     batch = {
         "text": jnp.zeros((b, cfg.text.max_len), jnp.int32),
         "text_mask": jnp.ones((b, cfg.text.max_len), bool),

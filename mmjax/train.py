@@ -75,6 +75,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config.train.best_metric={config.train.best_metric!r} needs config.tasks.{metric_task} > 0"
         )
+    if config.data.get("dataset", "av_digits") != "av_digits":
+        return
     frames, model_frames = config.data.audio_frames, config.model.audio.frames
     patch = config.model.audio.patch_time
     if frames > model_frames or frames % patch:
@@ -118,15 +120,19 @@ def make_objective(config: ml_collections.ConfigDict) -> Objective:
 
 
 def task_losses(outputs: dict, batch: dict, objective: Objective) -> jax.Array:
-    """Per-task losses [T] in objective.tasks order: cross-entropy, or the contrastive loss for `align`.
-    With modality heads, a task's loss is its fused head's plus each modality head's (over the examples
-    that have that modality)."""
+    """Per-task losses [T] in objective.tasks order: cross-entropy per example (labels [B]) or per token
+    (labels [B, L], -1 ignored: tagging, span start/end), or the contrastive loss for `align`. With
+    modality heads, a task's loss is its fused head's plus each modality head's (over the examples that
+    have that modality)."""
     values = []
     for task in objective.tasks:
         if task == av_digits.ALIGN:
             values.append(align_loss(outputs[task], batch, objective))
             continue
         labels = batch[f"labels/{task}"]
+        if labels.ndim == 2:
+            values.append(losses.token_cross_entropy(outputs[task], labels))
+            continue
         loss = losses.softmax_cross_entropy(outputs[task], labels)
         for m, logits in outputs.get("modality_heads", {}).get(task, {}).items():
             loss += losses.softmax_cross_entropy(logits, labels, outputs["present"][m])
@@ -244,7 +250,9 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective: O
             hits = losses.retrieval_hits(out["x"], out["y"], out["valid"], align_positives(batch, objective))
             scalars[f"{task}/accuracy"] = jnp.sum(hits) / jnp.maximum(jnp.sum(out["valid"]), 1)
         else:
-            scalars[f"{task}/accuracy"] = jnp.mean(jnp.argmax(outputs[task], -1) == batch[f"labels/{task}"])
+            labels = batch[f"labels/{task}"]  # < 0: ignored (tagging)
+            hits = (jnp.argmax(outputs[task], -1) == labels) & (labels >= 0)
+            scalars[f"{task}/accuracy"] = jnp.sum(hits) / jnp.maximum(jnp.sum(labels >= 0), 1)
     # A non-finite loss or gradient leaves the state as it was (the host then stops or skips, by config).
     finite = jnp.isfinite(loss) & jnp.isfinite(scalars["grad_norm"])
     scalars["skipped"] = (~finite).astype(jnp.float32)
@@ -369,10 +377,11 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
     parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
 
     # Data.
-    tasks = av_digits.task_classes(config.tasks)
-    sources = {split: evaluate.load_split(config, split) for split in ("train", "validation")}
-    preprocess = evaluate.make_preprocess(config)
-    shift = config.data.image_shift
+    data = evaluate.experiment_data(config)
+    tasks = data.tasks
+    sources = {split: data.load(split) for split in ("train", "validation")}
+    preprocess = data.preprocess
+    shift = config.data.get("image_shift", 0)
     augment = functools.partial(pipeline.random_shift, max_shift=shift) if shift else None
     train_iter = pipeline.train_iterator(
         sources["train"],
@@ -384,9 +393,7 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
         process_count=jax.process_count(),
         worker_count=config.data.workers,
         shards=config.data.shards,
-        audio_buckets=pipeline.parse_buckets(
-            config.data.get("audio_buckets", ""), config.data.audio_frames, config.model.audio.patch_time
-        ),
+        **data.iterator_args,
     )
     steps_per_epoch = pipeline.steps_per_epoch(sources["train"], config.data.batch_size)
     total_steps = config.train.steps or int(round(config.train.epochs * steps_per_epoch))
@@ -431,7 +438,7 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
     def validate(variables) -> dict[str, float]:
         batches = evaluate.split_batches(config, sources["validation"], preprocess)
         results = evaluate.predict(variables, batches, eval_fn, mesh, config.train.eval_max_batches)
-        return evaluate.summarize(results, tasks)
+        return data.summarize("validation", results)
 
     # Loop.
     writer = metrics.MetricWriter(workdir, enabled=is_lead)
@@ -492,7 +499,11 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
     if best != int(state.step) or not val_metrics:  # the best is an earlier checkpoint: evaluate it
         val_metrics = validate(checkpoint.restore_variables(manager, best, abstract_state.variables()))
     print(f"validation of the best checkpoint (step {best} of {int(state.step)}):")
-    print(evaluate.format_table(val_metrics, tasks))
+    print(
+        evaluate.format_table(val_metrics, tasks)
+        if data.text is None
+        else evaluate.format_metrics(val_metrics)
+    )
     return val_metrics
 
 

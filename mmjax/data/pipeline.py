@@ -15,7 +15,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from mmjax.data import audio
+from mmjax.data import audio, text_tasks
 from mmjax.data.av_digits import QUESTION_TYPES, TASKS, audio_features
 from mmjax.data.text import PretrainedTokenizer, WordTokenizer
 
@@ -164,6 +164,7 @@ def train_iterator(
     shards: int = 0,
     worker_count: int = 0,
     audio_buckets: Sequence[int] = (),
+    text_buckets: Sequence[int] = (),
 ) -> grain.DatasetIterator:
     """Endless shuffled batches of this process's share of the global batch.
 
@@ -174,7 +175,8 @@ def train_iterator(
     two). `augment_fn(example, rng)` draws from a generator seeded by (seed, position in the stream), so
     augmentations differ per epoch yet repeat exactly after a restore. The returned iterator is
     checkpointable (get_state / set_state, grain.checkpoint with Orbax). With `audio_buckets`, each batch's
-    audio is trimmed to the shortest bucket that holds its longest clip (see trim_audio).
+    audio is trimmed to the shortest bucket that holds its longest clip (see trim_audio); `text_buckets` do
+    the same for the token axis of text-only batches (text_tasks.trim_text).
     """
     shards = shards or process_count
     if shards % process_count:
@@ -197,6 +199,8 @@ def train_iterator(
     # Batches come from the MapDataset, so prefetch workers take whole batches: same for any worker_count.
     if audio_buckets:
         dataset = dataset.map(functools.partial(trim_audio, buckets=tuple(audio_buckets)))
+    if text_buckets:
+        dataset = dataset.map(functools.partial(text_tasks.trim_text, buckets=tuple(text_buckets)))
     dataset = dataset.to_iter_dataset()
     if worker_count > 0:
         if not flags.FLAGS.is_parsed():  # grain reads absl flags when starting workers
