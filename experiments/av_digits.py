@@ -37,6 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
+    c.data.dataset = "av_digits"  # or, text only, ud_ewt / xquad (experiments/ud_tagging.py, xquad_span.py)
     c.data.data_dir = ""  # raw FSDD + MNIST; "" -> $MMJAX_DATA_DIR or ../shared/data
     c.data.tfds_dir = ""  # built data set; "" -> $MMJAX_TFDS_DIR or ~/.cache/mmjax/tensorflow_datasets
     c.data.on_bad_example = "skip"  # building: a bad raw file is skipped and listed (skip) or stops it (stop)

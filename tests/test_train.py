@@ -26,8 +26,10 @@ from mmjax.metrics import read_metrics
 from mmjax.model import build_model
 
 ROOT = pathlib.Path(__file__).parents[1]
-EXPERIMENTS = sorted(
-    str(p.relative_to(ROOT)) for p in ROOT.glob("experiments/*.py") if "def get_config" in p.read_text()
+EXPERIMENTS = sorted(  # AV-Digits experiments (the text-only ones are smoke-tested in test_text_tasks.py)
+    str(p.relative_to(ROOT))
+    for p in ROOT.glob("experiments/*.py")
+    if "def get_config" in p.read_text() and load_config(str(p)).data.dataset == "av_digits"
 )
 
 
@@ -96,7 +98,8 @@ def test_one_and_eight_devices_give_the_same_step(av_digits_dir):
     )
     batch_list = [next(batches) for _ in range(2)]
     model = build_model(config.model, tasks)
-    optimizer = optim.make_optimizer(config.optim, total_steps=10)
+    # As in the av_digits smoke run: its 8-device train step is this one (compiled once per test run).
+    optimizer = optim.make_optimizer(config.optim, total_steps=config.train.steps)
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = parallel.make_mesh(devices)
@@ -198,6 +201,7 @@ def _signal_after(command, workdir, records: int, signum: int) -> subprocess.Pop
     return process
 
 
+@pytest.mark.xdist_group("uninterrupted")  # one worker trains the fixture's run once for both tests
 def test_sigterm_then_sigkill_then_rerun_matches_an_uninterrupted_run(av_digits_dir, tmp_path, uninterrupted):
     workdir = tmp_path / "interrupted"
     command = _train_command(workdir, av_digits_dir)
@@ -228,6 +232,7 @@ def test_sigterm_then_sigkill_then_rerun_matches_an_uninterrupted_run(av_digits_
     )
 
 
+@pytest.mark.xdist_group("uninterrupted")
 def test_a_run_saved_on_8_devices_resumes_on_1(av_digits_dir, tmp_path, uninterrupted):
     reference, expected = uninterrupted
     workdir = tmp_path / "moved"
