@@ -13,11 +13,11 @@ import pytest
 from mmjax import train
 from tests.test_train import ROOT, smoke_config
 
+# The train step of this process's run is the NaN-batch test's (tests/test_train.py): compiled once per run.
 OVERRIDES = {
-    "train.steps": 12,
     "train.log_every": 1,
-    "train.eval_every": 6,
-    "train.checkpoint_every": 6,
+    "train.eval_every": 3,
+    "train.checkpoint_every": 3,
     "data.shards": 2,
 }
 
@@ -59,19 +59,19 @@ def test_two_processes_train_like_one_process_on_the_same_global_batches(av_digi
 
     want, got = _records(single), _records(shared)  # only process 0 writes metrics
     losses = [{r["step"]: r["loss"] for r in records if "loss" in r} for records in (want, got)]
-    assert sorted(losses[1]) == list(range(1, 13))
+    assert sorted(losses[1]) == list(range(1, 7))
     # Equal up to the order of float sums (gloo's all-reduce against the in-process one).
     np.testing.assert_allclose(
-        [losses[1][s] for s in range(1, 13)], [losses[0][s] for s in range(1, 13)], rtol=1e-5
+        [losses[1][s] for s in range(1, 7)], [losses[0][s] for s in range(1, 7)], rtol=1e-5
     )
     validation = [{r["step"]: r for r in records if "val/answer/accuracy" in r} for records in (want, got)]
-    assert sorted(validation[1]) == [6, 12]
-    for step in (6, 12):
+    assert sorted(validation[1]) == [3, 6]
+    for step in (3, 6):
         for key, value in validation[0][step].items():
             if key.startswith("val/"):
                 assert validation[1][step][key] == pytest.approx(value, abs=1e-6, nan_ok=True), (step, key)
     # Each process saved its own data-iterator position next to the shared train state.
-    data = sorted(p.name for p in (shared / "checkpoints" / "12" / "data").iterdir() if p.suffix == ".json")
+    data = sorted(p.name for p in (shared / "checkpoints" / "6" / "data").iterdir() if p.suffix == ".json")
     assert data == ["process_0-of-2.json", "process_1-of-2.json"]
 
 

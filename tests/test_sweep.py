@@ -6,6 +6,7 @@ import pathlib
 
 import jax
 import pytest
+from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from mmjax import sweep
 from mmjax.fusion import FUSIONS
@@ -224,7 +225,19 @@ def test_rerun_skips_complete_runs_and_retries_failed_ones(tmp_path, monkeypatch
     assert calls == []
 
 
-def test_smoke_sweep_trains_tests_reports_and_resumes(av_digits_dir, tmp_path, monkeypatch):
+@pytest.fixture
+def no_user_cache(monkeypatch):
+    """No XLA cache set (tests/conftest.py sets one for the run), so the sweep makes its own."""
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    user_cache = jax.config.jax_compilation_cache_dir
+    jax_cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", None)
+    yield
+    jax_cache.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", user_cache)
+
+
+def test_smoke_sweep_trains_tests_reports_and_resumes(av_digits_dir, tmp_path, monkeypatch, no_user_cache):
     argv = [f"{ABLATION}:smoke", "--workdir", str(tmp_path), f"--config.data.tfds_dir={av_digits_dir}"]
     records = sweep.main(argv)
     smoke = sweep.load_sweep(f"{ABLATION}:smoke")

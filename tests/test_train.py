@@ -173,7 +173,7 @@ KILL_OVERRIDES = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not rebuilt when other modules' tests run between its two tests
 def uninterrupted(av_digits_dir, tmp_path_factory):
     """(workdir, its last metrics record per step) of a 40-step smoke run that nothing interrupts."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
