@@ -259,6 +259,12 @@ def restore_run(
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+    dataset = config.data.get("dataset", "av_digits")
+    if tasks is None and dataset != "av_digits":
+        raise ValueError(
+            f"{workdir} is a text-only run (data.dataset={dataset!r}): evaluate it with mmjax.evaluate; "
+            "predictions, reports and attention maps are for AV-Digits runs"
+        )
     tasks = tasks or av_digits.task_classes(config.tasks)
     model = build_model(config.model, tasks)
     example = dummy_batch(config.model, tasks)

@@ -149,3 +149,20 @@ def test_bench_infer_times_a_trained_run_through_the_predictor(smoke_run):
     assert 0 < timing["model_p50_ms"] <= timing["model_p99_ms"]
     assert timing["call_p50_ms"] > timing["model_p50_ms"]  # decoding, features and tokenising come on top
     assert timing["restore_and_compile_s"] > 0 and timing["answer"] in av_digits.ANSWERS
+
+
+@pytest.mark.slow
+def test_bench_peft_quick(tmp_path):
+    import bench_peft
+
+    out = tmp_path / "peft.json"
+    bench_peft.main(["--quick", "--out", str(out)])
+    rows = json.loads(out.read_text())["variants"]
+    assert set(rows) == {"full", "lora", "frozen"}
+    trainable = {name: row["trainable_params"] for name, row in rows.items()}
+    assert trainable["frozen"] < trainable["lora"] < trainable["full"] == rows["full"]["total_params"]
+    assert rows["lora"]["total_params"] > rows["full"]["total_params"] == rows["frozen"]["total_params"]
+    assert rows["full"]["speed_vs_full"] == 1.0
+    for row in rows.values():
+        assert _positive(row["examples_per_s"]) and row["n"] == 3
+        assert row["examples_per_s"] == pytest.approx(row["batch_size"] / row["median_s"])

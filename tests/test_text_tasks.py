@@ -172,6 +172,8 @@ def test_smoke_run_trains_and_evaluates_on_the_test_split(experiment, tmp_path):
     assert np.isfinite(summary[metric]) and train_losses[-1] < train_losses[0]
     with pytest.raises(ValueError, match="AV-Digits runs only"):
         evaluate.main(tmp_path, drop="image")
+    with pytest.raises(ValueError, match=f"{tmp_path} is a text-only run"):
+        evaluate.restore_run(tmp_path)  # what mmjax.predict, report and explain call
     test = evaluate.main(tmp_path, split="test", max_batches=2)
     report = json.loads((tmp_path / "eval_test.json").read_text())
     assert report["metrics"] == pytest.approx(test)
