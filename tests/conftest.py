@@ -1,5 +1,5 @@
-"""Test setup: fake 8 CPU devices before jax initialises, one XLA compilation cache for the whole run, share
-the built AV-Digits data set, and start the longest tests first."""
+"""Test setup: fake 8 CPU devices before jax initialises, one XLA compilation cache for the whole run, and
+share the built AV-Digits data set."""
 
 import os
 import shutil
@@ -11,22 +11,6 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
-
-# The longest tests (or xdist groups), longest first: pytest-xdist hands them out before the rest, so neither
-# worker is left with a long test at the end while the other idles.
-LONGEST_FIRST = (
-    "test_sigterm_then_sigkill",
-    "test_a_run_saved_on_8_devices",  # with the test above (xdist_group "uninterrupted")
-    "test_smoke_sweep_trains",
-    "test_two_processes_train_like_one_process",
-    "test_smoke_config_trains_and_evaluates",
-    "test_one_and_eight_devices",
-    "test_every_task_weighting_method",
-    "test_text_encoder_from_a_port",
-    "test_query_modality_sweep",
-    "test_nan_batch_is_skipped",
-    "test_early_stopping",
-)
 
 _created_cache = ""
 
@@ -42,14 +26,6 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     if _created_cache:
         shutil.rmtree(_created_cache, ignore_errors=True)
-
-
-def pytest_collection_modifyitems(items):
-    def rank(item):
-        ranks = [i for i, name in enumerate(LONGEST_FIRST) if item.name.startswith(name)]
-        return ranks[0] if ranks else len(LONGEST_FIRST)
-
-    items.sort(key=rank)  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")
