@@ -18,9 +18,9 @@ AV_DIGITS = str(pathlib.Path(__file__).with_name("av_digits.py"))
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_arg(arg, smoke=False)
-    base = load_config(
-        f"{AV_DIGITS}:text=minilm"
-    )  # its MiniLM path, task weighting, optimizer and train loop
+    # The AV-Digits MiniLM config (its smoke config with `smoke`) gives the checkpoint path, task weighting,
+    # optimizer and train loop settings.
+    base = load_config(f"{AV_DIGITS}:text=minilm" + (",smoke" if args.smoke else ""))
     c = ml_collections.ConfigDict()
     c.experiment = "ud_tagging"
     c.seed = 0
@@ -55,27 +55,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.optim = base.optim.copy_and_resolve_references()
     c.optim.learning_rate = 1e-4
-    c.optim.warmup_steps = 200
     c.optim.end_learning_rate = 1e-6
     c.optim.weight_decay = 0.01  # AdamW's decoupled weight decay (mmjax.optim)
     c.optim.lr_rules = ""
 
     c.train = base.train.copy_and_resolve_references()
     c.train.epochs = 2.0
-    c.train.eval_every = 200
-    c.train.checkpoint_every = 200
     c.train.best_metric = "upos/accuracy"
 
-    if args.smoke:
+    if args.smoke:  # the loop settings stay the AV-Digits smoke config's
         c.data.text_len = c.model.text.max_len = 64
         c.data.text_buckets = "32,64"
         c.data.batch_size = 16
         c.data.eval_batch_size = 32
-        c.optim.warmup_steps = 2
-        c.train.steps = 6
-        c.train.log_every = 2
-        c.train.eval_every = 3
-        c.train.checkpoint_every = 3
-        c.train.eval_max_batches = 2
+    else:
+        c.optim.warmup_steps = 200
+        c.train.eval_every = c.train.checkpoint_every = 200
     c.lock()
     return c
