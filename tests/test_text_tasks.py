@@ -11,7 +11,7 @@ import pytest
 
 from mmjax import evaluate, losses, train
 from mmjax.config import load_config
-from mmjax.data import text_tasks, ud_ewt, xquad
+from mmjax.data import pipeline, text_tasks, ud_ewt, xquad
 from mmjax.data.text import load_tokenizer
 from mmjax.model import SPAN, build_model, dummy_batch
 
@@ -105,10 +105,10 @@ def test_trim_text_cuts_the_token_axis_to_the_bucket():
         "labels/upos": np.where(mask, 1, -1),
         "labels/span": np.array([[3, 5], [0, 0]]),
     }
-    trimmed = text_tasks.trim_text(batch, (16, 32, 64))
+    trimmed = pipeline.trim_text(batch, (16, 32, 64))
     assert trimmed["text"].shape == trimmed["text_mask"].shape == trimmed["labels/upos"].shape == (2, 32)
     assert trimmed["labels/span"].shape == (2, 2) and trimmed["text_mask"].sum() == mask.sum()
-    assert text_tasks.trim_text(batch, (16,))["text"].shape == (2, 16)  # none fits: the largest
+    assert pipeline.trim_text(batch, (16,))["text"].shape == (2, 16)  # none fits: the largest
     assert (
         text_tasks.parse_text_buckets("64, 16", 64) == (16, 64)
         and text_tasks.parse_text_buckets("", 64) == ()

@@ -176,7 +176,7 @@ def train_iterator(
     augmentations differ per epoch yet repeat exactly after a restore. The returned iterator is
     checkpointable (get_state / set_state, grain.checkpoint with Orbax). With `audio_buckets`, each batch's
     audio is trimmed to the shortest bucket that holds its longest clip (see trim_audio); `text_buckets` do
-    the same for the token axis of text-only batches (text_tasks.trim_text).
+    the same for the token axis of text-only batches (trim_text).
     """
     shards = shards or process_count
     if shards % process_count:
@@ -200,7 +200,7 @@ def train_iterator(
     if audio_buckets:
         dataset = dataset.map(functools.partial(trim_audio, buckets=tuple(audio_buckets)))
     if text_buckets:
-        dataset = dataset.map(functools.partial(text_tasks.trim_text, buckets=tuple(text_buckets)))
+        dataset = dataset.map(functools.partial(trim_text, buckets=tuple(text_buckets)))
     dataset = dataset.to_iter_dataset()
     if worker_count > 0:
         if not flags.FLAGS.is_parsed():  # grain reads absl flags when starting workers
@@ -227,9 +227,25 @@ def trim_audio(batch: dict, buckets: tuple[int, ...]) -> dict:
     """The batch with audio and audio_mask cut to the shortest bucket (frame count) that holds every clip's
     valid frames (the largest bucket if none does): a few static shapes, each compiled once, instead of
     always the longest. Padding is masked, so the model's result does not change."""
-    longest = int(batch["audio_mask"].sum(axis=1).max())
-    length = min((b for b in buckets if b >= longest), default=max(buckets))
+    length = shortest_bucket(int(batch["audio_mask"].sum(axis=1).max()), buckets)
     return batch | {"audio": batch["audio"][:, :length], "audio_mask": batch["audio_mask"][:, :length]}
+
+
+def shortest_bucket(longest: int, buckets: tuple[int, ...]) -> int:
+    """The shortest bucket holding `longest` (the largest bucket if none does)."""
+    return min((b for b in buckets if b >= longest), default=max(buckets))
+
+
+def trim_text(batch: dict, buckets: tuple[int, ...]) -> dict:
+    """The batch with its token axis (`text`, masks, per-token labels) cut to the shortest bucket that holds
+    its longest row (the largest bucket if none does): a few compiled shapes instead of always the longest."""
+    length = shortest_bucket(int(batch["text_mask"].sum(axis=1).max()), buckets)
+    per_token = [
+        k
+        for k in batch
+        if k in text_tasks.ROW_KEYS or (k.startswith("labels/") and k != f"labels/{text_tasks.SPAN}")
+    ]
+    return batch | {k: batch[k][:, :length] for k in per_token}
 
 
 def parse_buckets(text: str, frames: int, patch_time: int) -> tuple[int, ...]:

@@ -133,15 +133,6 @@ def span_features(
     return features | {"span_mask": span_mask, f"labels/{SPAN}": labels}
 
 
-def trim_text(batch: dict, buckets: tuple[int, ...]) -> dict:
-    """The batch with its token axis (`text`, masks, per-token labels) cut to the shortest bucket that holds
-    its longest row (the largest bucket if none does): a few compiled shapes instead of always the longest."""
-    longest = int(batch["text_mask"].sum(axis=1).max())
-    length = min((b for b in buckets if b >= longest), default=max(buckets))
-    per_token = [k for k in batch if k in ROW_KEYS or (k.startswith("labels/") and k != f"labels/{SPAN}")]
-    return batch | {k: batch[k][:, :length] for k in per_token}
-
-
 def parse_text_buckets(text: str, max_len: int) -> tuple[int, ...]:
     """`data.text_buckets` "32,64,128" -> (32, 64, 128); the largest must be data.text_len."""
     try:
