@@ -5,6 +5,7 @@ and per-parameter learning-rate multipliers from regex rules (multiplier 0 freez
 import re
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -56,10 +57,22 @@ def lr_multipliers(rules: list[tuple[re.Pattern, float]], params):
     return jax.tree_util.tree_map_with_path(multiplier, params)
 
 
+def frozen_mask(lr_rules: str, params):
+    """True for every param whose `lr_rules` multiplier is 0 (a Python bool per leaf, static under jit)."""
+    return jax.tree.map(lambda m: m == 0, lr_multipliers(parse_lr_rules(lr_rules), params))
+
+
+def zero_frozen(grads, frozen):
+    """Frozen leaves replaced by zeros, so under jit XLA never computes their gradients (the backward
+    pass of a fully frozen tower is dropped) and norms or projections over `grads` see trainable ones only."""
+    return jax.tree.map(lambda g, f: jnp.zeros_like(g) if f else g, grads, frozen)
+
+
 def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
     """Frozen grads are zeroed first (they count neither in clipping nor in any update or decay)."""
     schedule = learning_rate_schedule(cfg, total_steps)
-    rules = parse_lr_rules(cfg.get("lr_rules", ""))
+    lr_rules = cfg.get("lr_rules", "")
+    rules = parse_lr_rules(lr_rules)
 
     def adamw(scale: float) -> optax.GradientTransformation:
         learning_rate = schedule if scale == 1 else (lambda step: scale * schedule(step))
@@ -69,7 +82,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Gr
 
     groups = {str(m): optax.set_to_zero() if m == 0 else adamw(m) for m in {1.0, *(m for _, m in rules)}}
     return optax.chain(
-        optax.masked(optax.set_to_zero(), lambda p: jax.tree.map(lambda m: m == 0, lr_multipliers(rules, p))),
+        optax.masked(optax.set_to_zero(), lambda p: frozen_mask(lr_rules, p)),
         optax.clip_by_global_norm(cfg.clip_norm),
         optax.multi_transform(groups, lambda p: jax.tree.map(str, lr_multipliers(rules, p))),
     )
@@ -77,6 +90,6 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Gr
 
 def trainable_count(cfg: ml_collections.ConfigDict, params) -> tuple[int, int]:
     """(trainable, total) numbers of parameter values; `cfg.lr_rules` multiplier 0 means frozen."""
-    multipliers = lr_multipliers(parse_lr_rules(cfg.get("lr_rules", "")), params)
-    sizes = [(x.size, m) for x, m in zip(jax.tree.leaves(params), jax.tree.leaves(multipliers), strict=True)]
-    return sum(size for size, m in sizes if m != 0), sum(size for size, _ in sizes)
+    frozen = jax.tree.leaves(frozen_mask(cfg.get("lr_rules", ""), params))
+    sizes = [x.size for x in jax.tree.leaves(params)]
+    return sum(size for size, f in zip(sizes, frozen, strict=True) if not f), sum(sizes)

@@ -63,6 +63,7 @@ class Objective:
     grad_norm_every: int = 0  # measure them on every n-th step (0: never); gradnorm measures every step
     align_loss: str = "info_nce"  # the `align` task's contrastive loss: info_nce | siglip
     align_positives: tuple[str, str] | None = None  # the label keys whose equality marks positives
+    lr_rules: str = ""  # config.optim.lr_rules: the frozen params' gradients are never computed
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -116,6 +117,7 @@ def make_objective(config: ml_collections.ConfigDict) -> Objective:
         grad_norm_every=config.train.log_every if mt.grad_norms else 0,
         align_loss=align.get("loss", "info_nce"),
         align_positives=positives,
+        lr_rules=config.optim.get("lr_rules", ""),
     )
 
 
@@ -200,10 +202,12 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective: O
     def shared_norms(params):
         return multitask.task_gradient_norms(lambda p: losses_fn(p)[0], params, objective.shared)
 
+    frozen = optim.frozen_mask(objective.lr_rules, state.params)
     if method == "pcgrad":
         task_grads, (per_task, outputs, batch_stats) = multitask.per_task_gradients(
             losses_fn, state.params, has_aux=True
         )
+        task_grads = optim.zero_frozen(task_grads, frozen)  # conflicts are measured on trainable params
         grads = multitask.pcgrad(task_grads, jax.random.fold_in(rng, 1), weights)
     else:
 
@@ -214,6 +218,7 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective: O
         (_, (per_task, outputs, batch_stats)), grads = jax.value_and_grad(total_fn, has_aux=True)(
             state.params
         )
+        grads = optim.zero_frozen(grads, frozen)
     num_tasks = len(objective.tasks)
     if method == "gradnorm":
         norms = shared_norms(state.params)

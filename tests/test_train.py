@@ -358,6 +358,37 @@ def test_text_encoder_from_a_port_starts_pretrained_and_a_rule_freezes_it(av_dig
     assert "answer/accuracy" in evaluate.main(tmp_path / "run", split="test")  # rebuilds the architecture
 
 
+def test_a_frozen_tower_gets_no_backward_pass_and_no_share_of_the_grad_norm(av_digits_dir):
+    """XLA drops the frozen text tower's gradients: the compiled step saves at least their weight-gradient
+    FLOPs (2 x tokens x kernel size), and the logged grad_norm covers the trainable params only."""
+    config = smoke_config(av_digits_dir)
+    tasks = av_digits.task_classes(config.tasks)
+    source = av_digits.load("train", tfds_dir=av_digits_dir)
+    batch = next(
+        pipeline.train_iterator(source, batch_size=16, seed=0, preprocess_fn=evaluate.make_preprocess(config))
+    )
+    model = build_model(config.model, tasks)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    flops, scalars = {}, {}
+    for rules in ("", "text/.*=0"):
+        config.optim.lr_rules = rules
+        optimizer = optim.make_optimizer(config.optim, total_steps=config.train.steps)  # as one_and_eight's
+        objective = train.make_objective(config)
+        state = jax.jit(functools.partial(train.init_state, model, optimizer, objective, batch, 0))()
+        text_kernels = sum(
+            x.size
+            for path, x in jax.tree_util.tree_leaves_with_path(state.params["text"])
+            if path[-1].key == "kernel"
+        )
+        compiled = train.make_train_step(model, optimizer, objective, mesh).lower(state, batch).compile()
+        flops[rules] = compiled.cost_analysis()["flops"]
+        scalars[rules] = jax.device_get(compiled(state, parallel.to_global(batch, mesh))[1])
+    tokens = batch["text"].size
+    assert flops[""] - flops["text/.*=0"] >= 2 * tokens * text_kernels > 0
+    assert scalars[""]["loss"] == pytest.approx(scalars["text/.*=0"]["loss"], rel=1e-6)
+    assert scalars["text/.*=0"]["grad_norm"] < scalars[""]["grad_norm"]
+
+
 ALIGN = {"tasks.align": 0.5, "model.align.modalities": "image,audio", "multitask.period": 1}
 
 
