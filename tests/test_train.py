@@ -358,6 +358,7 @@ def test_text_encoder_from_a_port_starts_pretrained_and_a_rule_freezes_it(av_dig
     assert "answer/accuracy" in evaluate.main(tmp_path / "run", split="test")  # rebuilds the architecture
 
 
+@pytest.mark.slow  # two train-step compiles (69 s of the default run's budget)
 def test_a_frozen_tower_gets_no_backward_pass_and_no_share_of_the_grad_norm(av_digits_dir):
     """XLA drops the frozen text tower's gradients: the compiled step saves at least their weight-gradient
     FLOPs (2 x tokens x kernel size), and the logged grad_norm covers the trainable params only."""
