@@ -226,18 +226,32 @@ def test_rerun_skips_complete_runs_and_retries_failed_ones(tmp_path, monkeypatch
 
 
 @pytest.fixture
-def no_user_cache(monkeypatch):
-    """No XLA cache set (tests/conftest.py sets one for the run), so the sweep makes its own."""
-    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+def no_user_cache():
+    """No XLA cache set (tests/conftest.py sets one for the run); caches of any compile time are written."""
     user_cache = jax.config.jax_compilation_cache_dir
+    min_time = jax.config.jax_persistent_cache_min_compile_time_secs
     jax_cache.reset_cache()
     jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     yield
     jax_cache.reset_cache()
     jax.config.update("jax_compilation_cache_dir", user_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_time)
 
 
-def test_smoke_sweep_trains_tests_reports_and_resumes(av_digits_dir, tmp_path, monkeypatch, no_user_cache):
+def test_a_sweep_caches_compilations_in_its_folder_unless_the_user_set_a_cache(tmp_path, no_user_cache):
+    with sweep.compilation_cache(tmp_path / "jax_cache"):
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "jax_cache")
+        jax.jit(lambda x: x * 3.0 + 1.0)(jax.numpy.arange(5.0)).block_until_ready()
+    assert any((tmp_path / "jax_cache").iterdir()) and not jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "user_cache"))
+    with sweep.compilation_cache(tmp_path / "unused"):
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "user_cache")
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "user_cache")
+    assert not (tmp_path / "unused").exists()
+
+
+def test_smoke_sweep_trains_tests_reports_and_resumes(av_digits_dir, tmp_path, monkeypatch):
     argv = [f"{ABLATION}:smoke", "--workdir", str(tmp_path), f"--config.data.tfds_dir={av_digits_dir}"]
     records = sweep.main(argv)
     smoke = sweep.load_sweep(f"{ABLATION}:smoke")
@@ -259,7 +273,7 @@ def test_smoke_sweep_trains_tests_reports_and_resumes(av_digits_dir, tmp_path, m
     report = (tmp_path / "results.md").read_text()
     assert "| fusion=late | 2 |" in report and "| fusion=cross_attention | 2 |" in report
     assert all((tmp_path / name).stat().st_size > 0 for name in ("accuracy.png", "robustness.png"))
-    assert any((tmp_path / "jax_cache").iterdir()) and not jax.config.jax_compilation_cache_dir
+    assert not (tmp_path / "jax_cache").exists()  # the test run's cache (tests/conftest.py) was used
 
     monkeypatch.setattr(sweep.train, "main", lambda *a: pytest.fail("a complete run trained again"))
     monkeypatch.setattr(sweep.evaluate, "main", lambda *a, **k: pytest.fail("a complete run evaluated again"))

@@ -63,7 +63,8 @@ def test_smoke_config_trains_and_evaluates(spec, av_digits_dir, tmp_path):
     classes = av_digits.task_classes(config.tasks)
     assert 0.0 <= val["answer/accuracy"] <= 1.0 and set(val) >= {f"{t}/macro_f1" for t in classes}
     assert (tmp_path / "config.json").is_file() and any((tmp_path / "tensorboard").iterdir())
-    test = evaluate.main(tmp_path, split="test")
+    # The whole test split once (the default experiment's small model); two batches for the bigger ones.
+    test = evaluate.main(tmp_path, split="test", max_batches=0 if spec == EXPERIMENTS[0] else 2)
     assert test.keys() == val.keys()
     assert (tmp_path / "eval_test.json").is_file()
     if "batch_stats" in evaluate.restore_run(tmp_path).variables:
@@ -355,7 +356,7 @@ def test_text_encoder_from_a_port_starts_pretrained_and_a_rule_freezes_it(av_dig
     _, pretrained = load_pretrained(str(tmp_path / "ported"))
     jax.tree.map(np.testing.assert_array_equal, params["text"], jax.device_get(pretrained))
     assert params["text_proj"]["kernel"].shape == (48, 32)  # BERT width -> the tiny fusion width
-    assert "answer/accuracy" in evaluate.main(tmp_path / "run", split="test")  # rebuilds the architecture
+    assert "answer/accuracy" in evaluate.main(tmp_path / "run", max_batches=1)  # rebuilds the architecture
 
 
 @pytest.mark.slow  # two train-step compiles (69 s of the default run's budget)
