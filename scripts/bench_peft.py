@@ -4,7 +4,8 @@ The models are experiments/peft.py's variants (AV-Digits with the pretrained all
 image and audio encoders, fusion and heads train from scratch), one jitted training step each on the
 experiment's global batch, on one device. The variants are timed in turns (each repeat steps every variant
 once) in one process, so load on the machine hits them alike. The JSON gives each variant's trainable and
-total parameters, median step time, examples/s and its speed ratio to full fine-tuning (the peer).
+total parameters, compiled step FLOPs, median step time, examples/s and speed ratio to full fine-tuning (the
+peer).
 
   python scripts/bench_peft.py --out bench_peft.json [--repeats 20]
   python scripts/bench_peft.py --quick      # the smoke sizes (still MiniLM), few repeats
@@ -68,6 +69,8 @@ def main(argv: list[str]) -> dict:
         start = time.perf_counter()
         _, _, _, state, step = bc.build_mmjax(config, tasks, batch, mesh)
         batches[name] = parallel.to_global(batch, mesh)
+        step = step.lower(state, batches[name]).compile()  # XLA's cost after dead-code elimination
+        flops = step.cost_analysis()["flops"]
         state, scalars = step(state, batches[name])
         jax.block_until_ready(scalars)
         trainable, total = optim.trainable_count(config.optim, state.params)
@@ -75,6 +78,7 @@ def main(argv: list[str]) -> dict:
             "trainable_params": trainable,
             "total_params": total,
             "batch_size": config.data.batch_size,
+            "step_gflop": flops / 1e9,
             "compile_and_first_step_s": time.perf_counter() - start,
         }
         steps[name], states[name] = step, state
@@ -92,10 +96,10 @@ def main(argv: list[str]) -> dict:
     for row in rows.values():
         row["speed_vs_full"] = row["examples_per_s"] / rows["full"]["examples_per_s"]
     result = {"machine": bc.versions(("jax", "flax", "optax")), "repeats": repeats, "variants": rows}
-    columns = ("trainable_params", "total_params", "median_s", "examples_per_s", "speed_vs_full")
+    keys = ("trainable_params", "total_params", "step_gflop", "median_s", "examples_per_s", "speed_vs_full")
     bc.print_table(
-        [[name, *(row[c] for c in columns)] for name, row in rows.items()],
-        ["variant", "trainable", "total", "step s", "examples/s", "vs full"],
+        [[name, *(row[k] for k in keys)] for name, row in rows.items()],
+        ["variant", "trainable", "total", "GFLOP/step", "step s", "examples/s", "vs full"],
     )
     bc.emit_json(result, args.out)
     return result

@@ -163,6 +163,8 @@ def test_bench_peft_quick(tmp_path):
     assert trainable["frozen"] < trainable["lora"] < trainable["full"] == rows["full"]["total_params"]
     assert rows["lora"]["total_params"] > rows["full"]["total_params"] == rows["frozen"]["total_params"]
     assert rows["full"]["speed_vs_full"] == 1.0
+    # No weight gradients for frozen kernels; LoRA still back-propagates through the tower's activations.
+    assert rows["frozen"]["step_gflop"] < rows["lora"]["step_gflop"] < rows["full"]["step_gflop"]
     for row in rows.values():
         assert _positive(row["examples_per_s"]) and row["n"] == 3
         assert row["examples_per_s"] == pytest.approx(row["batch_size"] / row["median_s"])
