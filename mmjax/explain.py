@@ -9,6 +9,7 @@ the share of that attention each patch gets (the modality's [CLS] token takes th
 Fusions with text queries over image and audio keys have maps: cross_attention, co_attention, early.
 """
 
+import functools
 import json
 import pathlib
 from collections.abc import Mapping
@@ -85,6 +86,12 @@ def split_maps(context: np.ndarray, grids: Mapping[str, tuple[int, int]]) -> dic
     return maps
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_sowing(model, variables, batch):
+    """The model's evaluation outputs and the intermediates it sows (the attention weights)."""
+    return model.apply(variables, batch, train=False, mutable=["intermediates"])
+
+
 def attention_maps(
     model, variables, batch: Mapping, model_config: Mapping
 ) -> tuple[dict, dict[str, np.ndarray]]:
@@ -94,7 +101,7 @@ def attention_maps(
     fusion = model_config["fusion"]["name"]
     if fusion == "cross_attention" and model_config["fusion"].get("query", "text") != "text":
         raise ValueError("attention maps need text queries; this run has model.fusion.query != 'text'")
-    (outputs, _), state = model.apply(variables, batch, train=False, mutable=["intermediates"])
+    (outputs, _), state = _apply_sowing(model, variables, batch)
     weights = sown_attention(state["intermediates"], fusion)
     context = text_attention(weights, batch["text_mask"], fusion, batch["text"].shape[1])
     return outputs, split_maps(np.asarray(context), grid_shapes(model_config))
