@@ -17,8 +17,10 @@ _created_cache = ""
 
 def pytest_configure(config):
     """One persistent XLA cache for the run (a fresh folder, deleted at the end), set before jax is imported:
-    the xdist workers and the training subprocesses the tests start all reuse each other's compilations."""
+    the xdist workers and the training subprocesses the tests start all reuse each other's compilations, the
+    quick ones too (e.g. Orbax's per-array slicing when a checkpoint is saved from 8 devices)."""
     global _created_cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the xdist workers inherit the controller's
         _created_cache = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmjax_xla_")
 
