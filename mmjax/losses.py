@@ -80,6 +80,43 @@ def huber(
     return _weighted_mean(per_example, _example_weights(per_example.shape[0], weights))
 
 
+def multilabel_loss(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """`sigmoid_cross_entropy` of logits [B, K] against multi-hot labels [B, K] where -1 means "not labelled".
+
+    A row of all -1 (an example without multi-label annotation) contributes nothing; more generally every
+    entry < 0 is masked out, so partially annotated rows count their labelled entries. Mean over the
+    labelled entries (weighted by weights [B], if given); 0 with a finite (zero) gradient when none is.
+    """
+    valid = labels >= 0
+    safe_labels = jnp.where(valid, labels, 0)  # -1 never reaches the cross-entropy
+    return sigmoid_cross_entropy(logits, safe_labels, weights, label_mask=valid)
+
+
+def regression_loss(
+    predictions: jax.Array,
+    targets: jax.Array,
+    kind: str = "mse",
+    delta: float = 1.0,
+    weights: jax.Array | None = None,
+) -> jax.Array:
+    """`mse` or `huber` (kind) for predictions/targets [B] or [B, D] where a NaN target means "not labelled".
+
+    A row counts only when none of its targets is NaN (the same rows `metrics.regression_metrics` scores);
+    NaN targets are replaced before the loss, so neither the value nor the gradient is NaN. Weighted mean
+    over the labelled rows (times weights [B], if given); 0 when there is none. delta: Huber's threshold.
+    """
+    if kind not in ("mse", "huber"):
+        raise ValueError(f"regression loss kind must be 'mse' or 'huber', got {kind!r}")
+    targets = targets.astype(jnp.float32)
+    missing = jnp.isnan(targets)
+    row_valid = ~missing.reshape(missing.shape[0], -1).any(axis=-1)
+    example_weights = _example_weights(row_valid.shape[0], weights) * row_valid
+    safe_targets = jnp.where(missing, 0.0, targets)
+    if kind == "mse":
+        return mse(predictions, safe_targets, example_weights)
+    return huber(predictions, safe_targets, example_weights, delta=delta)
+
+
 def token_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """Token classification (tagging): logits [B, L, K] against int labels [B, L].
 

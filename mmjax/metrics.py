@@ -1,4 +1,5 @@
-"""Classification metrics (numpy, on host) and the metric writer: metrics.jsonl + TensorBoard."""
+"""Classification, multi-label and regression metrics (numpy, on host) and the metric writer: metrics.jsonl +
+TensorBoard."""
 
 import json
 import pathlib
@@ -27,6 +28,83 @@ def macro_f1(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> f
     seen = (support + predicted) > 0
     f1 = 2 * true_pos / np.maximum(support + predicted, 1)
     return float(f1[seen].mean()) if seen.any() else float("nan")
+
+
+def _nan_scores(*names: str) -> dict:
+    return {**{name: float("nan") for name in names}, "count": 0}
+
+
+def multilabel_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
+    """Multi-label scores of probabilities [N, K] against multi-hot labels [N, K] (0/1; -1: not labelled).
+
+    scores are probabilities (the sigmoid of the logits): a class is predicted where score >= 0.5. (mAP only
+    ranks, so logits give the same "map", but not the same F1s.) Rows whose labels are all -1 (examples
+    without multi-label annotation) are excluded; a row only partly -1 is a ValueError.
+
+    Returns {"map", "micro_f1", "macro_f1", "count"} (scikit-learn):
+      map: the mean over the classes with at least one positive among the scored rows of
+        average_precision_score (a class without positives has no defined AP); NaN if there is none;
+      micro_f1 / macro_f1: f1_score(average="micro" / "macro", zero_division=0). Like scikit-learn, the macro
+        mean is over all K classes: a class with neither positives nor predictions scores 0. (This differs
+        from `macro_f1` above, which averages the classes that occur in the labels or predictions.)
+      count: the number of rows scored. With none, every score is NaN.
+    """
+    from sklearn.metrics import average_precision_score, f1_score  # lazy: ~1 s to import
+
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels)
+    if scores.ndim != 2 or scores.shape != labels.shape:
+        raise ValueError(f"scores and labels must both be [N, K], got {scores.shape} and {labels.shape}")
+    unlabelled = (labels == -1).all(axis=1)
+    scores, labels = scores[~unlabelled], labels[~unlabelled]
+    if not np.isin(labels, (0, 1)).all():
+        row = int(np.flatnonzero(~np.isin(labels, (0, 1)).all(axis=1))[0])
+        raise ValueError(
+            f"multi-label labels must be 0/1, or -1 for a whole unlabelled row; got {labels[row].tolist()}"
+        )
+    if not len(labels):
+        return _nan_scores("map", "micro_f1", "macro_f1")
+    labels = labels.astype(np.int64)
+    predictions = (scores >= 0.5).astype(np.int64)
+    has_positive = labels.sum(axis=0) > 0
+    mean_ap = (
+        float(average_precision_score(labels[:, has_positive], scores[:, has_positive], average="macro"))
+        if has_positive.any()
+        else float("nan")
+    )
+    return {
+        "map": mean_ap,
+        "micro_f1": float(f1_score(labels, predictions, average="micro", zero_division=0)),
+        "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0)),
+        "count": len(labels),
+    }
+
+
+def regression_metrics(predictions: np.ndarray, targets: np.ndarray) -> dict:
+    """Regression scores of predictions against targets, both [N] or [N, D]; a NaN target: not labelled.
+
+    Rows with any NaN target are excluded. Returns {"mae", "rmse", "r2", "count"} (scikit-learn:
+    mean_absolute_error, the square root of mean_squared_error, r2_score; for [N, D] each the uniform
+    average over the D outputs, as scikit-learn's default multioutput). r2 is NaN below 2 rows (undefined);
+    a constant target column gets scikit-learn's finite r2 (1 if predicted exactly, else 0). count: the rows
+    scored; with none, every score is NaN.
+    """
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score  # lazy: ~1 s to import
+
+    predictions, targets = np.asarray(predictions, np.float64), np.asarray(targets, np.float64)
+    if predictions.shape != targets.shape or targets.ndim not in (1, 2):
+        raise ValueError(
+            f"predictions and targets must both be [N] or [N, D], got {predictions.shape} and {targets.shape}"
+        )
+    labelled = ~np.isnan(targets).reshape(len(targets), -1).any(axis=1)
+    predictions, targets = predictions[labelled], targets[labelled]
+    if not len(targets):
+        return _nan_scores("mae", "rmse", "r2")
+    return {
+        "mae": float(mean_absolute_error(targets, predictions)),
+        "rmse": float(np.sqrt(mean_squared_error(targets, predictions))),
+        "r2": float(r2_score(targets, predictions)) if len(targets) >= 2 else float("nan"),
+        "count": len(targets),
+    }
 
 
 class MetricWriter:

@@ -23,36 +23,37 @@ from mmjax.port.pretrained import load_pretrained
 
 
 class MultimodalModel(nn.Module):
-    """Encodes each modality, hides absent ones (batch["present"]), fuses, and classifies every task.
+    """Encodes each input stream, hides absent ones (batch["present"]), fuses, and predicts every task.
 
-    `__call__(batch, train=...)` returns ({task: logits [B, num_classes]}, aux) where aux holds the
-    encoders' and fusion's named intermediates (`txt/tokens`, `img/pooled`, `fusion/pooled`, ...).
+    `encoders` holds one encoder per stream of the data set, in its order (`text`, `image`, `image_2`,
+    `audio`, ...; a stream's kind is its name before `_`); only those streams have parameters. The batch
+    holds each stream's array under its name (and `<stream>_mask` for text and audio).
+    `__call__(batch, train=...)` returns ({task: outputs [B, n]}, aux) where aux holds the encoders' and
+    fusion's named intermediates (`txt/tokens`, `img_2/pooled`, `fusion/pooled`, ...).
     Tokens of an encoder whose width is not `width` (e.g. a pretrained one) pass through a Dense first.
-    In training, each modality of each example is hidden with probability `modality_dropout` (never all
-    of an example's modalities). A fusion that returns `per_modality` pooled vectors [B, M, width] and
-    `weights` [B, M] (late_logits) gets one head per task and modality, logits averaged with the weights.
-    With `align` = (modality a, modality b), outputs["align"] holds both modalities' pooled encodings
+    In training, each stream of each example is hidden with probability `modality_dropout` (never all
+    of an example's streams). A fusion that returns `per_modality` pooled vectors [B, M, width] and
+    `weights` [B, M] (late_logits) gets one head per task and stream, outputs averaged with the weights.
+    With `align` = (stream a, stream b), outputs["align"] holds both streams' pooled encodings
     projected to `align_dim` ("x", "y"), the learnable "scale" (and SigLIP's "bias") and "valid" (both
     present in the data) for a contrastive loss. `peft` (keyword arguments of mmjax.nn.lora.interceptor)
     adds LoRA and bottleneck adapters to the modules its regexes select. With `modality_heads`, every task
-    also gets one head per modality on that encoder's pooled vector: outputs["modality_heads"] =
-    {task: {modality: logits}} and outputs["present"] = {modality: [B]} (present in the example and not
-    dropped), so each head's loss covers the examples that have its modality.
+    also gets one head per stream on that encoder's pooled vector: outputs["modality_heads"] =
+    {task: {stream: logits}} and outputs["present"] = {stream: [B]} (present in the example and not
+    dropped), so each head's loss covers the examples that have its stream.
     """
 
-    text: TextEncoder
-    image: ViTEncoder | ResNetEncoder
-    audio: SpectrogramEncoder
+    encoders: tuple[tuple[str, nn.Module], ...]  # (stream, encoder), in the data set's stream order
     fusion: nn.Module  # one of mmjax.fusion.FUSIONS
-    tasks: tuple[tuple[str, int], ...]  # (task name, number of classes)
+    tasks: tuple[tuple[str, int], ...]  # (task name, head outputs)
     width: int  # the fusion's token width
     head_dropout: float = 0.0
     modality_dropout: float = 0.0
-    align: tuple[str, ...] = ()  # () or two modalities aligned contrastively
+    align: tuple[str, ...] = ()  # () or two streams aligned contrastively
     align_dim: int = 64
     align_bias: bool = False  # SigLIP's learnable logit bias
     peft: tuple[tuple[str, object], ...] = ()  # mmjax.nn.lora.interceptor keyword arguments
-    modality_heads: bool = False  # also one head per task and modality on the encoders' pooled vectors
+    modality_heads: bool = False  # also one head per task and stream on the encoders' pooled vectors
 
     def __call__(
         self, batch: Mapping[str, jax.Array | Mapping[str, jax.Array]], *, train: bool
@@ -62,21 +63,20 @@ class MultimodalModel(nn.Module):
     @nn.compact
     def forward(self, batch, train: bool) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
         det = not train
-        in_data = {m: jnp.asarray(p, bool) for m, p in batch["present"].items()}
+        in_data = {m: jnp.asarray(batch["present"][m], bool) for m, _ in self.encoders}
         present = in_data
         if train and self.modality_dropout > 0:
             present = drop_modalities(present, self.modality_dropout, self.make_rng("dropout"))
-        text, txt_aux = self.text(batch["text"], batch["text_mask"], deterministic=det)
-        image, img_aux = self.image(batch["image"], deterministic=det)
-        audio, aud_aux = self.audio(batch["audio"], batch["audio_mask"], deterministic=det)
-        encoded = {"text": (text, txt_aux["txt/mask"]), "image": (image, img_aux["img/mask"])}
-        encoded["audio"] = (audio, aud_aux["aud/mask"])
-        tokens, masks = {}, {}
-        for m, (x, mask) in encoded.items():
+        tokens, masks, pooled, aux = {}, {}, {}, {}
+        for m, encoder in self.encoders:
+            x, enc_aux = encode(encoder.clone(name=m, parent=self), m, batch, det)
+            prefix = aux_prefix(m)
+            aux |= enc_aux
             if x.shape[-1] != self.width:
                 x = nn.Dense(self.width, name=f"{m}_proj")(x)
-            masks[m] = mask & present[m][:, None]
+            masks[m] = enc_aux[f"{prefix}mask"] & present[m][:, None]
             tokens[m] = jnp.where(masks[m][..., None], x, 0.0)
+            pooled[m] = enc_aux[f"{prefix}pooled"]
         fused, fusion_aux = self.fusion(tokens, masks, present, deterministic=det)
         outputs = {}
         for task, n in self.tasks:
@@ -89,11 +89,6 @@ class MultimodalModel(nn.Module):
                 outputs[task] = jnp.einsum("bmc,bm->bc", jnp.stack(per_modality, 1), fused["weights"])
             else:
                 outputs[task] = head(name=f"head_{task}")(fused["pooled"], deterministic=det)
-        pooled = {
-            "text": txt_aux["txt/pooled"],
-            "image": img_aux["img/pooled"],
-            "audio": aud_aux["aud/pooled"],
-        }
         if self.modality_heads:
             outputs["modality_heads"] = {
                 task: {
@@ -114,7 +109,25 @@ class MultimodalModel(nn.Module):
                 "scale": scale,
                 "valid": in_data[a] & in_data[b],
             } | ({"bias": bias} if self.align_bias else {})
-        return outputs, {**txt_aux, **img_aux, **aud_aux, **fusion_aux}
+        return outputs, {**aux, **fusion_aux}
+
+
+def stream_kind(stream: str) -> str:
+    """`image_2` -> `image`: a stream's kind is its name up to the first `_`."""
+    return stream.split("_")[0]
+
+
+def aux_prefix(stream: str) -> str:
+    """The aux-key prefix of a stream's encoder: `txt/`, `img/`, `aud/`; `img_2/` for a second image."""
+    kind, _, number = stream.partition("_")
+    return AUX_PREFIXES[kind].rstrip("/") + (f"_{number}/" if number else "/")
+
+
+def encode(encoder: nn.Module, stream: str, batch, deterministic: bool):
+    """(tokens, aux) of one stream's encoder on its batch arrays (text and audio also take their masks)."""
+    if stream_kind(stream) == "image":
+        return encoder(batch[stream], deterministic=deterministic)
+    return encoder(batch[stream], batch[f"{stream}_mask"], deterministic=deterministic)
 
 
 SPAN = "span"  # TextTaskModel's span-extraction task
@@ -180,9 +193,19 @@ def _check_divisible(size: int, size_field: str, patch: int, patch_field: str) -
         raise ValueError(f"{size_field}={size} is not divisible by {patch_field}={patch}")
 
 
-def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> MultimodalModel | TextTaskModel:
-    """Builds the model from the experiment config (see the module fields read below): a MultimodalModel,
-    or with `model.kind="text"` a TextTaskModel on the text encoder alone.
+THREE_STREAMS = {"text": "text", "image": "image", "audio": "audio"}  # one stream of each kind
+
+
+def build_model(
+    cfg: ml_collections.ConfigDict,
+    tasks: Mapping[str, int],
+    streams: Mapping[str, str] = THREE_STREAMS,
+    text_vocab_size: int = 0,
+) -> MultimodalModel | TextTaskModel:
+    """Builds the model from the experiment config (see the module fields read below) for a data set's
+    `streams` ({stream: kind}, in order) and tasks ({task: head outputs}): a MultimodalModel with one encoder
+    per stream (each from `model.<kind>`), or with `model.kind="text"` a TextTaskModel on the text encoder
+    alone. `text_vocab_size` > 0 (a word vocabulary built from the data) replaces model.text.vocab_size.
 
     An encoder whose config has `init_from` (`hf:DIR` or a `python -m mmjax.port` folder; `tower` for
     CLIP) takes that checkpoint's architecture; its weights come from pretrained_params at init.
@@ -193,13 +216,9 @@ def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> Mul
         return build_text_model(cfg, tasks)
     if cfg.size not in SIZES:
         raise ValueError(f"model.size={cfg.size!r} is not one of {sorted(SIZES)}")
-    image_encoder = cfg.image.get("encoder", "vit")
-    if image_encoder not in IMAGE_ENCODERS:
-        raise ValueError(f"model.image.encoder={image_encoder!r} is not one of {IMAGE_ENCODERS}")
-    if image_encoder == "vit":
-        _check_divisible(cfg.image.size, "model.image.size", cfg.image.patch_size, "model.image.patch_size")
-    _check_divisible(cfg.audio.frames, "model.audio.frames", cfg.audio.patch_time, "model.audio.patch_time")
-    _check_divisible(cfg.audio.mels, "model.audio.mels", cfg.audio.patch_freq, "model.audio.patch_freq")
+    if not streams:
+        raise ValueError("the data set has no input streams")
+    kinds = set(streams.values())
     size = SIZES[cfg.size] | {k: cfg[k] for k in SIZES[cfg.size] if cfg.get(k)}  # e.g. model.width=256
     common = dict(
         width=size["width"],
@@ -220,28 +239,34 @@ def build_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -> Mul
         pre_ln=cfg.pre_ln,
         **levers,
     )
-    encoders = dict(
-        text=TextEncoder(vocab_size=cfg.text.vocab_size, max_len=cfg.text.max_len, **common),
-        image=(
-            resnet_encoder(cfg.image)
-            if image_encoder == "resnet"
-            else ViTEncoder(patch_size=cfg.image.patch_size, **common)
-        ),
-        audio=SpectrogramEncoder(
+    by_kind = {}  # kind -> an encoder (every stream of the kind gets its own copy, with its own params)
+    if "text" in kinds:
+        vocab_size = text_vocab_size or cfg.text.vocab_size
+        by_kind["text"] = TextEncoder(vocab_size=vocab_size, max_len=cfg.text.max_len, **common)
+    if "image" in kinds:
+        by_kind["image"] = image_encoder(cfg.image, common)
+    if "audio" in kinds:
+        _check_divisible(
+            cfg.audio.frames, "model.audio.frames", cfg.audio.patch_time, "model.audio.patch_time"
+        )
+        _check_divisible(cfg.audio.mels, "model.audio.mels", cfg.audio.patch_freq, "model.audio.patch_freq")
+        by_kind["audio"] = SpectrogramEncoder(
             patch_time=cfg.audio.patch_time,
             patch_freq=cfg.audio.patch_freq,
             max_frames=cfg.audio.frames,
             **common,
-        ),
-    )
-    for m, (spec, tower) in _pretrained_specs(cfg).items():
+        )
+    for kind, (spec, tower) in _pretrained_specs(cfg).items():
+        if kind not in kinds:
+            continue
         pretrained, _ = load_pretrained(spec, tower)
-        updates = dict(channels_first=False) if m == "image" else {}  # batches hold images [B, H, W, C]
+        updates = dict(channels_first=False) if kind == "image" else {}  # batches hold images [B, H, W, C]
         if not isinstance(pretrained, ResNetEncoder):  # transformers: the run's dropout and speed levers
             updates |= dict(dropout_rate=cfg.dropout, **levers)
-        encoders[m] = pretrained.clone(aux_prefix=AUX_PREFIXES[m], **updates)
+        by_kind[kind] = pretrained.clone(**updates)
+    encoders = tuple((m, by_kind[kind].clone(aux_prefix=aux_prefix(m))) for m, kind in streams.items())
     return MultimodalModel(
-        **encoders,
+        encoders=encoders,
         fusion=fusion,
         tasks=tuple(tasks.items()),
         width=size["width"],
@@ -271,6 +296,17 @@ def build_text_model(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int]) -
         head_dropout=cfg.head_dropout,
         peft=peft_fields(cfg.get("peft", {})),
     )
+
+
+def image_encoder(cfg: ml_collections.ConfigDict, common: dict) -> ViTEncoder | ResNetEncoder:
+    """The scratch image encoder of `model.image` (encoder vit | resnet)."""
+    kind = cfg.get("encoder", "vit")
+    if kind not in IMAGE_ENCODERS:
+        raise ValueError(f"model.image.encoder={kind!r} is not one of {IMAGE_ENCODERS}")
+    if kind == "resnet":
+        return resnet_encoder(cfg)
+    _check_divisible(cfg.size, "model.image.size", cfg.patch_size, "model.image.patch_size")
+    return ViTEncoder(patch_size=cfg.patch_size, **common)
 
 
 def resnet_encoder(cfg: ml_collections.ConfigDict) -> ResNetEncoder:
@@ -333,23 +369,26 @@ def peft_fields(cfg: Mapping) -> tuple[tuple[str, object], ...]:
 
 
 def _pretrained_specs(cfg: ml_collections.ConfigDict) -> dict[str, tuple[str, str | None]]:
-    """{modality: (init_from, tower)} of the encoders that start from a checkpoint."""
+    """{kind: (init_from, tower)} of the encoder kinds that start from a checkpoint."""
     specs = {
         m: (cfg[m].get("init_from", ""), cfg[m].get("tower", "") or None) for m in AUX_PREFIXES if m in cfg
     }
     return {m: spec for m, spec in specs.items() if spec[0]}
 
 
-def pretrained_params(cfg: ml_collections.ConfigDict) -> dict[str, dict]:
-    """{modality: host (numpy) params} of every encoder with `init_from` (see build_model); with
-    `model.scan`, the ported `encoder/layer_{i}` params are stacked into `encoder/layers` (stack_layers)."""
-    params = {}
-    for m, (spec, tower) in _pretrained_specs(cfg).items():
+def pretrained_params(cfg: ml_collections.ConfigDict, streams: Mapping[str, str] = THREE_STREAMS) -> dict:
+    """{stream: host (numpy) params} of every stream whose kind's encoder has `init_from` (see build_model);
+    with `model.scan`, the ported `encoder/layer_{i}` params are stacked into `encoder/layers`."""
+    by_kind = {}
+    for kind, (spec, tower) in _pretrained_specs(cfg).items():
+        if kind not in streams.values():
+            continue
         module, tree = load_pretrained(spec, tower)
-        params[m] = jax.device_get(tree)
-        if cfg.get("scan", False) and "encoder" in params[m]:  # transformer encoders (not ResNet's variables)
-            params[m] = params[m] | {"encoder": stack_layers(params[m]["encoder"], module.depth)}
-    return params
+        tree = jax.device_get(tree)
+        if cfg.get("scan", False) and "encoder" in tree:  # transformer encoders (not ResNet's variables)
+            tree = tree | {"encoder": stack_layers(tree["encoder"], module.depth)}
+        by_kind[kind] = tree
+    return {m: by_kind[kind] for m, kind in streams.items() if kind in by_kind}
 
 
 def with_pretrained(params: dict, pretrained: Mapping[str, dict]) -> dict:
@@ -374,20 +413,27 @@ def _shapes(tree: dict) -> dict[str, tuple[int, ...]]:
     return {"/".join(path): tuple(x.shape) for path, x in traverse_util.flatten_dict(tree).items()}
 
 
-def dummy_batch(cfg: ml_collections.ConfigDict, tasks: Mapping[str, int], batch_size: int = 1) -> dict:
-    """An all-zeros batch with the configured shapes (every modality present), for init / eval_shape."""
+def dummy_batch(
+    cfg: ml_collections.ConfigDict,
+    tasks: Mapping[str, int],
+    batch_size: int = 1,
+    streams: Mapping[str, str] = THREE_STREAMS,
+) -> dict:
+    """An all-zeros batch with the configured shapes (every stream present), for init / eval_shape."""
     b = batch_size
     if cfg.get("kind") == "text":
         length = cfg.text.max_len
         batch = {key: jnp.ones((b, length), bool) for key in ("text_mask", "span_mask")}
         batch |= {key: jnp.zeros((b, length), jnp.int32) for key in ("text", "text_types")}
         return batch | {f"labels/{t}": jnp.zeros((b, 2 if t == SPAN else length), jnp.int32) for t in tasks}
-    batch = {
-        "text": jnp.zeros((b, cfg.text.max_len), jnp.int32),
-        "text_mask": jnp.ones((b, cfg.text.max_len), bool),
-        "image": jnp.zeros((b, cfg.image.size, cfg.image.size, cfg.image.channels), jnp.float32),
-        "audio": jnp.zeros((b, cfg.audio.frames, cfg.audio.mels), jnp.float32),
-        "audio_mask": jnp.ones((b, cfg.audio.frames), bool),
-        "present": {m: jnp.ones((b,), bool) for m in ("text", "image", "audio")},
-    }
+    batch = {"present": {m: jnp.ones((b,), bool) for m in streams}}
+    for m, kind in streams.items():
+        if kind == "text":
+            batch[m] = jnp.zeros((b, cfg.text.max_len), jnp.int32)
+            batch[f"{m}_mask"] = jnp.ones((b, cfg.text.max_len), bool)
+        elif kind == "image":
+            batch[m] = jnp.zeros((b, cfg.image.size, cfg.image.size, cfg.image.channels), jnp.float32)
+        else:
+            batch[m] = jnp.zeros((b, cfg.audio.frames, cfg.audio.mels), jnp.float32)
+            batch[f"{m}_mask"] = jnp.ones((b, cfg.audio.frames), bool)
     return batch | {f"labels/{task}": jnp.zeros((b,), jnp.int32) for task in tasks}

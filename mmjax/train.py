@@ -25,7 +25,8 @@ import tqdm
 
 from mmjax import checkpoint, evaluate, losses, metrics, multitask, optim, parallel
 from mmjax.config import load_config
-from mmjax.data import av_digits, pipeline
+from mmjax.data import datasets, pipeline
+from mmjax.data.spec import ALIGN, DataSet, align_label_keys
 from mmjax.model import align_fields, build_model, dummy_batch, pretrained_params, with_pretrained
 from mmjax.nn import lora
 
@@ -54,6 +55,7 @@ class Objective:
 
     tasks: tuple[str, ...]
     weights: tuple[float, ...]
+    kinds: tuple[str, ...] = ()  # each task's objective_kind ("": picked from the labels' shape)
     method: str = "static"  # a mmjax.multitask.METHODS entry
     lr: float = 0.01
     alpha: float = 1.5
@@ -72,11 +74,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         if weight < 0:
             raise ValueError(f"config.tasks.{task}={weight} is negative (0 turns the task off)")
     metric_task = config.train.best_metric.split("/")[0]
-    if config.tasks.get(metric_task, 0) <= 0:
+    if config.train.best_metric and config.tasks.get(metric_task, 0) <= 0:
         raise ValueError(
             f"config.train.best_metric={config.train.best_metric!r} needs config.tasks.{metric_task} > 0"
         )
-    if config.data.get("dataset", "av_digits") != "av_digits":
+    if "audio" not in config.model:
         return
     frames, model_frames = config.data.audio_frames, config.model.audio.frames
     patch = config.model.audio.patch_time
@@ -87,18 +89,20 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def make_objective(config: ml_collections.ConfigDict) -> Objective:
-    """The objective of an experiment config (config.tasks, config.multitask, config.model.align)."""
-    tasks = {task: float(config.tasks[task]) for task in sorted(config.tasks) if config.tasks[task] > 0}
+def make_objective(config: ml_collections.ConfigDict, data: DataSet | None = None) -> Objective:
+    """The objective of an experiment config (config.tasks, config.multitask, config.model.align) on the
+    data set's tasks (`data`, else the config's data set)."""
+    data = data or datasets.from_config(config)
+    tasks = {task: float(config.tasks[task]) for task in data.tasks}
     align = config.model.get("align", {})
     modalities = align_fields(align).get("align", ())
-    if av_digits.ALIGN in tasks and not modalities:
+    if ALIGN in tasks and not modalities:
         raise ValueError("config.tasks.align > 0 needs config.model.align.modalities (e.g. 'image,audio')")
-    if modalities and av_digits.ALIGN not in tasks:
+    if modalities and ALIGN not in tasks:
         raise ValueError(
             "config.model.align.modalities is set but config.tasks.align is 0: nothing trains it"
         )
-    positives = av_digits.align_label_keys(align)
+    positives = align_label_keys(align, data)
     on_nonfinite = config.train.get("on_nonfinite", "stop")
     if on_nonfinite not in ON_NONFINITE:
         raise ValueError(f"config.train.on_nonfinite={on_nonfinite!r} is not one of {ON_NONFINITE}")
@@ -108,6 +112,7 @@ def make_objective(config: ml_collections.ConfigDict) -> Objective:
     return Objective(
         tasks=tuple(tasks),
         weights=tuple(tasks.values()),
+        kinds=tuple(objective_kind(data.tasks[task]) for task in tasks),
         method=mt.method,
         lr=mt.lr,
         alpha=mt.alpha,
@@ -121,25 +126,60 @@ def make_objective(config: ml_collections.ConfigDict) -> Objective:
     )
 
 
+def objective_kind(task) -> str:
+    """A task's kind for the objective: its spec kind, with the regression loss as `regression:<loss>`."""
+    return f"regression:{task.loss}" if task.kind == "regression" else task.kind
+
+
+def task_loss(
+    kind: str, outputs: jax.Array, labels: jax.Array, weights: jax.Array | None = None
+) -> jax.Array:
+    """One task's loss by its kind: cross-entropy per example (classes, -1 unlabelled) or per token (tokens,
+    span: labels [B, L] or [B, 2], -1 ignored), sigmoid cross-entropy (multilabel, rows of -1 unlabelled),
+    MSE or Huber (regression, NaN unlabelled). "" picks by the labels' shape (per token if [B, L])."""
+    if kind in ("tokens", "span") or (not kind and labels.ndim == 2):
+        return losses.token_cross_entropy(outputs, labels)
+    if kind == "multilabel":
+        return losses.multilabel_loss(outputs, labels, weights)
+    if kind.startswith("regression"):
+        loss_kind = kind.partition(":")[2] or "mse"
+        return losses.regression_loss(outputs[..., 0], labels, loss_kind, weights=weights)
+    labelled = labels >= 0
+    weights = labelled if weights is None else weights & labelled
+    return losses.softmax_cross_entropy(outputs, jnp.maximum(labels, 0), weights)
+
+
 def task_losses(outputs: dict, batch: dict, objective: Objective) -> jax.Array:
-    """Per-task losses [T] in objective.tasks order: cross-entropy per example (labels [B]) or per token
-    (labels [B, L], -1 ignored: tagging, span start/end), or the contrastive loss for `align`. With
-    modality heads, a task's loss is its fused head's plus each modality head's (over the examples that
-    have that modality)."""
+    """Per-task losses [T] in objective.tasks order (task_loss by each task's kind, or the contrastive loss
+    for `align`). With modality heads, a task's loss is its fused head's plus each stream head's (over the
+    examples that have that stream)."""
     values = []
-    for task in objective.tasks:
-        if task == av_digits.ALIGN:
+    kinds = objective.kinds or ("",) * len(objective.tasks)
+    for task, kind in zip(objective.tasks, kinds, strict=True):
+        if task == ALIGN:
             values.append(align_loss(outputs[task], batch, objective))
             continue
         labels = batch[f"labels/{task}"]
-        if labels.ndim == 2:
-            values.append(losses.token_cross_entropy(outputs[task], labels))
-            continue
-        loss = losses.softmax_cross_entropy(outputs[task], labels)
+        loss = task_loss(kind, outputs[task], labels)
         for m, logits in outputs.get("modality_heads", {}).get(task, {}).items():
-            loss += losses.softmax_cross_entropy(logits, labels, outputs["present"][m])
+            loss += task_loss(kind, logits, labels, outputs["present"][m])
         values.append(loss)
     return jnp.stack(values)
+
+
+def task_scalars(kind: str, outputs: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+    """Training-batch scalars of one task: accuracy over labelled examples or tokens (classes, tokens,
+    span), the mean absolute error (regression) or the share of right label decisions (multilabel)."""
+    if kind.startswith("regression"):
+        labelled = jnp.isfinite(labels)
+        errors = jnp.where(labelled, jnp.abs(outputs[..., 0] - jnp.where(labelled, labels, 0.0)), 0.0)
+        return {"mae": jnp.sum(errors) / jnp.maximum(jnp.sum(labelled), 1)}
+    if kind == "multilabel":
+        labelled = labels >= 0
+        hits = ((outputs > 0) == (labels > 0.5)) & labelled
+        return {"accuracy": jnp.sum(hits) / jnp.maximum(jnp.sum(labelled), 1)}
+    hits = (jnp.argmax(outputs, -1) == labels) & (labels >= 0)
+    return {"accuracy": jnp.sum(hits) / jnp.maximum(jnp.sum(labels >= 0), 1)}
 
 
 def align_positives(batch: dict, objective: Objective) -> jax.Array | None:
@@ -250,14 +290,14 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective: O
         scalars[f"{task}/weight"] = task_weights[i]
         if norms is not None:
             scalars[f"{task}/grad_norm"] = norms[i]
-        if task == av_digits.ALIGN:
+        if task == ALIGN:
             out = outputs[task]
             hits = losses.retrieval_hits(out["x"], out["y"], out["valid"], align_positives(batch, objective))
             scalars[f"{task}/accuracy"] = jnp.sum(hits) / jnp.maximum(jnp.sum(out["valid"]), 1)
         else:
-            labels = batch[f"labels/{task}"]  # < 0: ignored (tagging)
-            hits = (jnp.argmax(outputs[task], -1) == labels) & (labels >= 0)
-            scalars[f"{task}/accuracy"] = jnp.sum(hits) / jnp.maximum(jnp.sum(labels >= 0), 1)
+            kind = objective.kinds[i] if objective.kinds else ""
+            for name, value in task_scalars(kind, outputs[task], batch[f"labels/{task}"]).items():
+                scalars[f"{task}/{name}"] = value
     # A non-finite loss or gradient leaves the state as it was (the host then stops or skips, by config).
     finite = jnp.isfinite(loss) & jnp.isfinite(scalars["grad_norm"])
     scalars["skipped"] = (~finite).astype(jnp.float32)
@@ -366,15 +406,16 @@ def sigterm_flag():
         signal.signal(signal.SIGTERM, previous)
 
 
-def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
-    """Train (or resume) in `workdir`; returns the last validation metrics. On SIGTERM it logs, saves a
-    checkpoint of the current step and raises Preempted (exit status 143); rerunning resumes there."""
+def main(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, data: DataSet | None = None
+) -> dict[str, float]:
+    """Train (or resume) in `workdir` on `data` (default: the config's data set, config.data.dataset);
+    returns the last validation metrics. On SIGTERM it logs, saves a checkpoint of the current step and
+    raises Preempted (exit status 143); rerunning resumes there."""
     check_config(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_lead = jax.process_index() == 0
-    if is_lead:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
     # Mesh.
     mesh = parallel.make_mesh()
@@ -382,9 +423,19 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
     parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
 
     # Data.
-    data = evaluate.experiment_data(config)
-    tasks = data.tasks
+    data = data or datasets.from_config(config)
+    if not config.train.best_metric:  # the main metric of the data set's primary task
+        primary = data.primary or next(iter(data.tasks))
+        config.train.best_metric = f"{primary}/{data.tasks[primary].main_metric}"
+    if is_lead:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     sources = {split: data.load(split) for split in ("train", "validation")}
+    for split, source in sources.items():
+        if len(source) < (config.data.batch_size if split == "train" else 1):
+            raise ValueError(
+                f"the {split} split of the {data.name} data set has {len(source)} examples"
+                + (f", fewer than data.batch_size={config.data.batch_size}" if split == "train" else "")
+            )
     preprocess = data.preprocess
     shift = config.data.get("image_shift", 0)
     augment = functools.partial(pipeline.random_shift, max_shift=shift) if shift else None
@@ -404,14 +455,14 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
     total_steps = config.train.steps or int(round(config.train.epochs * steps_per_epoch))
 
     # Model and optimizer.
-    model = build_model(config.model, tasks)
+    model = build_model(config.model, data.head_sizes(), data.streams, data.text_vocab_size)
     optimizer = optim.make_optimizer(config.optim, total_steps)
     schedule = optim.learning_rate_schedule(config.optim, total_steps)
-    example = dummy_batch(config.model, tasks)
+    example = dummy_batch(config.model, data.head_sizes(), streams=data.streams)
 
     # State: planned with eval_shape, created replicated, or restored from the latest checkpoint.
     replicated = parallel.replicated(mesh)
-    objective = make_objective(config)
+    objective = make_objective(config, data)
     make_state = functools.partial(init_state, model, optimizer, objective, example, config.seed)
     abstract_state = parallel.with_sharding(jax.eval_shape(make_state), replicated)  # same with pretrained
     manager = checkpoint.make_manager(
@@ -422,7 +473,7 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
     )
     latest = manager.latest_step()
     if latest is None:
-        state = jax.jit(make_state, out_shardings=replicated)(pretrained_params(config.model))
+        state = jax.jit(make_state, out_shardings=replicated)(pretrained_params(config.model, data.streams))
     else:
         state = checkpoint.restore(manager, latest, abstract_state, train_iter)
         print(f"mmjax: resumed from the checkpoint of step {latest} in {workdir}")
@@ -438,7 +489,7 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
 
     # Step.
     step_fn = make_train_step(model, optimizer, objective, mesh)
-    eval_fn = evaluate.make_eval_step(model, mesh, objective.align_positives)
+    eval_fn = evaluate.make_eval_step(model, mesh, data, objective.align_positives)
 
     def validate(variables) -> dict[str, float]:
         batches = evaluate.split_batches(config, sources["validation"], preprocess)
@@ -504,11 +555,7 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict
     if best != int(state.step) or not val_metrics:  # the best is an earlier checkpoint: evaluate it
         val_metrics = validate(checkpoint.restore_variables(manager, best, abstract_state.variables()))
     print(f"validation of the best checkpoint (step {best} of {int(state.step)}):")
-    print(
-        evaluate.format_table(val_metrics, tasks)
-        if data.text is None
-        else evaluate.format_metrics(val_metrics)
-    )
+    print(evaluate.format_table(val_metrics, data.tasks))
     return val_metrics
 
 
@@ -579,7 +626,19 @@ def parse_command_line(argv: list[str]) -> tuple[ml_collections.ConfigDict, str,
     return load_config(args.config, overrides), args.workdir, distributed
 
 
+def run_command_line(argv: list[str]) -> None:
+    """`python -m mmjax.train ...`: bad input (an unknown config key, a bad value, a missing or empty data
+    set) ends with `mmjax.train: error: ...` and exit status 2; only process 0 writes to stdout."""
+    try:
+        config, workdir, distributed = parse_command_line(argv)
+        init_distributed(*distributed)
+        if jax.process_index() != 0:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the whole process)
+        main(config, workdir)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"mmjax.train: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    config, workdir, distributed = parse_command_line(sys.argv[1:])
-    init_distributed(*distributed)
-    main(config, workdir)
+    run_command_line(sys.argv[1:])

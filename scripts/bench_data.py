@@ -1,5 +1,7 @@
-"""Data benchmarks: the jitted log-mel/MFCC frontend against librosa, and the grain training stream against
-the train step's consumption rate. Prints one JSON object on stdout (a table on stderr).
+"""Data benchmarks: the jitted log-mel/MFCC frontend against librosa; the grain training stream against the
+train step's consumption rate, on AV-Digits and on an own-data folder (RGB JPEGs, 44.1 kHz FLAC, a CSV and a
+JSONL split: scripts/make_example_folder.py); and the folder build's rows/s and peak memory at two sizes
+(memory must stay flat as the row count grows). Prints one JSON object on stdout (a table on stderr).
 
 Full run (on an idle machine):  .venv/bin/python scripts/bench_data.py --out runs/bench_data.json
 Seconds-long smoke run:         .venv/bin/python scripts/bench_data.py --quick
@@ -12,14 +14,17 @@ import glob
 import json
 import os
 import pathlib
+import resource
+import subprocess
 import sys
+import tempfile
 import time
 
 import jax
 import librosa
 import numpy as np
 
-from mmjax.data import audio
+from mmjax.data import audio, datasets
 from mmjax.data.av_digits import resolve_data_dir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -88,33 +93,34 @@ def bench_frontend(name: str, clips: np.ndarray, batch_size: int, repeats: int) 
     }
 
 
-def _config(spec: str, batch_size: int | None):
+def _config(spec: str, batch_size: int | None, overrides: list[str] = ()):
     from mmjax.config import load_config
 
-    config = load_config(spec)
+    config = load_config(spec, overrides)
     if batch_size:
         config.data.batch_size = batch_size
     return config
 
 
-def _train_stream(config, workers: int, tfds_dir: str | None):
-    from mmjax import evaluate
-    from mmjax.data import av_digits, pipeline
+def _train_stream(config, workers: int):
+    """The experiment's training stream, as mmjax.train.main reads it (any data set)."""
+    from mmjax.data import pipeline
 
-    source = av_digits.load("train", data_dir=config.data.data_dir or None, tfds_dir=tfds_dir)
+    data = datasets.from_config(config)
     return pipeline.train_iterator(
-        source,
+        data.load("train"),
         batch_size=config.data.batch_size,
         seed=config.seed,
-        preprocess_fn=evaluate.make_preprocess(config),
+        preprocess_fn=data.preprocess,
         worker_count=workers,
+        **data.iterator_args,
     )
 
 
-def bench_pipeline(config, workers: int, batches: int, tfds_dir: str | None) -> dict:
+def bench_pipeline(config, workers: int, batches: int) -> dict:
     """examples/s of the training stream after its first batch (worker start-up, reported separately)."""
     start = time.perf_counter()
-    stream = _train_stream(config, workers, tfds_dir)
+    stream = _train_stream(config, workers)
     next(stream)
     first_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -132,23 +138,23 @@ def bench_pipeline(config, workers: int, batches: int, tfds_dir: str | None) -> 
     }
 
 
-def bench_train_step(config, steps: int, tfds_dir: str | None) -> dict:
+def bench_train_step(config, steps: int) -> dict:
     """examples/s of the jitted train step of the config's model (built as mmjax.train.main does)."""
     from mmjax import optim, parallel, train
-    from mmjax.data import av_digits
 
-    tasks = av_digits.task_classes(config.tasks)
-    model = train.build_model(config.model, tasks)
+    data = datasets.from_config(config)
+    tasks = data.head_sizes()
+    model = train.build_model(config.model, tasks, data.streams, data.text_vocab_size)
     optimizer = optim.make_optimizer(config.optim, 1000)
-    objective = train.make_objective(config)
+    objective = train.make_objective(config, data)
     mesh = parallel.make_mesh()
-    example = train.dummy_batch(config.model, tasks)
+    example = train.dummy_batch(config.model, tasks, streams=data.streams)
     make_state = functools.partial(train.init_state, model, optimizer, objective, example, config.seed)
     state = jax.jit(make_state, out_shardings=parallel.replicated(mesh))(
-        train.pretrained_params(config.model)
+        train.pretrained_params(config.model, data.streams)
     )
     step_fn = train.make_train_step(model, optimizer, objective, mesh)
-    batch = parallel.to_global(next(_train_stream(config, 0, tfds_dir)), mesh)
+    batch = parallel.to_global(next(_train_stream(config, 0)), mesh)
     holder = {"state": state}
 
     def one_step():
@@ -162,6 +168,84 @@ def bench_train_step(config, steps: int, tfds_dir: str | None) -> dict:
         "batch_size": config.data.batch_size,
         "step_ms": 1e3 * step_s,
         "examples_per_sec": config.data.batch_size / step_s,
+    }
+
+
+LABELS = "same+digits+total"  # the example folder's label columns: classes, multi-label, regression
+
+
+def make_folder(out: pathlib.Path, rows: int) -> dict:
+    """Writes the example own-data folder with `rows` train rows (and rows // 10 test rows); its seconds."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import make_example_folder
+
+    start = time.perf_counter()
+    make_example_folder.make_folder(out, rows, max(rows // 10, 8))
+    return {"rows": rows, "test_rows": max(rows // 10, 8), "write_s": time.perf_counter() - start}
+
+
+def build_folder(root: str, cache: str, workers: int) -> None:
+    """(in a child process) Builds the folder and prints its rows/s and this process's and its build
+    workers' peak RSS as one JSON line."""
+    from mmjax.data import folder
+
+    config = folder.FolderConfig(root=root, labels=tuple(LABELS.split("+")), ignore=("speaker",))
+    start = time.perf_counter()
+    built = folder.build(config, cache, workers=workers)
+    seconds = time.perf_counter() - start
+    rows = sum(json.loads((built / "schema.json").read_text())["splits"].values())
+    bad = len(folder.read_bad_inputs(built))
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    peak = bc.rss_bytes()[1]
+    print(
+        json.dumps(
+            {
+                "build_s": seconds,
+                "rows_per_sec": (rows + bad) / seconds,
+                "examples": rows,
+                "bad": bad,
+                "peak_rss_mb": peak / 2**20,
+                "workers_peak_rss_mb": children / 2**20,
+            }
+        )
+    )
+
+
+def bench_folder_build(out: pathlib.Path, rows: int, workers: int) -> dict:
+    """Writes an example folder of `rows` rows and builds it in a fresh process: rows/s and peak RSS."""
+    written = make_folder(out / f"rows{rows}", rows)
+    command = [sys.executable, __file__, "--build-folder", str(out / f"rows{rows}"), str(out / "cache")]
+    done = subprocess.run(command + ["--build-workers", str(workers)], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"building the {rows}-row folder failed:\n{done.stderr[-3000:]}")
+    return written | {"workers": workers} | json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def folder_config(root: pathlib.Path, cache: pathlib.Path, args) -> object:
+    spec = f"{REPO / 'experiments' / 'folder.py'}:dir={root},labels={LABELS}" + (
+        ",smoke" if args.quick else ""
+    )
+    overrides = [f"data.tfds_dir={cache}", "data.ignore=speaker"]
+    return _config(spec, args.train_batch_size, overrides)
+
+
+def bench_own_data(out: pathlib.Path, args) -> dict:
+    """The folder build at each size in args.folder_rows, then the own-data training stream against its
+    train step, on the smallest folder."""
+    build = [bench_folder_build(out, rows, args.build_workers) for rows in args.folder_rows]
+    config = folder_config(out / f"rows{min(args.folder_rows)}", out / "cache", args)
+    pipeline = [bench_pipeline(config, workers, args.pipeline_batches) for workers in args.workers]
+    step = {"source": "given", "examples_per_sec": args.step_examples_per_sec}
+    if not args.step_examples_per_sec:
+        step = bench_train_step(config, args.steps)
+    peaks = [row["peak_rss_mb"] + row["workers_peak_rss_mb"] for row in build]
+    return {
+        "build": build,
+        "peak_rss_ratio_largest_vs_smallest": peaks[-1] / peaks[0],
+        "rows_ratio_largest_vs_smallest": build[-1]["rows"] / build[0]["rows"],
+        "pipeline": pipeline,
+        "train_step": step,
+        "pipeline_vs_step": max(row["examples_per_sec"] for row in pipeline) / step["examples_per_sec"],
     }
 
 
@@ -189,6 +273,20 @@ def table(result: dict) -> str:
             f"{row['examples_per_sec'] / step_rate:>9.2f}"
         )
     lines.append(f"train step ({result['train_step']['source']}): {step_rate:.1f} examples/s")
+    if "folder" in result:
+        own = result["folder"]
+        lines.append(f"{'folder rows':<14}{'rows/s':>9}{'peak MB':>9}{'workers MB':>12}")
+        for row in own["build"]:
+            lines.append(
+                f"{row['rows']:<14}{row['rows_per_sec']:>9.1f}{row['peak_rss_mb']:>9.0f}"
+                f"{row['workers_peak_rss_mb']:>12.0f}"
+            )
+        step = own["train_step"]["examples_per_sec"]
+        for row in own["pipeline"]:
+            lines.append(
+                f"own-data pipeline, {row['workers']} workers: {row['examples_per_sec']:.1f} examples/s "
+                f"({row['examples_per_sec'] / step:.2f}x the train step's {step:.1f})"
+            )
     return "\n".join(lines)
 
 
@@ -211,10 +309,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=10, help="timed train steps")
     parser.add_argument("--step-examples-per-sec", type=float, help="skip the train step; use this rate")
     parser.add_argument("--tfds-dir", help="built AV-Digits (default $MMJAX_TFDS_DIR or ~/.cache/mmjax/...)")
+    parser.add_argument("--folder-rows", type=int, nargs="*", default=[1000, 10000], help="own-data sizes")
+    parser.add_argument("--folder-dir", help="where the own-data folders and builds go (default: a temp dir)")
+    parser.add_argument("--build-workers", type=int, default=0, help="folder build processes (0: per core)")
+    parser.add_argument("--build-folder", nargs=2, metavar=("ROOT", "CACHE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.build_folder:
+        build_folder(*args.build_folder, args.build_workers)
+        return {}
     if args.quick:
         args.clips, args.seconds, args.batch_size, args.repeats = 8, [0.5], 8, 1
         args.workers, args.pipeline_batches, args.steps = [0], 2, 2
+        args.folder_rows = [40, 80]
         args.config += ",smoke" if ":" in args.config else ":smoke"
         args.train_batch_size = args.train_batch_size or 8
 
@@ -226,14 +332,19 @@ def main(argv: list[str] | None = None) -> dict:
             for name in FRONTENDS:
                 row = bench_frontend(name, clips, args.batch_size, args.repeats)
                 result["frontend"].append({"feature": name, **row})
-        config = _config(args.config, args.train_batch_size)
+        overrides = [f"data.tfds_dir={args.tfds_dir}"] if args.tfds_dir else []
+        config = _config(args.config, args.train_batch_size, overrides)
         result["pipeline"] = [
-            bench_pipeline(config, workers, args.pipeline_batches, args.tfds_dir) for workers in args.workers
+            bench_pipeline(config, workers, args.pipeline_batches) for workers in args.workers
         ]
         if args.step_examples_per_sec:
             result["train_step"] = {"source": "given", "examples_per_sec": args.step_examples_per_sec}
         else:
-            result["train_step"] = bench_train_step(config, args.steps, args.tfds_dir)
+            result["train_step"] = bench_train_step(config, args.steps)
+        if args.folder_rows:
+            with contextlib.ExitStack() as stack:
+                out = args.folder_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="mmjax_own_"))
+                result["folder"] = bench_own_data(pathlib.Path(out), args)
     print(table(result), file=sys.stderr)
     text = json.dumps(result, indent=2)
     print(text)

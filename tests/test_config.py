@@ -1,7 +1,9 @@
 """Experiment configs: argument parsing, overrides, and clear errors for unknown keys and wrong types."""
 
 import pathlib
+import re
 
+import ml_collections
 import pytest
 
 from mmjax.config import apply_override, load_config, parse_arg
@@ -80,3 +82,95 @@ def test_every_experiment_has_a_smoke_config(path):
 def test_a_sweep_file_is_not_an_experiment_config():
     with pytest.raises(ValueError, match="no get_config.*python -m mmjax.sweep"):
         load_config(str(ROOT / "experiments/fusion_ablation.py"))
+
+
+def _fields() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            "model": {"sizes": (32, 64), "rates": (0.1,), "names": ("a",), "flags": [True], "empty": ()},
+            "seed": 0,
+            "lr": 0.1,
+            "smoke": False,
+            "name": "x",
+            "extra": None,
+            "steps": ml_collections.config_dict.placeholder(int),
+        }
+    )
+
+
+def test_override_tuple_of_ints_from_the_command_line():
+    config = load_config("experiments/av_digits.py", ["model.image.resnet.hidden_sizes=64,128"])
+    assert config.model.image.resnet.hidden_sizes == (64, 128)
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "expected"),
+    [
+        ("model.sizes=64,128", "sizes", (64, 128)),
+        ("model.sizes=(16, 32, 64)", "sizes", (16, 32, 64)),
+        ("model.sizes=8", "sizes", (8,)),
+        ("model.sizes=8,", "sizes", (8,)),
+        ("model.sizes=()", "sizes", ()),
+        ("model.sizes=", "sizes", ()),
+        ("model.rates=1,1e-3", "rates", (1.0, 0.001)),
+        ("model.names=cat,dog", "names", ("cat", "dog")),
+        ("model.names='cat', \"dog\"", "names", ("cat", "dog")),
+        ("model.names=64", "names", ("64",)),  # the elements' type: str, not inferred
+        ("model.flags=true,0", "flags", [True, False]),  # a list stays a list
+        ("model.empty=1,2.5,b", "empty", (1, 2.5, "b")),  # no elements to follow: int, float, str
+        ("model.empty='1'", "empty", ("1",)),
+    ],
+)
+def test_override_sequences(override, key, expected):
+    config = _fields()
+    apply_override(config, override)
+    value = config.model[key]
+    assert value == expected and type(value) is type(expected)
+    assert [type(v) for v in value] == [type(v) for v in expected]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("3", 3),
+        ("0.5", 0.5),
+        ("'3'", "3"),
+        ("(1, 2)", (1, 2)),
+        ("None", None),
+        ("cat", "cat"),
+        ("a/b*", "a/b*"),
+    ],
+)
+def test_override_none_default_parses_a_literal_else_keeps_the_string(raw, expected):
+    config = _fields()
+    apply_override(config, f"extra={raw}")
+    assert config.extra == expected and type(config.extra) is type(expected)
+
+
+def test_override_scalars():
+    config = _fields()
+    for override in ("seed=7", "lr=1e-3", "smoke=true", "name=resnet", "steps=5"):
+        apply_override(config, override)
+    assert (config.seed, config.lr, config.smoke, config.name, config.steps) == (7, 1e-3, True, "resnet", 5)
+    assert isinstance(config.seed, int) and isinstance(config.lr, float) and isinstance(config.steps, int)
+    for raw, expected in (("False", False), ("1", True), ("0", False)):
+        apply_override(config, f"smoke={raw}")
+        assert config.smoke is expected
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("seed=1.5", "'seed' must be int, got '1.5'"),
+        ("lr=fast", "'lr' must be float, got 'fast'"),
+        ("smoke=yes", "'smoke' must be true or false, got 'yes'"),
+        ("steps=many", "'steps' must be int, got 'many'"),  # placeholder(int)
+        ("model.sizes=64,1.5", "'model.sizes' must be comma-separated int values, got '1.5' in '64,1.5'"),
+        ("model.flags=true,maybe", "'model.flags' must be comma-separated bool values, got 'maybe'"),
+        ("model.sizes=64,,128", "'model.sizes' has an empty element in '64,,128'"),
+        ("model=3", "'model' is a section"),
+    ],
+)
+def test_bad_override_values_name_the_key_and_value(override, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        apply_override(_fields(), override)

@@ -13,7 +13,9 @@ from mmjax.losses import (
     huber,
     info_nce,
     mse,
+    multilabel_loss,
     positives_from_labels,
+    regression_loss,
     retrieval_hits,
     siglip_loss,
     sigmoid_cross_entropy,
@@ -120,6 +122,60 @@ def test_huber_hand_computed():
     preds2, targets2 = jnp.array([[0.5, 2.0], [0.0, 0.0]]), jnp.array([[0.0, 0.0], [0.0, -1.0]])
     np.testing.assert_allclose(huber(preds2, targets2), ((0.125 + 1.5) / 2 + 0.5 / 2) / 2, rtol=1e-6)
     assert_zero_with_finite_grad(lambda p: huber(p, targets, jnp.zeros(2)), preds)
+
+
+def test_multilabel_loss_skips_unlabelled_rows_and_entries():
+    # Row 2 is all -1 (not labelled): the loss is the 2x2 example's mean, whatever row 2's logits are.
+    logits = jnp.concatenate([ML_LOGITS, jnp.array([[50.0, -50.0]])])
+    labels = jnp.concatenate([ML_LABELS, jnp.array([[-1, -1]])])
+    np.testing.assert_allclose(multilabel_loss(logits, labels), BCE.mean(), rtol=1e-6)
+    np.testing.assert_allclose(multilabel_loss(logits, labels.astype(jnp.float32)), BCE.mean(), rtol=1e-6)
+    weighted = multilabel_loss(logits, labels, jnp.array([2.0, 1.0, 5.0]))
+    np.testing.assert_allclose(weighted, (2 * BCE[0].sum() + BCE[1].sum()) / (2 * 2 + 2), rtol=1e-6)
+    # A single -1 entry is masked too: (0, 1) and (1, *) count.
+    partial = multilabel_loss(ML_LOGITS, jnp.array([[-1, 0], [0, 1]]))
+    np.testing.assert_allclose(partial, (BCE[0, 1] + BCE[1, 0] + BCE[1, 1]) / 3, rtol=1e-6)
+    grad = jax.grad(lambda x: multilabel_loss(x, labels))(logits)
+    assert np.all(np.isfinite(grad)) and np.all(grad[2] == 0.0)
+    # d bce / d l = sigmoid(l) - y, over the 4 labelled entries: [[1/2 - 1, sigmoid(2)], ...] / 4.
+    sigmoid = 1 / (1 + np.exp(-np.array([[0.0, 2.0], [-1.0, 3.0]])))
+    np.testing.assert_allclose(grad[:2], (sigmoid - np.array([[1, 0], [0, 1]])) / 4, rtol=1e-5)
+    assert_zero_with_finite_grad(lambda x: multilabel_loss(x, -jnp.ones((2, 2), jnp.int32)), ML_LOGITS)
+
+
+REG_PREDS, REG_TARGETS = jnp.array([1.0, 2.0, 3.0]), jnp.array([0.0, jnp.nan, 5.0])
+
+
+def test_regression_loss_skips_nan_targets():
+    # Labelled rows 0 and 2: errors 1 and -2.
+    np.testing.assert_allclose(regression_loss(REG_PREDS, REG_TARGETS), (1 + 4) / 2, rtol=1e-6)
+    weighted = regression_loss(REG_PREDS, REG_TARGETS, weights=jnp.array([3.0, 1.0, 1.0]))
+    np.testing.assert_allclose(weighted, (3 * 1 + 4) / 4, rtol=1e-6)
+    # Huber, delta 1: 1^2 / 2 = 0.5 and 1 * (2 - 1/2) = 1.5; delta 2: 0.5 and 2^2 / 2 = 2.
+    np.testing.assert_allclose(regression_loss(REG_PREDS, REG_TARGETS, "huber"), (0.5 + 1.5) / 2, rtol=1e-6)
+    huber2 = regression_loss(REG_PREDS, REG_TARGETS, "huber", delta=2.0)
+    np.testing.assert_allclose(huber2, (0.5 + 2.0) / 2, rtol=1e-6)
+    # Without NaN it is the plain loss.
+    np.testing.assert_allclose(regression_loss(REG_PREDS, jnp.array([0.0, 2.0, 5.0])), 5 / 3, rtol=1e-6)
+    with pytest.raises(ValueError, match="'mse' or 'huber', got 'mae'"):
+        regression_loss(REG_PREDS, REG_TARGETS, "mae")
+
+
+def test_regression_loss_gradient_is_finite_with_nan_targets():
+    # d/dp of ((1 - 0)^2 + (3 - 5)^2) / 2 = (p - t) for the labelled rows, 0 for the NaN row.
+    for kind in ("mse", "huber"):
+        grad = jax.grad(lambda p, kind=kind: regression_loss(p, REG_TARGETS, kind))(REG_PREDS)
+        expected = [1.0, 0.0, -2.0] if kind == "mse" else [0.5, 0.0, -0.5]  # huber: clip(e, -1, 1) / 2 rows
+        np.testing.assert_allclose(grad, expected, rtol=1e-6)
+    # [B, D]: a row with any NaN target drops out; row 1 = ((0 - 3)^2 + (0 - 1)^2) / 2 = 5.
+    preds, targets = jnp.array([[1.0, 2.0], [0.0, 0.0]]), jnp.array([[0.0, jnp.nan], [3.0, 1.0]])
+    np.testing.assert_allclose(regression_loss(preds, targets), 5.0, rtol=1e-6)
+    grad = jax.grad(lambda p: regression_loss(p, targets))(preds)
+    np.testing.assert_allclose(grad, [[0.0, 0.0], [-3.0, -1.0]], rtol=1e-6)  # 2 (p - t) / D, 1 labelled row
+    all_nan = jnp.full((2,), jnp.nan)
+    assert_zero_with_finite_grad(lambda p: regression_loss(p, all_nan), jnp.array([1.0, 2.0]))
+    assert_zero_with_finite_grad(lambda p: regression_loss(p, all_nan, "huber"), jnp.array([1.0, 2.0]))
+    assert jax.jit(regression_loss, static_argnames="kind")(REG_PREDS, REG_TARGETS, "huber") == 1.0
 
 
 TOK_LOGITS = jnp.array([[[0.0, 1.0], [2.0, 0.0]], [[1.0, 1.0], [0.0, 3.0]]])

@@ -66,62 +66,61 @@ def test_cli_and_api_give_the_same_answer(smoke_run, files, predictor):
     assert done.returncode == 0, done.stderr[-2000:]
     from_cli = json.loads(done.stdout.strip().splitlines()[-1])
     from_api = predictor(image=files["png"], audio=files["wav"], question=question)
-    assert from_cli["answer"] == from_api["answer"] == from_api["top5"][0][0]
-    assert [name for name, _ in from_cli["top5"]] == [name for name, _ in from_api["top5"]]
-    np.testing.assert_allclose([p for _, p in from_cli["top5"]], [p for _, p in from_api["top5"]], rtol=1e-5)
-    probabilities = [p for _, p in from_api["top5"]]
+    assert from_api["main"] == "answer"
+    top_cli, top_api = from_cli["tasks"]["answer"]["top"], from_api["tasks"]["answer"]["top"]
+    assert [name for name, _ in top_cli] == [name for name, _ in top_api]
+    np.testing.assert_allclose([p for _, p in top_cli], [p for _, p in top_api], rtol=1e-5)
+    probabilities = [p for _, p in top_api]
     assert len(probabilities) == 5 and probabilities == sorted(probabilities, reverse=True)
     assert sum(probabilities) <= 1.0 + 1e-6
-    assert set(from_api["tasks"]) == {"image_digit", "audio_digit", "speaker", "match"}
+    assert set(from_api["tasks"]) == {"answer", "image_digit", "audio_digit", "speaker", "match"}
     assert from_api["present"] == ["text", "image", "audio"]
 
 
-def test_printed_answer_and_top5(predictor, files):
-    result = predictor(audio=files["flac"], question="who is speaking?")
+def test_printed_main_task_top5_and_every_task(predictor, files):
+    result = predictor(audio=files["flac"], text="who is speaking?")
     lines = predict.format_result(result).splitlines()
-    assert lines[0] == f"answer: {result['answer']}"
-    assert [line.split() for line in lines[1:6]] == [[name, f"{p:.3f}"] for name, p in result["top5"]]
-    assert all(name in av_digits.ANSWERS for name, _ in result["top5"])
-    assert lines[6:] == [
-        f"audio_digit: {result['tasks']['audio_digit'][0]} ({result['tasks']['audio_digit'][1]:.3f})",
-        f"speaker: {result['tasks']['speaker'][0]} ({result['tasks']['speaker'][1]:.3f})",
-        "modalities given: text, audio",
-    ]
+    top = result["tasks"]["answer"]["top"]
+    assert lines[0] == f"answer: {top[0][0]} ({top[0][1]:.3f})"
+    assert [line.split() for line in lines[1:6]] == [[name, f"{p:.3f}"] for name, p in top]
+    assert all(name in av_digits.ANSWERS for name, _ in top)
+    speaker = result["tasks"]["speaker"]["top"][0]
+    assert f"speaker: {speaker[0]} ({speaker[1]:.3f})" in lines[6:]
+    assert lines[-1] == "streams given: text, audio"
 
 
 def test_the_call_matches_the_evaluation_pipeline(smoke_run, predictor, files):
-    """An FSDD test recording and MNIST digit give the same features as the training pipeline: the same
-    probabilities as the model on the preprocessed example."""
+    """An FSDD test recording and MNIST digit give the same source example as the built data set, and
+    reading any sample rate or image format gives nearly the same features."""
     features = av_digits.audio_features(files["wav"])
-    np.testing.assert_allclose(predict.load_audio(files["wav"]), features, atol=1e-6)
-    np.testing.assert_allclose(predict.load_audio(files["flac"]), features, atol=1e-6)
-    resampled = predict.load_audio(files["flac_44k"])  # any sample rate: nearly the same features
+    encode = predictor.run.data.encode_inputs
+    np.testing.assert_allclose(encode({"audio": files["wav"]})["audio"], features, atol=1e-6)
+    np.testing.assert_allclose(encode({"audio": files["flac"]})["audio"], features, atol=1e-6)
+    resampled = encode({"audio": files["flac_44k"]})["audio"]  # any sample rate: nearly the same features
     frames = min(len(resampled), len(features))
     assert abs(len(resampled) - len(features)) <= 1
     assert np.corrcoef(resampled[:frames].ravel(), features[:frames].ravel())[0, 1] > 0.98
-    np.testing.assert_array_equal(predict.load_image(files["digit"], 28), files["digit"])
+    np.testing.assert_array_equal(encode({"image": files["digit"]})["image"], files["digit"])
     for name in ("png", "jpg"):  # grey from 140 x 140 / RGB 56 x 56 JPEG: close to the pixels
-        pixels = predict.load_image(files[name], 28)
+        pixels = encode({"image": files[name]})["image"]
         assert pixels.shape == (28, 28)
         assert np.corrcoef(pixels.ravel(), files["digit"].ravel())[0, 1] > 0.95, name
 
 
-def test_missing_modalities(predictor, files):
+def test_missing_streams(predictor, files):
     image_only = predictor(image=files["png"])
-    assert image_only["present"] == ["image"] and set(image_only["tasks"]) == {"image_digit"}
+    assert image_only["present"] == ["image"]
     question_only = predictor(question="what digit is spoken?")
-    assert question_only["present"] == ["text"] and question_only["tasks"] == {}
-    # An absent modality's input is ignored: zeros or a real image give the same result when marked absent.
-    batch = predict.make_batch(
-        predictor.run.config, None, files["wav"], "who is speaking?", predictor.tokenizer
-    )
-    with_image = dict(
-        batch, image=predict.make_batch(predictor.run.config, files["png"], None, None, None)["image"]
-    )
+    assert question_only["present"] == ["text"]
+    # An absent stream's input is ignored: zeros or a real image give the same result when marked absent.
+    batch = predict.one_batch(predictor.run, {"audio": files["wav"], "text": "who is speaking?"})
+    with_image = dict(batch, image=predict.one_batch(predictor.run, {"image": files["png"]})["image"])
     a, b = (predictor.compiled(predictor.run.variables, x) for x in (batch, with_image))
     np.testing.assert_array_equal(a["answer"], b["answer"])
-    with pytest.raises(ValueError, match="at least one of image, audio and question"):
+    with pytest.raises(ValueError, match="give at least one input"):
         predictor()
+    with pytest.raises(ValueError, match="no stream 'image_2'"):
+        predictor(image_2=files["png"])
 
 
 def test_bad_files_are_named(predictor, files):
@@ -139,7 +138,7 @@ def test_bad_files_are_named(predictor, files):
     sf.write(silent, np.zeros(4000, np.float32), 8000)
     with pytest.raises(ValueError, match="silent.wav: silent"):
         predictor(audio=silent)
-    with pytest.raises(ValueError, match="the question is empty"):
+    with pytest.raises(ValueError, match="the text input is empty"):
         predictor(question="  ")
 
 
@@ -152,4 +151,6 @@ def test_cli_errors(smoke_run, files, tmp_path):
     done = _run_cli("--workdir", tmp_path, "--image", files["png"])
     assert done.returncode == 2 and f"{tmp_path / 'config.json'} not found" in done.stderr
     done = _run_cli("--workdir", smoke_run)
-    assert done.returncode == 2 and "give at least one of --image, --audio and --question" in done.stderr
+    assert done.returncode == 2 and "give at least one of --image, --audio, --text and --input" in done.stderr
+    done = _run_cli("--workdir", smoke_run, "--input", "video=clip.mp4")
+    assert done.returncode == 2 and "no stream 'video'" in done.stderr and "Traceback" not in done.stderr

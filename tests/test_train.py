@@ -81,8 +81,8 @@ def check_batch_stats(workdir):
     assert means and len(means) == len(variances)
     assert all(np.abs(m).max() > 0 for m in means)  # initialised at 0
     assert all(np.abs(v - 1.0).max() > 0 for v in variances)  # initialised at 1
-    source = evaluate.load_split(run.config, "test")
-    preprocess = evaluate.make_preprocess(run.config)
+    source = run.data.load("test")
+    preprocess = run.data.preprocess
     batch = jax.tree.map(lambda *xs: np.stack(xs), *[preprocess(source[i]) for i in range(6)])
     full, _ = run.model.apply(run.variables, batch, train=False)
     part, _ = run.model.apply(run.variables, jax.tree.map(lambda x: x[:2], batch), train=False)
@@ -95,7 +95,7 @@ def test_one_and_eight_devices_give_the_same_step(av_digits_dir):
     tasks = av_digits.task_classes(config.tasks)
     source = av_digits.load("train", tfds_dir=av_digits_dir)
     batches = pipeline.train_iterator(
-        source, batch_size=16, seed=0, preprocess_fn=evaluate.make_preprocess(config)
+        source, batch_size=16, seed=0, preprocess_fn=av_digits.make_preprocess(config)
     )
     batch_list = [next(batches) for _ in range(2)]
     model = build_model(config.model, tasks)
@@ -366,9 +366,8 @@ def test_a_frozen_tower_gets_no_backward_pass_and_no_share_of_the_grad_norm(av_d
     config = smoke_config(av_digits_dir)
     tasks = av_digits.task_classes(config.tasks)
     source = av_digits.load("train", tfds_dir=av_digits_dir)
-    batch = next(
-        pipeline.train_iterator(source, batch_size=16, seed=0, preprocess_fn=evaluate.make_preprocess(config))
-    )
+    preprocess = av_digits.make_preprocess(config)
+    batch = next(pipeline.train_iterator(source, batch_size=16, seed=0, preprocess_fn=preprocess))
     model = build_model(config.model, tasks)
     mesh = parallel.make_mesh(jax.devices()[:1])
     flops, scalars = {}, {}
@@ -400,7 +399,7 @@ def _multitask_setup(tfds_dir):
     tasks = av_digits.task_classes(config.tasks)
     source = av_digits.load("train", tfds_dir=tfds_dir)
     batches = pipeline.train_iterator(
-        source, batch_size=16, seed=0, preprocess_fn=evaluate.make_preprocess(config)
+        source, batch_size=16, seed=0, preprocess_fn=av_digits.make_preprocess(config)
     )
     return config, build_model(config.model, tasks), [next(batches) for _ in range(3)]
 

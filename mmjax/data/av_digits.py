@@ -4,19 +4,24 @@ Splits follow DESIGN.md: FSDD takes 0-4 test, 5-9 validation, 10-49 train; MNIST
 i % 5 == 0, validation if i % 5 == 1, train otherwise. Pairs never cross splits.
 """
 
+import functools
 import gzip
 import json
 import os
 import pathlib
 import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmjax.data import audio, text
+from mmjax.data import audio, inputs, pipeline, text
 from mmjax.data.locate import find_data_dir
+from mmjax.data.pipeline import Corruption, as_str
+from mmjax.data.spec import DataSet, Task, classes, summarizer, trained_tasks
+from mmjax.data.text import PretrainedTokenizer, WordTokenizer, experiment_tokenizer
 
 SPEAKERS = ("jackson", "nicolas", "theo", "yweweler", "george", "lucas")
 QUESTION_TYPES = ("spoken_digit", "written_digit", "same", "sum", "larger", "speaker")
@@ -376,3 +381,208 @@ def load(
         if builder.bad_files:
             print(f"mmjax: skipped {len(builder.bad_files)} bad raw inputs; they are listed in {report}")
     return builder.as_data_source()[split]
+
+
+# Preprocessing: stored examples -> the batch contract (mmjax.data.spec), robustness conditions.
+
+IMAGE_MEAN, IMAGE_STD = 0.1307, 0.3081  # MNIST pixel statistics
+
+
+def pick_phrasing(phrasings: Sequence[str], seed: int, recording: str, image_index: int) -> str:
+    """A phrasing chosen deterministically from (seed, recording, image_index)."""
+    rng = np.random.default_rng([seed, zlib.crc32(recording.encode("utf-8")), int(image_index)])
+    return phrasings[int(rng.integers(len(phrasings)))]
+
+
+def corrupt(example: dict, raw: Mapping, corruption: Corruption, *, audio_frames: int, seed: int) -> dict:
+    """Applies `corruption` to one preprocessed example; noise is seeded by (seed, recording, image)."""
+    recording, image_index = as_str(raw["recording"]), int(raw["image_index"])
+    rng = np.random.default_rng([seed, zlib.crc32(recording.encode("utf-8")), image_index, 1])
+    example = dict(example, present=dict(example["present"]))
+    if corruption.drop:
+        example["present"][corruption.drop] = np.bool_(False)
+    if corruption.audio_snr is not None:
+        if not corruption.recordings_dir:
+            raise ValueError("audio_snr needs the FSDD recordings_dir to re-read the recordings")
+        wav = pathlib.Path(corruption.recordings_dir) / recording
+        features = audio_features(wav, corruption.audio_snr, rng)
+        example["audio"], example["audio_mask"] = audio.pad_or_crop(features, audio_frames)
+    if corruption.image_noise:
+        noise = rng.normal(0.0, corruption.image_noise, size=example["image"].shape)
+        example["image"] = (example["image"] + noise).astype(np.float32)
+    return example
+
+
+def preprocess(
+    example: Mapping,
+    *,
+    tokenizer: WordTokenizer | PretrainedTokenizer,
+    text_len: int,
+    audio_frames: int,
+    questions: Mapping[str, Sequence[str]] | None = None,
+    seed: int = 0,
+    corruption: Corruption | None = None,
+    n_mfcc: int = 0,
+) -> dict:
+    """One decoded AV-Digits example -> one unbatched example of the batch contract.
+
+    With `questions` ({question type: phrasings}), the stored question is replaced by one of those phrasings;
+    with `corruption`, that robustness condition is applied; with `n_mfcc` > 0 the audio becomes that many
+    MFCCs per frame (audio.mfcc_from_log_mel) instead of the log-mel bands.
+    """
+    qtype = int(example["question_type"])
+    question = as_str(example["question"])
+    if questions is not None:
+        recording, image_index = as_str(example["recording"]), int(example["image_index"])
+        question = pick_phrasing(questions[QUESTION_TYPES[qtype]], seed, recording, image_index)
+    text_ids, text_mask = tokenizer.encode(question, text_len)
+    features, audio_mask = audio.pad_or_crop(np.asarray(example["audio"], dtype=np.float32), audio_frames)
+    image = (np.asarray(example["image"], dtype=np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD
+    processed = {
+        "text": text_ids,
+        "text_mask": text_mask,
+        "image": image[..., None],
+        "audio": features,
+        "audio_mask": audio_mask,
+        "present": {name: np.bool_(True) for name in ("text", "image", "audio")},
+        "question_type": np.int32(qtype),
+        **{f"labels/{task}": np.int32(example[task]) for task in TASKS},
+    }
+    if corruption is not None:
+        processed = corrupt(processed, example, corruption, audio_frames=audio_frames, seed=seed)
+    if n_mfcc:
+        processed["audio"] = audio.mfcc_from_log_mel(processed["audio"], processed["audio_mask"], n_mfcc)
+    return processed
+
+
+def load_questions(path: str | os.PathLike) -> dict[str, list[str]]:
+    """Reads {question type: [phrasings]} from JSON; every question type needs a non-empty list."""
+    if not os.path.isfile(path):
+        raise ValueError(f"questions file {path} does not exist")
+    with open(path) as f:
+        try:
+            questions = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"questions file {path} is not valid JSON: {err}") from err
+    if not isinstance(questions, dict):
+        raise ValueError(f"questions file {path} must hold an object {{question type: [phrasings]}}")
+    for key, phrasings in questions.items():
+        if key not in QUESTION_TYPES:
+            raise ValueError(f"questions file {path}: unknown question type {key!r}; known: {QUESTION_TYPES}")
+        if not isinstance(phrasings, list) or not phrasings or not all(isinstance(p, str) for p in phrasings):
+            raise ValueError(f"questions file {path}: {key!r} needs a non-empty list of strings")
+    missing = [key for key in QUESTION_TYPES if key not in questions]
+    if missing:
+        raise ValueError(f"questions file {path}: no phrasings for question types {missing}")
+    return questions
+
+
+# The data-set contract (mmjax.data.spec.DataSet) for an experiment config.
+
+
+def task_specs() -> dict[str, Task]:
+    tasks = {task: classes(*names) for task, names in CLASS_NAMES.items()}
+    return tasks | {ALIGN: Task("align")}
+
+
+def load_split(config: ml_collections.ConfigDict, split: str):
+    """The AV-Digits split of an experiment config (built on first use)."""
+    return load(
+        split,
+        data_dir=config.data.data_dir or None,
+        tfds_dir=config.data.tfds_dir or None,
+        on_bad=config.data.get("on_bad_example", "skip"),  # absent in older runs
+    )
+
+
+def make_preprocess(
+    config: ml_collections.ConfigDict,
+    questions: Mapping[str, list[str]] | None = None,
+    corruption: Corruption | None = None,
+):
+    """AV-Digits' per-example preprocessing (optionally other phrasings, a robustness condition). Phrasings
+    longer than data.text_len tokens are truncated with a warning, or stop the run when
+    data.on_bad_example=stop."""
+    tokenizer = experiment_tokenizer(config, (p for ps in PHRASINGS.values() for p in ps))
+    limit = config.data.text_len
+    lengths = {
+        p: int(tokenizer.encode(p, 4 * limit + 8)[1].sum())  # + 8: room for special tokens
+        for phrasings in (questions or PHRASINGS).values()
+        for p in phrasings
+    }
+    too_long = {p: n for p, n in lengths.items() if n > limit}
+    if too_long:
+        listed = "; ".join(f"{p!r} ({n} tokens)" for p, n in too_long.items())
+        if config.data.get("on_bad_example") == "stop":
+            raise ValueError(f"question phrasings longer than data.text_len={limit}: {listed}")
+        print(f"mmjax: warning: truncating to data.text_len={limit} tokens: {listed}")
+    return functools.partial(
+        preprocess,
+        tokenizer=tokenizer,
+        text_len=config.data.text_len,
+        audio_frames=config.data.audio_frames,
+        questions=questions,
+        seed=config.seed,
+        corruption=corruption,
+        n_mfcc=config.data.get("n_mfcc", 0),
+    )
+
+
+def condition(config: ml_collections.ConfigDict, corruption: Corruption, questions: str = ""):
+    """AV-Digits preprocessing under a robustness condition (audio noise re-reads the recordings)."""
+    if corruption.audio_snr is not None and not corruption.recordings_dir:
+        recordings = resolve_data_dir(config.data.data_dir or None) / "fsdd" / "recordings"
+        corruption = Corruption(
+            corruption.drop, corruption.audio_snr, corruption.image_noise, str(recordings)
+        )
+    phrasings = load_questions(questions) if questions else None
+    return make_preprocess(config, phrasings, corruption)
+
+
+@functools.cache
+def question_types(tfds_dir: str, data_dir: str, split: str) -> np.ndarray:
+    source = load(split, data_dir=data_dir or None, tfds_dir=tfds_dir or None)
+    return np.asarray([QUESTION_TYPES[int(source[i]["question_type"])] for i in range(len(source))])
+
+
+def encode_inputs(given: Mapping[str, object], config: ml_collections.ConfigDict) -> dict:
+    """A user's image, recording and question -> one AV-Digits source example (other fields zero)."""
+    example = {task: 0 for task in CLASS_NAMES} | {"recording": "", "image_index": 0}
+    example |= {"question": given.get("text", ""), "question_type": 0}
+    example["image"] = np.zeros((28, 28), np.uint8)
+    if given.get("image") is not None:
+        example["image"] = inputs.read_image(given["image"], (28, 28), 1)[..., 0]
+    example["audio"] = np.zeros((config.data.audio_frames, N_MELS), np.float32)
+    if given.get("audio") is not None:
+        wave, rate, _ = inputs.read_wave(given["audio"])
+        example["audio"] = wave_features(wave, rate)
+    return example
+
+
+def data_set(config: ml_collections.ConfigDict) -> DataSet:
+    tasks = trained_tasks(config.tasks, task_specs(), "AV-Digits")
+    buckets = pipeline.parse_buckets(
+        config.data.get("audio_buckets", ""), config.data.audio_frames, config.model.audio.patch_time
+    )
+    eval_cfg = config.get("eval", {})
+    group_by = eval_cfg.get("group_by", "question_type")
+    if group_by not in ("", "question_type"):
+        raise ValueError(f"config.eval.group_by={group_by!r}: AV-Digits groups by question_type or nothing")
+    groups = None
+    if group_by:
+        groups = functools.partial(question_types, config.data.tfds_dir, config.data.data_dir)
+    group_tasks = tuple(t for t in eval_cfg.get("group_tasks", "answer").split(",") if t)
+    return DataSet(
+        name="av_digits",
+        streams={"text": "text", "image": "image", "audio": "audio"},
+        tasks=tasks,
+        load=functools.partial(load_split, config),
+        preprocess=make_preprocess(config),
+        summarize=summarizer(tasks, groups, group_tasks),
+        iterator_args={"audio_buckets": buckets},
+        groups=groups,
+        group_tasks=group_tasks,
+        condition=functools.partial(condition, config),
+        encode_inputs=functools.partial(encode_inputs, config=config),
+        align_labels=dict(MODALITY_LABELS),
+    )

@@ -1,14 +1,10 @@
-"""Host input pipeline: AV-Digits examples -> numpy batches in the batch contract, via grain.
+"""Host input pipeline: a data set's examples -> numpy batches in the batch contract, via grain.
 
 Batches are process-local numpy dicts; turning them into global device arrays is parallel.py's job.
 """
 
 import dataclasses
 import functools
-import json
-import os
-import pathlib
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import grain
@@ -16,38 +12,26 @@ import numpy as np
 from absl import flags
 
 from mmjax.data import audio, text_tasks
-from mmjax.data.av_digits import QUESTION_TYPES, TASKS, audio_features
 from mmjax.data.text import PretrainedTokenizer, WordTokenizer
 
-IMAGE_MEAN, IMAGE_STD = 0.1307, 0.3081  # MNIST pixel statistics
 
-
-def _as_str(value) -> str:
+def as_str(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def pick_phrasing(phrasings: Sequence[str], seed: int, recording: str, image_index: int) -> str:
-    """A phrasing chosen deterministically from (seed, recording, image_index)."""
-    rng = np.random.default_rng([seed, zlib.crc32(recording.encode("utf-8")), int(image_index)])
-    return phrasings[int(rng.integers(len(phrasings)))]
 
 
 @dataclasses.dataclass(frozen=True)
 class Corruption:
-    """Evaluation-time robustness conditions: a modality marked absent, noisy audio, noisy images."""
+    """Evaluation-time robustness conditions: a stream marked absent, noisy images, and noisy audio (for data
+    sets that keep the raw recordings: AV-Digits)."""
 
-    drop: str = ""  # "", "text", "image" or "audio": absent in every example
+    drop: str = ""  # "" or a stream (e.g. "image"): absent in every example
     audio_snr: float | None = None  # dB: white noise added to the recording before the features
     image_noise: float = 0.0  # std of Gaussian noise added to the normalised image
     recordings_dir: str = ""  # FSDD recordings, re-read when audio_snr is set
 
     def __post_init__(self):
-        if self.drop not in ("", "text", "image", "audio"):
-            raise ValueError(f"drop={self.drop!r} must be one of text, image, audio")
         if self.image_noise < 0:
             raise ValueError(f"image_noise={self.image_noise} must be >= 0")
-        if self.audio_snr is not None and not self.recordings_dir:
-            raise ValueError("audio_snr needs the FSDD recordings_dir to re-read the recordings")
 
     @property
     def suffix(self) -> str:
@@ -58,63 +42,78 @@ class Corruption:
         return "".join(f"_{p}" for p in parts)
 
 
-def corrupt(example: dict, raw: Mapping, corruption: Corruption, *, audio_frames: int, seed: int) -> dict:
-    """Applies `corruption` to one preprocessed example; noise is seeded by (seed, recording, image)."""
-    recording, image_index = _as_str(raw["recording"]), int(raw["image_index"])
-    rng = np.random.default_rng([seed, zlib.crc32(recording.encode("utf-8")), image_index, 1])
-    example = dict(example, present=dict(example["present"]))
-    if corruption.drop:
-        example["present"][corruption.drop] = np.bool_(False)
-    if corruption.audio_snr is not None:
-        wav = pathlib.Path(corruption.recordings_dir) / recording
-        features = audio_features(wav, corruption.audio_snr, rng)
-        example["audio"], example["audio_mask"] = audio.pad_or_crop(features, audio_frames)
-    if corruption.image_noise:
-        noise = rng.normal(0.0, corruption.image_noise, size=example["image"].shape)
-        example["image"] = (example["image"] + noise).astype(np.float32)
-    return example
-
-
-def preprocess(
+def preprocess_streams(
     example: Mapping,
     *,
-    tokenizer: WordTokenizer | PretrainedTokenizer,
+    streams: Mapping[str, str],
+    tasks: Mapping[str, str],
+    scales: Mapping[str, tuple[float, float]],
+    tokenizer: WordTokenizer | PretrainedTokenizer | None,
     text_len: int,
     audio_frames: int,
-    questions: Mapping[str, Sequence[str]] | None = None,
-    seed: int = 0,
-    corruption: Corruption | None = None,
-    n_mfcc: int = 0,
+    image_mean: np.ndarray,
+    image_std: np.ndarray,
 ) -> dict:
-    """One decoded AV-Digits example -> one unbatched example of the batch contract.
+    """One stored example of a folder data set (mmjax.data.folder) -> one example of the batch contract.
 
-    With `questions` ({question type: phrasings}), the stored question is replaced by one of those phrasings;
-    with `corruption`, that robustness condition is applied; with `n_mfcc` > 0 the audio becomes that many
-    MFCCs per frame (audio.mfcc_from_log_mel) instead of the log-mel bands.
+    Images (uint8 [H, W, C]) are scaled to 0..1 and normalised per channel; audio features are padded or
+    cropped to `audio_frames` with a mask; text is tokenized to `text_len`. `present/<stream>` says which
+    inputs the example has. Labels keep their unlabelled marks (class -1, multi-hot rows of -1, NaN targets);
+    regression targets become (target - mean) / std with `scales` {task: (mean, std)}.
     """
-    qtype = int(example["question_type"])
-    question = _as_str(example["question"])
-    if questions is not None:
-        recording, image_index = _as_str(example["recording"]), int(example["image_index"])
-        question = pick_phrasing(questions[QUESTION_TYPES[qtype]], seed, recording, image_index)
-    text_ids, text_mask = tokenizer.encode(question, text_len)
-    features, audio_mask = audio.pad_or_crop(np.asarray(example["audio"], dtype=np.float32), audio_frames)
-    image = (np.asarray(example["image"], dtype=np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD
-    processed = {
-        "text": text_ids,
-        "text_mask": text_mask,
-        "image": image[..., None],
-        "audio": features,
-        "audio_mask": audio_mask,
-        "present": {name: np.bool_(True) for name in ("text", "image", "audio")},
-        "question_type": np.int32(qtype),
-        **{f"labels/{task}": np.int32(example[task]) for task in TASKS},
-    }
-    if corruption is not None:
-        processed = corrupt(processed, example, corruption, audio_frames=audio_frames, seed=seed)
-    if n_mfcc:
-        processed["audio"] = audio.mfcc_from_log_mel(processed["audio"], processed["audio_mask"], n_mfcc)
+    processed = {"present": {}}
+    for stream, kind in streams.items():
+        value = example[stream]
+        if kind == "image":
+            processed[stream] = ((np.asarray(value, np.float32) / 255.0 - image_mean) / image_std).astype(
+                np.float32
+            )
+        elif kind == "audio":
+            processed[stream], processed[f"{stream}_mask"] = audio.pad_or_crop(
+                np.asarray(value, np.float32), audio_frames
+            )
+        else:
+            processed[stream], processed[f"{stream}_mask"] = tokenizer.encode(as_str(value), text_len)
+        processed["present"][stream] = np.bool_(example[f"present/{stream}"])
+    label_types = {"classes": np.int32, "multilabel": np.float32, "regression": np.float32}
+    for task, kind in tasks.items():
+        if kind in label_types:
+            label = np.asarray(example[f"labels/{task}"]).astype(label_types[kind])
+            if task in scales:
+                label = ((label - scales[task][0]) / scales[task][1]).astype(np.float32)
+            processed[f"labels/{task}"] = label
     return processed
+
+
+def condition_streams(
+    preprocess_fn: Callable[[Mapping], dict],
+    streams: Mapping[str, str],
+    corruption: Corruption,
+    questions: str = "",
+    *,
+    seed: int,
+) -> Callable[[Mapping], dict]:
+    """`preprocess_fn` under a robustness condition any data set supports: a stream marked absent in every
+    example (`drop`) and Gaussian noise on the normalised images (seeded by the example's row). Audio noise
+    needs the waveforms, which a built folder no longer holds: it raises ValueError."""
+    if corruption.audio_snr is not None or questions:
+        raise ValueError("audio noise and other question phrasings are AV-Digits conditions")
+    if corruption.drop and corruption.drop not in streams:
+        raise ValueError(f"--drop {corruption.drop!r} is not a stream of this data set: {list(streams)}")
+
+    def conditioned(example: Mapping) -> dict:
+        processed = preprocess_fn(example)
+        processed["present"] = dict(processed["present"])
+        if corruption.drop:
+            processed["present"][corruption.drop] = np.bool_(False)
+        if corruption.image_noise:
+            rng = np.random.default_rng([seed, int(example["row"]), 1])
+            for stream in (s for s, kind in streams.items() if kind == "image"):
+                noise = rng.normal(0.0, corruption.image_noise, size=processed[stream].shape)
+                processed[stream] = (processed[stream] + noise).astype(np.float32)
+        return processed
+
+    return conditioned
 
 
 def random_shift(example: dict, rng: np.random.Generator, *, max_shift: int) -> dict:
@@ -128,28 +127,6 @@ def random_shift(example: dict, rng: np.random.Generator, *, max_shift: int) -> 
     height, width = image.shape[:2]
     top, left = max_shift - dy, max_shift - dx
     return {**example, "image": padded[top : top + height, left : left + width]}
-
-
-def load_questions(path: str | os.PathLike) -> dict[str, list[str]]:
-    """Reads {question type: [phrasings]} from JSON; every question type needs a non-empty list."""
-    if not os.path.isfile(path):
-        raise ValueError(f"questions file {path} does not exist")
-    with open(path) as f:
-        try:
-            questions = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"questions file {path} is not valid JSON: {err}") from err
-    if not isinstance(questions, dict):
-        raise ValueError(f"questions file {path} must hold an object {{question type: [phrasings]}}")
-    for key, phrasings in questions.items():
-        if key not in QUESTION_TYPES:
-            raise ValueError(f"questions file {path}: unknown question type {key!r}; known: {QUESTION_TYPES}")
-        if not isinstance(phrasings, list) or not phrasings or not all(isinstance(p, str) for p in phrasings):
-            raise ValueError(f"questions file {path}: {key!r} needs a non-empty list of strings")
-    missing = [key for key in QUESTION_TYPES if key not in questions]
-    if missing:
-        raise ValueError(f"questions file {path}: no phrasings for question types {missing}")
-    return questions
 
 
 def train_iterator(
@@ -271,8 +248,8 @@ def eval_batches(
     process_count: int = 1,
 ) -> Iterator[dict]:
     """One ordered pass in global batches of batch_size; `valid` marks real examples (the last batch is
-    padded). Yields this process's rows of each global batch (its batch_size // process_count consecutive
-    rows), read and preprocessed by this process only."""
+    padded) and `index` is each row's position in the source. Yields this process's rows of each global
+    batch (its batch_size // process_count consecutive rows), read and preprocessed by this process only."""
     if batch_size % process_count:
         raise ValueError(f"data.eval_batch_size={batch_size} is not divisible by {process_count} processes")
     rows = batch_size // process_count
@@ -283,6 +260,7 @@ def eval_batches(
         examples = [dataset[i] for i in range(first, min(first + rows, len(source)))] or [dataset[-1]]
         batch = _pad_rows(_combine(examples, np.stack), rows)
         batch["valid"] = np.arange(first, first + rows) < len(source)
+        batch["index"] = np.minimum(np.arange(first, first + rows), len(source) - 1).astype(np.int32)
         yield batch
 
 

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 import tokenizers
 
@@ -151,3 +152,17 @@ def load_tokenizer(path: str | Path) -> PretrainedTokenizer:
     if pad_id is None:
         raise ValueError(f"{folder}: no pad token in the vocabulary (tried {[n for n in names if n]})")
     return PretrainedTokenizer(tokenizer, pad_id)
+
+
+def pretrained_tokenizer(config: ml_collections.ConfigDict) -> PretrainedTokenizer | None:
+    """data.tokenizer's folder, else the text encoder's checkpoint (model.text.init_from), else None."""
+    init_from = config.model.get("text", {}).get("init_from", "")
+    spec = config.data.get("tokenizer", "") or init_from
+    return load_tokenizer(spec.removeprefix("hf:")) if spec else None
+
+
+def experiment_tokenizer(
+    config: ml_collections.ConfigDict, texts: Iterable[str] = ()
+) -> WordTokenizer | PretrainedTokenizer:
+    """The experiment's pretrained tokenizer, else a word vocabulary over `texts` (the training text)."""
+    return pretrained_tokenizer(config) or build_vocab(texts)

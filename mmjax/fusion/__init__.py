@@ -1,4 +1,9 @@
-"""Fusion modules. Each maps (tokens, masks, present) keyed by modality to ({tokens, mask, pooled}, aux).
+"""Fusion modules. Each maps (tokens, masks, present) keyed by stream to ({tokens, mask, pooled}, aux).
+
+Streams have any names (text, text_2, image, image_2, audio, ...) and are taken in the order given: the
+tokens dict's insertion order (mmjax.fusion.common). A fusion that cannot work with the streams it gets
+raises a ValueError naming itself and them (co_attention needs two; cross_attention its query and another;
+film its condition and another); the others work with any number from one.
 
 `build_fusion(cfg, ...)` makes the one named by cfg.name (an experiment's `model.fusion`).
 """
@@ -57,9 +62,7 @@ def build_fusion(
     if cfg.name == "late":
         return LateFusion(width=width, mlp_dim=mlp_dim, dropout_rate=dropout_rate)
     if cfg.name == "cross_attention":
-        query = cfg.get("query", "text")
-        if query not in ("text", "image", "audio"):
-            raise ValueError(f"model.fusion.query={query!r} is not one of text, image, audio")
+        query = _stream_name(cfg, "query")  # checked against the actual streams at call time
         return CrossAttentionFusion(**blocks, depth=cfg.depth, bidirectional=cfg.bidirectional, query=query)
     if cfg.name == "late_logits":
         return LateLogitsFusion(width=width, mlp_dim=mlp_dim, dropout_rate=dropout_rate)
@@ -74,7 +77,8 @@ def build_fusion(
     if cfg.name == "gated":
         return GatedFusion(width=width, dropout_rate=dropout_rate)
     if cfg.name == "film":
-        return FiLMFusion(width=width, depth=cfg.depth, dropout_rate=dropout_rate)
+        condition = _stream_name(cfg, "condition")  # checked against the actual streams at call time
+        return FiLMFusion(width=width, depth=cfg.depth, dropout_rate=dropout_rate, condition=condition)
     if cfg.name == "tensor":
         return TensorFusion(width=width, dropout_rate=dropout_rate)
     if cfg.name == "low_rank_tensor":
@@ -82,3 +86,11 @@ def build_fusion(
     if cfg.name == "perceiver":
         return PerceiverFusion(**blocks, depth=cfg.depth, num_latents=cfg.num_latents)
     raise AssertionError(f"build_fusion has no case for {cfg.name!r}")
+
+
+def _stream_name(cfg: ml_collections.ConfigDict, field: str) -> str:
+    """cfg.<field> (default "text"): a stream name, any non-empty string."""
+    name = cfg.get(field, "text")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model.fusion.{field}={name!r} must be a stream name (a non-empty string)")
+    return name

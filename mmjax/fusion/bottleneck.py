@@ -1,4 +1,4 @@
-"""Attention bottleneck fusion (MBT, Nagrani et al. 2021): modalities meet only through shared tokens."""
+"""Attention bottleneck fusion (MBT, Nagrani et al. 2021): streams meet only through shared tokens."""
 
 import functools
 
@@ -7,27 +7,28 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mmjax.fusion.co_attention import mean_of_present_firsts
-from mmjax.fusion.common import MODALITIES, project
+from mmjax.fusion.common import project, stream_names
 from mmjax.nn.embeddings import INIT
 from mmjax.nn.transformer import TransformerBlock, run_block
 
 
 class BottleneckFusion(nn.Module):
-    """One Transformer stack of `depth` layers per modality over its tokens (Dense to `width`).
+    """One Transformer stack of `depth` layers per stream over its tokens (Dense to `width`), streams in the
+    order given (one or more; with one, the bottleneck tokens are just extra learned tokens of that stream).
 
     Layers before `fusion_layer` are unimodal. From layer `fusion_layer` on, every stream appends the
     `num_bottlenecks` bottleneck tokens (learned at the start) to its sequence; after the layer the
-    bottleneck becomes the mean of the present modalities' updated copies (absent ones excluded; zero if
+    bottleneck becomes the mean of the present streams' updated copies (absent ones excluded; zero if
     none is present). As in MBT, the bottleneck written by layer l reaches the streams in layer l + 1: a
-    stream's state after layer l carries other modalities only when l > fusion_layer (the bottleneck already
+    stream's state after layer l carries other streams only when l > fusion_layer (the bottleneck already
     does after layer fusion_layer). fusion_layer=0 is MBT's early fusion: the exchange starts at the first
     layer, there are no unimodal layers. fusion_layer=depth is late fusion (no exchange at all); so is
     fusion_layer=depth - 1 for out["tokens"] and out["pooled"], whose last exchange reaches only the aux.
 
-    pooled = mean over the present modalities of each stream's first token (MBT averages per-modality [CLS]
-    outputs); out["tokens"] concatenates the streams (text, image, audio); aux["fusion/bottleneck"] is the
+    pooled = mean over the present streams of each stream's first token (MBT averages per-modality [CLS]
+    outputs); out["tokens"] concatenates the streams in the order given; aux["fusion/bottleneck"] is the
     last bottleneck [B, num_bottlenecks, width]. Every layer's stream states are sown to
-    ("intermediates", "<modality>_hidden") and the bottleneck after each fusion layer to
+    ("intermediates", "<stream>_hidden") and the bottleneck after each fusion layer to
     ("intermediates", "bottleneck_hidden").
     """
 
@@ -56,7 +57,7 @@ class BottleneckFusion(nn.Module):
             raise ValueError(f"fusion_layer={self.fusion_layer} must be in 0..depth={self.depth}")
         if self.num_bottlenecks < 1:
             raise ValueError(f"num_bottlenecks={self.num_bottlenecks} must be at least 1")
-        names = [m for m in MODALITIES if m in tokens]
+        names = stream_names(self, tokens, masks, present)
         here = {m: present[m].astype(bool) for m in names}
         x, mask = {}, {}
         for m in names:
@@ -98,7 +99,7 @@ class BottleneckFusion(nn.Module):
 
 
 def mean_of_present(copies: dict[str, jax.Array], here: dict[str, jax.Array]) -> jax.Array:
-    """Mean of copies[m] [B, K, D] over the modalities present in each row; zeros where none is present."""
+    """Mean of copies[m] [B, K, D] over the streams present in each row; zeros where none is present."""
     total = sum(jnp.where(here[m][:, None, None], c, 0.0) for m, c in copies.items())
     count = sum(here[m].astype(jnp.int32) for m in copies)
     return total / jnp.maximum(count, 1)[:, None, None]

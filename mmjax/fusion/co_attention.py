@@ -1,4 +1,4 @@
-"""Co-attention fusion (ViLBERT's two streams, generalised to any number of modalities)."""
+"""Co-attention fusion (ViLBERT's two streams, generalised to any number of streams)."""
 
 import functools
 
@@ -6,18 +6,19 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mmjax.fusion.common import MODALITIES, project
+from mmjax.fusion.common import project, stream_names
 from mmjax.nn.transformer import TransformerBlock, run_block
 
 
 class CoAttentionFusion(nn.Module):
-    """One stream per modality: Dense to `width` + learned modality embedding, then `depth` layers where every
-    stream runs a TransformerBlock (self-attention, cross-attention to the concatenated tokens of the other
-    modalities, MLP). All streams of a layer read the previous layer's states; keys are masked by padding
-    and presence, so absent modalities are never attended to.
+    """Per stream (two or more, streams in the order given): Dense to `width` + learned stream embedding, then
+    `depth` layers where every stream runs a TransformerBlock (self-attention, cross-attention to the
+    concatenated tokens of the other streams in the order given, MLP). All streams of a layer read the
+    previous layer's states; keys are masked by padding and presence, so absent streams are never attended
+    to. Fewer than two streams: ValueError.
 
-    pooled = mean over the present modalities of each stream's first token (zero if none is present): every
-    modality counts alike, whichever are missing. out["tokens"] concatenates the streams (text, image, audio).
+    pooled = mean over the present streams of each stream's first token (zero if none is present): every
+    stream counts alike, whichever are missing. out["tokens"] concatenates the streams in the order given.
     """
 
     width: int
@@ -39,9 +40,7 @@ class CoAttentionFusion(nn.Module):
         *,
         deterministic: bool,
     ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-        names = [m for m in MODALITIES if m in tokens]
-        if len(names) < 2:
-            raise ValueError(f"CoAttentionFusion needs at least two of {MODALITIES}, got {names}")
+        names = stream_names(self, tokens, masks, present, at_least=2)
         here = {m: present[m].astype(bool) for m in names}
         x, mask = {}, {}
         for m in names:
@@ -76,7 +75,7 @@ class CoAttentionFusion(nn.Module):
 
 
 def mean_of_present_firsts(x: dict[str, jax.Array], here: dict[str, jax.Array]) -> jax.Array:
-    """Mean over the present modalities of each x[m][:, 0]; rows with nothing present give zeros."""
+    """Mean over the present streams of each x[m][:, 0]; rows with nothing present give zeros."""
     firsts = jnp.stack([jnp.where(here[m][:, None], x[m][:, 0], 0.0) for m in x], axis=1)
     count = jnp.stack([here[m] for m in x], axis=1).sum(axis=1)
     return firsts.sum(axis=1) / jnp.maximum(count, 1)[:, None]

@@ -1,4 +1,4 @@
-"""Cross-attention fusion: one modality's tokens (text by default) attend to the others' (or both ways)."""
+"""Cross-attention fusion: one stream's tokens (text by default) attend to the others' (or both ways)."""
 
 import functools
 
@@ -7,16 +7,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from mmjax.fusion.common import MODALITIES, project
+from mmjax.fusion.common import project, stream_names
 from mmjax.nn.transformer import TransformerBlock, run_block
 
 
 class CrossAttentionFusion(nn.Module):
-    """Per-modality Dense to `width` + learned modality embedding, then `depth` blocks where the `query`
-    modality's tokens attend to the context: the other modalities' tokens, concatenated in MODALITIES order
+    """Per-stream Dense to `width` + learned stream embedding, then `depth` blocks where the `query`
+    stream's tokens attend to the context: every other stream's tokens, concatenated in the order given
     (keys masked by padding and presence). bidirectional: the context also attends to the query tokens in
-    each layer. pooled = the query modality's first token ([CLS]) after fusion. out["tokens"] holds every
-    modality's tokens in MODALITIES order (text, image, audio).
+    each layer. pooled = the query stream's first token ([CLS]) after fusion. out["tokens"] holds every
+    stream's tokens, streams in the order given (the query's at its own place).
+
+    `query` must be one of the streams, and there must be at least one other (ValueError otherwise).
     """
 
     width: int
@@ -29,7 +31,7 @@ class CrossAttentionFusion(nn.Module):
     remat: str = ""  # speed levers of the blocks (mmjax.nn.transformer): "" | full | dots | dots_saveable
     dtype: str = "float32"  # compute dtype of the blocks: float32 | bfloat16 (params stay float32)
     attention: str = "xla"  # xla | fused (mmjax.nn.attention.MultiHeadAttention.implementation)
-    query: str = "text"  # the modality whose tokens are the queries: text | image | audio
+    query: str = "text"  # the stream whose tokens are the queries: any stream name (text, image_2, ...)
 
     @nn.compact
     def __call__(
@@ -40,13 +42,18 @@ class CrossAttentionFusion(nn.Module):
         *,
         deterministic: bool,
     ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-        if self.query not in tokens:
+        names = stream_names(self, tokens, masks, present)
+        if self.query not in names:
             raise ValueError(
-                f"CrossAttentionFusion needs {self.query!r} tokens (model.fusion.query, the queries)"
+                f"CrossAttentionFusion needs {self.query!r} tokens (model.fusion.query, the queries), "
+                f"got streams {names}"
             )
-        context_names = [m for m in MODALITIES if m in tokens and m != self.query]
+        context_names = [m for m in names if m != self.query]
         if not context_names:
-            raise ValueError(f"CrossAttentionFusion needs a modality other than {self.query!r} as context")
+            raise ValueError(
+                f"CrossAttentionFusion needs a stream other than {self.query!r} as context, "
+                f"got streams {names}"
+            )
 
         x, x_mask = project(self, self.query, tokens, masks, present)
         embedded = [project(self, m, tokens, masks, present) for m in context_names]
@@ -72,13 +79,12 @@ class CrossAttentionFusion(nn.Module):
             x = nn.LayerNorm(name=f"{self.query}_final_ln")(x)
             if self.bidirectional:
                 ctx = nn.LayerNorm(name="context_final_ln")(ctx)
-        # Back in MODALITIES order, the layout of the other fusions: split the context per modality.
+        # Back in the order given, the layout of the other fusions: split the context per stream.
         splits = np.cumsum([e[0].shape[1] for e in embedded])[:-1]
         pieces = zip(jnp.split(ctx, splits, 1), jnp.split(ctx_mask, splits, 1), strict=True)
         parts = dict(zip(context_names, pieces, strict=True))
         parts[self.query] = (x, x_mask)
-        order = [m for m in MODALITIES if m in parts]
-        out_mask = jnp.concatenate([parts[m][1] for m in order], axis=1)
-        out_tokens = jnp.concatenate([parts[m][0] for m in order], axis=1)
+        out_mask = jnp.concatenate([parts[m][1] for m in names], axis=1)
+        out_tokens = jnp.concatenate([parts[m][0] for m in names], axis=1)
         out = {"tokens": jnp.where(out_mask[..., None], out_tokens, 0.0), "mask": out_mask, "pooled": x[:, 0]}
         return out, {f"fusion/{k}": v for k, v in out.items()}

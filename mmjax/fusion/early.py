@@ -1,21 +1,22 @@
-"""Early fusion: one joint Transformer over the concatenated tokens of every modality."""
+"""Early fusion: one joint Transformer over the concatenated tokens of every stream."""
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mmjax.fusion.common import MODALITIES, project
+from mmjax.fusion.common import project, stream_names
 from mmjax.nn.embeddings import ClsToken
 from mmjax.nn.transformer import Encoder
 
 
 class EarlyFusion(nn.Module):
-    """Per-modality Dense to `width` + learned modality embedding, concatenated (text, image, audio) behind
-    a learned fusion [CLS] token, then an Encoder of `depth` blocks with keys masked by padding and presence.
+    """Per-stream Dense to `width` + learned stream embedding, concatenated (streams in the order given)
+    behind a learned fusion [CLS] token, then an Encoder of `depth` blocks with keys masked by padding and
+    presence. Works with one stream or more.
 
-    pooled = the fusion [CLS] output: a learned token favours no modality (the text [CLS] would) and still
-    exists when text is absent. out["tokens"] holds the modality tokens only (without the [CLS]), so
-    N = sum of the input lengths, in the same layout as the other fusions.
+    pooled = the fusion [CLS] output: a learned token favours no stream (the text [CLS] would) and still
+    exists when text is absent. out["tokens"] holds the stream tokens only (without the [CLS]), so
+    N = sum of the input lengths, in the same layout as the other fusions (streams in the order given).
     """
 
     width: int
@@ -39,7 +40,7 @@ class EarlyFusion(nn.Module):
         deterministic: bool,
     ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
         embedded, token_masks = [], []
-        for m in (m for m in MODALITIES if m in tokens):
+        for m in stream_names(self, tokens, masks, present):
             x, valid = project(self, m, tokens, masks, present)
             embedded.append(x)
             token_masks.append(valid)

@@ -1,4 +1,4 @@
-"""Gated multimodal unit (Arevalo et al. 2017) over M modalities."""
+"""Gated multimodal unit (Arevalo et al. 2017) over M streams."""
 
 import jax
 import jax.numpy as jnp
@@ -8,11 +8,12 @@ from mmjax.fusion.common import tokens_and_summaries
 
 
 class GatedFusion(nn.Module):
-    """pooled = sum_m z_m tanh(W_m x_m) over the modality summaries x_m, with gates z = softmax over the
-    present modalities of W_z [x_1; ...; x_M] (absent ones get z_m = 0; M = 2 with a sigmoid is the GMU).
+    """pooled = sum_m z_m tanh(W_m x_m) over the stream summaries x_m, with gates z = softmax over the
+    present streams of W_z [x_1; ...; x_M] (absent ones get z_m = 0; M = 2 with a sigmoid is the GMU).
+    Works with one stream or more (M = 1: z = 1 where present).
 
-    out["tokens"] concatenates the modalities' projected tokens (as in LateFusion); aux["fusion/gates"]
-    holds z [B, M] in MODALITIES order.
+    out["tokens"] concatenates the streams' projected tokens (as in LateFusion), streams in the order given;
+    aux["fusion/gates"] holds z [B, M], streams in the order given.
     """
 
     width: int

@@ -1,19 +1,19 @@
-"""Late fusion: an MLP over the concatenated per-modality [CLS] vectors; absent modalities give zeros."""
+"""Late fusion: an MLP over the concatenated per-stream [CLS] vectors; absent streams give zeros."""
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mmjax.fusion.common import MODALITIES
+from mmjax.fusion.common import stream_names
 
 
 class LateFusion(nn.Module):
-    """pooled = MLP(concat of each modality's first token, zeroed where absent).
+    """pooled = MLP(concat of each stream's first token, zeroed where absent), streams in the order given.
 
-    The hidden layer lets the question gate the other modalities (a linear map of the concatenation cannot).
+    The hidden layer lets the question gate the other streams (a linear map of the concatenation cannot).
 
-    out["tokens"] concatenates every modality's tokens (projected to `width`, zeroed where absent), with
-    masks that are False for padding and absent modalities.
+    out["tokens"] concatenates every stream's tokens (projected to `width`, zeroed where absent), streams in
+    the order given, with masks that are False for padding and absent streams. Works with one stream or more.
     """
 
     width: int
@@ -29,7 +29,7 @@ class LateFusion(nn.Module):
         *,
         deterministic: bool,
     ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-        names = [m for m in MODALITIES if m in tokens]
+        names = stream_names(self, tokens, masks, present)
         all_tokens, all_masks, firsts = [], [], []
         for m in names:
             here = present[m].astype(bool)

@@ -1,29 +1,31 @@
-"""Late fusion of logits: one head per modality, logits averaged over the present modalities.
+"""Late fusion of logits: one head per stream, logits averaged over the present streams.
 
 Contract with the model (the task heads live there): when the fusion output has "per_modality", the model
-applies one head per (task, modality) to out["per_modality"][:, i] and averages the logits with
-out["weights"]: logits[b] = sum_i weights[b, i] * head_{task, i}(per_modality[b, i]). Modality i is the
-i-th of ("text", "image", "audio") among those passed in. Rows with nothing present get all-zero weights
-(zero logits). out["pooled"] is the same weighted mean taken over the vectors, for consumers that want one.
+applies one head per (task, stream) to out["per_modality"][:, i] and averages the logits with
+out["weights"]: logits[b] = sum_i weights[b, i] * head_{task, i}(per_modality[b, i]). Stream i is the i-th
+of the streams passed in, in the order given (the tokens dict's insertion order), whatever their names.
+Rows with nothing present get all-zero weights (zero logits). out["pooled"] is the same weighted mean taken
+over the vectors, for consumers that want one.
 """
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mmjax.fusion.common import MODALITIES
+from mmjax.fusion.common import stream_names
 
 
 class LateLogitsFusion(nn.Module):
-    """Per modality: Dense to `width` over the tokens, and an MLP over the first input token.
+    """Per stream: Dense to `width` over the tokens, and an MLP over the first input token.
 
     out["per_modality"] [B, M, width] (zero where absent), out["weights"] [B, M] = present / number present,
-    out["pooled"] = weighted mean of per_modality; out["tokens"] concatenates the projected tokens (zeroed
-    and masked where padding or absent), as in LateFusion.
+    both with the M streams in the order given; out["pooled"] = weighted mean of per_modality;
+    out["tokens"] concatenates the projected tokens, streams in the order given (zeroed and masked where
+    padding or absent), as in LateFusion. Works with one stream or more.
     """
 
     width: int
-    mlp_dim: int | None = None  # hidden width of each modality's MLP; None -> 2 * width
+    mlp_dim: int | None = None  # hidden width of each stream's MLP; None -> 2 * width
     dropout_rate: float = 0.0
 
     @nn.compact
@@ -35,7 +37,7 @@ class LateLogitsFusion(nn.Module):
         *,
         deterministic: bool,
     ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-        names = [m for m in MODALITIES if m in tokens]
+        names = stream_names(self, tokens, masks, present)
         all_tokens, all_masks, vectors, here = [], [], [], []
         for m in names:
             present_m = present[m].astype(bool)

@@ -1,4 +1,4 @@
-"""Perceiver-style fusion (Jaegle et al. 2021): learned latents read every modality's tokens."""
+"""Perceiver-style fusion (Jaegle et al. 2021): learned latents read every stream's tokens."""
 
 import functools
 
@@ -6,15 +6,16 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mmjax.fusion.common import MODALITIES, project
+from mmjax.fusion.common import project, stream_names
 from mmjax.nn.embeddings import INIT
 from mmjax.nn.transformer import TransformerBlock, run_block
 
 
 class PerceiverFusion(nn.Module):
     """`num_latents` learned latents pass `depth` blocks (self-attention, cross-attention to the concatenated
-    tokens of all modalities, MLP). The context is each modality through Dense(width) + a learned modality
-    embedding, keys masked by padding and presence; with nothing present the cross-attention adds zero.
+    tokens of all streams, streams in the order given, MLP). The context is each stream through Dense(width)
+    + a learned stream embedding, keys masked by padding and presence; with nothing present the
+    cross-attention adds zero. Works with one stream or more.
 
     out["tokens"] = the latents (after a final LayerNorm when pre_ln), mask all True; pooled = their mean.
     """
@@ -40,7 +41,7 @@ class PerceiverFusion(nn.Module):
         deterministic: bool,
     ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
         contexts, context_masks = [], []
-        for m in [m for m in MODALITIES if m in tokens]:
+        for m in stream_names(self, tokens, masks, present):
             x, valid = project(self, m, tokens, masks, present)
             contexts.append(x)
             context_masks.append(valid)

@@ -1,8 +1,9 @@
 """Tensor fusion (Zadeh et al. 2017) and its low-rank factorisation LMF (Liu et al. 2018).
 
-Both see each modality as z_m = [1; h_m], h_m = Dense(factor_dim) of its masked-mean summary, and pool a
-multilinear map of the z_m: <W, z_1 (x) ... (x) z_M>. An absent modality has h_m = 0, z_m = [1; 0], which
-keeps exactly the terms of the other modalities. The constant 1 entries already give a bias.
+Both see each stream as z_m = [1; h_m], h_m = Dense(factor_dim) of its masked-mean summary, and pool a
+multilinear map of the z_m: <W, z_1 (x) ... (x) z_M>, the M streams in the order given (one or more). An
+absent stream has h_m = 0, z_m = [1; 0], which keeps exactly the terms of the other streams. The constant 1
+entries already give a bias.
 """
 
 import jax
@@ -30,7 +31,8 @@ def _tokens_and_factors(
     present: dict[str, jax.Array],
     factor_dim: int,
 ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-    """(out tokens and mask as in LateFusion, {modality: z_m = [1; h_m] [B, factor_dim + 1]})."""
+    """(out tokens and mask as in LateFusion, {stream: z_m = [1; h_m] [B, factor_dim + 1]}), streams in the
+    order given."""
     out, summaries = tokens_and_summaries(module, tokens, masks, present)
     zs = {}
     for m, summary in summaries.items():
@@ -41,10 +43,11 @@ def _tokens_and_factors(
 
 
 class TensorFusion(nn.Module):
-    """pooled = Dense(width, no bias) of the flattened outer product of the z_m ((factor_dim + 1)^M values).
+    """pooled = Dense(width, no bias) of the flattened outer product of the z_m ((factor_dim + 1)^M values),
+    streams in the order given (the first one's index slowest). Works with one stream or more.
 
-    out["tokens"] concatenates the modalities' projected tokens (as in LateFusion); aux["fusion/{m}_z"]
-    holds each z_m.
+    out["tokens"] concatenates the streams' projected tokens (as in LateFusion), streams in the order given;
+    aux["fusion/{m}_z"] holds each z_m.
     """
 
     width: int
@@ -73,7 +76,7 @@ class LowRankTensorFusion(nn.Module):
 
     The factors are parameters `{m}_rank_factors` [rank, factor_dim + 1, width]; LMF's per-rank weights and
     bias are left out, as the factors and the constant 1 entries already express them. Same out and aux as
-    TensorFusion.
+    TensorFusion: streams in the order given, one or more.
     """
 
     width: int

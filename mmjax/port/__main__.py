@@ -17,7 +17,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--out", required=True, help="new folder for the Orbax checkpoint")
     parser.add_argument("--tower", default=None, help="the tower of a multi-tower checkpoint (CLIP)")
     args = parser.parse_args(argv)
-    module, params = save_ported(args.hf, args.out, args.tower)
+    try:
+        module, params = save_ported(args.hf, args.out, args.tower)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        parser.exit(2, f"mmjax.port: error: {err}\n")
     count = sum(x.size for x in jax.tree.leaves(params))
     print(f"wrote {type(module).__name__} ({count:,} parameters) from {args.hf} to {args.out}")
 

@@ -21,9 +21,7 @@ def source(av_digits_dir):
 
 @pytest.fixture(scope="module")
 def preprocess_fn():
-    return functools.partial(
-        pipeline.preprocess, tokenizer=avd.make_tokenizer(), text_len=24, audio_frames=96
-    )
+    return functools.partial(avd.preprocess, tokenizer=avd.make_tokenizer(), text_len=24, audio_frames=96)
 
 
 def _index_fn(i):
@@ -166,13 +164,13 @@ def test_eval_batches_on_real_data(source, preprocess_fn):
 
 
 def test_questions_file_overrides_phrasings(source):
-    questions = pipeline.load_questions(QUESTIONS_FILE)
+    questions = avd.load_questions(QUESTIONS_FILE)
     tokenizer = avd.make_tokenizer()
     for qtype, phrasings in questions.items():
         assert len(phrasings) >= 2 and not set(phrasings) & set(avd.PHRASINGS[qtype])
         assert all(1 not in tokenizer.encode(p, 32)[0] for p in phrasings)  # no unknown words
     fn = functools.partial(
-        pipeline.preprocess, tokenizer=tokenizer, text_len=24, audio_frames=96, questions=questions, seed=5
+        avd.preprocess, tokenizer=tokenizer, text_len=24, audio_frames=96, questions=questions, seed=5
     )
     for i in range(30):
         example = source[i]
@@ -195,12 +193,12 @@ def test_questions_file_errors_name_file_and_key(tmp_path, content, message):
     path = tmp_path / "questions.json"
     path.write_text(json.dumps(content))
     with pytest.raises(ValueError, match=f"questions.json.*{message}"):
-        pipeline.load_questions(path)
+        avd.load_questions(path)
 
 
 def test_missing_questions_file(tmp_path):
     with pytest.raises(ValueError, match="absent.json"):
-        pipeline.load_questions(tmp_path / "absent.json")
+        avd.load_questions(tmp_path / "absent.json")
 
 
 def test_random_shift_moves_the_image_and_keeps_everything_else():
@@ -263,18 +261,17 @@ def test_bad_audio_buckets_name_the_field(text, message):
 
 
 def test_question_phrasings_longer_than_text_len_warn_or_stop(capsys):
-    from mmjax import evaluate
     from mmjax.config import load_config
 
     config = load_config("experiments/av_digits.py:smoke")
     long_one = "what digit do you hear in this recording of a voice saying a single digit out loud please"
     questions = {qtype: ["what digit is it"] for qtype in avd.QUESTION_TYPES} | {"spoken_digit": [long_one]}
-    evaluate.make_preprocess(config, questions)
+    avd.make_preprocess(config, questions)
     out = capsys.readouterr().out
     assert "warning: truncating to data.text_len=16 tokens" in out and repr(long_one) in out
     config.data.on_bad_example = "stop"
     with pytest.raises(
         ValueError, match="question phrasings longer than data.text_len=16: 'what digit do you"
     ):
-        evaluate.make_preprocess(config, questions)
-    evaluate.make_preprocess(config, {qtype: ["what digit is it"] for qtype in avd.QUESTION_TYPES})
+        avd.make_preprocess(config, questions)
+    avd.make_preprocess(config, {qtype: ["what digit is it"] for qtype in avd.QUESTION_TYPES})

@@ -20,7 +20,7 @@ def raw_example(av_digits_dir):
 
 
 def _preprocess(raw, corruption=None, seed=0):
-    return pipeline.preprocess(
+    return av_digits.preprocess(
         raw,
         tokenizer=av_digits.make_tokenizer(),
         text_len=16,
@@ -60,7 +60,5 @@ def test_condition_names_and_errors():
     assert pipeline.Corruption().suffix == ""
     named = pipeline.Corruption(drop="image", audio_snr=10.0, image_noise=0.5, recordings_dir="r")
     assert named.suffix == "_drop-image_snr-10_image-noise-0.5"
-    with pytest.raises(ValueError, match="drop='video'"):
-        pipeline.Corruption(drop="video")
-    with pytest.raises(ValueError, match="recordings_dir"):
-        pipeline.Corruption(audio_snr=10.0)
+    with pytest.raises(ValueError, match="image_noise=-1"):
+        pipeline.Corruption(image_noise=-1)

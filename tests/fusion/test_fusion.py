@@ -1,5 +1,6 @@
 """Every fusion in FUSIONS: shapes, padding invariance, absent modalities are ignored and never give NaN,
-finite gradients. Fusion-specific behaviour is tested in tests/fusion/test_<name>.py."""
+finite gradients, parameter names. Fusion-specific behaviour is tested in tests/fusion/test_<name>.py;
+streams other than text/image/audio, and their order, in tests/fusion/test_streams.py."""
 
 import functools
 
@@ -46,12 +47,16 @@ def _variables(name):
 
 
 @functools.cache
-def _apply(name):
-    return jax.jit(functools.partial(FUSION_CASES[name].apply, deterministic=True))
+def _apply(name, order):
+    def apply(variables, tokens, masks, present):
+        tokens = {m: tokens[m] for m in order}  # jit hands dicts back sorted: the streams in the order given
+        return FUSION_CASES[name].apply(variables, tokens, masks, present, deterministic=True)
+
+    return jax.jit(apply)
 
 
 def _run(name, tokens, masks, present):
-    return _apply(name)(_variables(name), tokens, masks, present)
+    return _apply(name, tuple(tokens))(_variables(name), tokens, masks, present)
 
 
 def _assert_same(a, b):
@@ -135,12 +140,25 @@ def test_bidirectional_updates_context_tokens():
 def test_cross_attention_needs_its_query_and_context():
     tokens, masks, present = _inputs()
     fusion = FUSION_CASES["cross_attention"]
-    with pytest.raises(ValueError, match="needs 'text' tokens"):
-        fusion.init(jax.random.key(0), {"image": tokens["image"]}, masks, present, deterministic=True)
-    with pytest.raises(ValueError, match="a modality other than 'text'"):
+    with pytest.raises(ValueError, match=r"needs 'text' tokens.*got streams \['image', 'audio'\]"):
+        two = {"image": tokens["image"], "audio": tokens["audio"]}
+        fusion.init(jax.random.key(0), two, masks, present, deterministic=True)
+    with pytest.raises(ValueError, match=r"a stream other than 'text'.*got streams \['text'\]"):
         fusion.init(jax.random.key(0), {"text": tokens["text"]}, masks, present, deterministic=True)
-    with pytest.raises(ValueError, match="model.fusion.query='video'"):
-        _build("cross_attention", query="video")
+    # Any stream name is a query; it is checked against the streams when called.
+    video = _build("cross_attention", query="video")
+    with pytest.raises(ValueError, match=r"needs 'video' tokens.*got streams \['text', 'image', 'audio'\]"):
+        video.init(jax.random.key(0), *_inputs(), deterministic=True)
+    for bad in (3, ""):
+        with pytest.raises(ValueError, match="model.fusion.query"):
+            _build("cross_attention", query=bad)
+
+
+def test_build_fusion_reads_film_condition():
+    assert FUSION_CASES["film"].condition == "text"
+    assert _build("film", condition="image_2").condition == "image_2"
+    with pytest.raises(ValueError, match="model.fusion.condition"):
+        _build("film", condition=None)
 
 
 def test_image_query_pools_the_image_cls_after_attending_to_text_and_audio():
@@ -159,3 +177,119 @@ def test_image_query_pools_the_image_cls_after_attending_to_text_and_audio():
     moved = dict(tokens, image=tokens["image"] + 1.0)
     out_moved, _ = _run("image_query", moved, masks, present)
     np.testing.assert_allclose(out_moved["tokens"][:, : LENGTHS["text"]], out["tokens"][:, : LENGTHS["text"]])
+
+
+# Parameters of each case with the streams text, image, audio as at the commit before fusions took any
+# stream (6631747): the number of leaves and of values, and the top-level names. Checkpoints keep loading.
+PARAM_COUNTS_BEFORE_STREAMS = {
+    "late": (10, 2336),
+    "late_logits": (18, 3456),
+    "early": (42, 5136),
+    "cross_attention": (59, 7328),
+    "co_attention": (159, 20640),
+    "bottleneck": (103, 14000),
+    "gated": (14, 1359),
+    "film": (32, 4672),
+    "tensor": (13, 12600),
+    "low_rank_tensor": (15, 2664),
+    "perceiver": (60, 7376),
+    "bidirectional": (109, 13984),
+    "image_query": (59, 7328),
+    "audio_query_bidirectional": (109, 13984),
+    "post_ln": (33, 3984),
+}
+PARAM_NAMES_BEFORE_STREAMS = {
+    "late": "audio_proj hidden image_proj pooled_proj text_proj",
+    "late_logits": """
+        audio_hidden audio_out audio_proj
+        image_hidden image_out image_proj
+        text_hidden text_out text_proj
+    """,
+    "early": "audio_embedding audio_proj cls encoder image_embedding image_proj text_embedding text_proj",
+    "cross_attention": """
+        audio_embedding audio_proj
+        image_embedding image_proj
+        text_embedding text_final_ln text_layer_0 text_layer_1 text_proj
+    """,
+    "co_attention": """
+        audio_embedding audio_final_ln audio_layer_0 audio_layer_1 audio_proj
+        image_embedding image_final_ln image_layer_0 image_layer_1 image_proj
+        text_embedding text_final_ln text_layer_0 text_layer_1 text_proj
+    """,
+    "bottleneck": """
+        audio_final_ln audio_layer_0 audio_layer_1 audio_proj
+        bottleneck
+        image_final_ln image_layer_0 image_layer_1 image_proj
+        text_final_ln text_layer_0 text_layer_1 text_proj
+    """,
+    "gated": "audio_hidden audio_proj gate image_hidden image_proj text_hidden text_proj",
+    "film": """
+        audio_film_0_beta audio_film_0_gamma audio_film_1_beta audio_film_1_gamma audio_layer_0
+        audio_layer_1 audio_proj
+        image_film_0_beta image_film_0_gamma image_film_1_beta image_film_1_gamma image_layer_0
+        image_layer_1 image_proj
+        pooled_proj
+        text_proj
+    """,
+    "tensor": "audio_factor audio_proj image_factor image_proj pooled_proj text_factor text_proj",
+    "low_rank_tensor": """
+        audio_factor audio_proj audio_rank_factors
+        image_factor image_proj image_rank_factors
+        text_factor text_proj text_rank_factors
+    """,
+    "perceiver": """
+        audio_embedding audio_proj
+        final_ln latents layer_0 layer_1
+        image_embedding image_proj
+        text_embedding text_proj
+    """,
+    "bidirectional": """
+        audio_embedding audio_proj
+        context_final_ln context_layer_0 context_layer_1
+        image_embedding image_proj
+        text_embedding text_final_ln text_layer_0 text_layer_1 text_proj
+    """,
+    "image_query": """
+        audio_embedding audio_proj
+        image_embedding image_final_ln image_layer_0 image_layer_1 image_proj
+        text_embedding text_proj
+    """,
+    "audio_query_bidirectional": """
+        audio_embedding audio_final_ln audio_layer_0 audio_layer_1 audio_proj
+        context_final_ln context_layer_0 context_layer_1
+        image_embedding image_proj
+        text_embedding text_proj
+    """,
+    "post_ln": "audio_embedding audio_proj image_embedding image_proj text_embedding text_layer_0 text_proj",
+}
+
+
+def _leaves(params):
+    return {jax.tree_util.keystr(path): x.shape for path, x in jax.tree_util.tree_leaves_with_path(params)}
+
+
+@pytest.mark.parametrize("name", FUSION_CASES)
+def test_parameters_of_text_image_audio_are_unchanged(name):
+    params = _variables(name)["params"]
+    leaves = _leaves(params)
+    count, size = PARAM_COUNTS_BEFORE_STREAMS[name]
+    assert sorted(params) == sorted(PARAM_NAMES_BEFORE_STREAMS[name].split())
+    assert len(leaves) == count
+    assert sum(int(np.prod(s)) for s in leaves.values()) == size
+
+
+@pytest.mark.parametrize("name", FUSION_CASES)
+def test_parameter_names_follow_the_stream_names(name):
+    """Renaming a stream (audio -> image_2, same shapes) renames exactly its parameters, nothing else."""
+    renamed = ("text", "image", "image_2")
+    tokens, masks, present = ({r: d[m] for r, m in zip(renamed, d, strict=True)} for d in _inputs())
+    fusion = FUSION_CASES[name]
+    if name == "audio_query_bidirectional":
+        fusion = fusion.clone(query="image_2")
+    params = fusion.init(jax.random.key(0), tokens, masks, present, deterministic=True)["params"]
+    before = _leaves(_variables(name)["params"])
+    assert _leaves(params) == {_audio_to_image_2(path): shape for path, shape in before.items()}
+
+
+def _audio_to_image_2(path):
+    return "['image_2_" + path[len("['audio_") :] if path.startswith("['audio_") else path

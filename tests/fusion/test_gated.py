@@ -30,7 +30,7 @@ def _run():
 
 def test_gates_sum_to_one_over_present_modalities():
     _, (_, aux) = _run()
-    gates = np.asarray(aux["fusion/gates"])  # [B, M] in (text, image, audio) order
+    gates = np.asarray(aux["fusion/gates"])  # [B, M], streams in the order given
     here = np.stack([_inputs()[2][m] for m in ("text", "image", "audio")], axis=1)
     np.testing.assert_allclose(gates.sum(axis=1), 1.0, rtol=1e-6)
     assert np.all(gates[~here] == 0.0) and np.all(gates[here] > 0.0)

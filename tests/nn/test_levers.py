@@ -330,7 +330,7 @@ def test_pretrained_encoder_with_scan_gets_stacked_params(tmp_path):
     for scan in (False, True):
         cfg = _model_config(**{"text.init_from": f"hf:{tmp_path / 'hf'}", "scan": scan})
         model = build_model(cfg, TASKS)
-        assert model.text.scan == scan
+        assert dict(model.encoders)["text"].scan == scan
         batch = _model_batch(cfg)
         pretrained = pretrained_params(cfg)
         assert ("layers" in pretrained["text"]["encoder"]) == scan

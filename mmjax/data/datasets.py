@@ -1,0 +1,225 @@
+"""Which data set an experiment reads: `config.data.dataset` -> a DataSet (mmjax.data.spec).
+
+av_digits      the bundled AV-Digits benchmark (mmjax.data.av_digits)
+ud_ewt, xquad  the bundled text-only data sets (mmjax.data.text_tasks)
+folder         any data set in a folder (mmjax.data.folder): config.data.dir and config.data.labels
+"""
+
+import functools
+import json
+import os
+import pathlib
+from collections.abc import Mapping
+
+import ml_collections
+import numpy as np
+
+from mmjax.data import av_digits, folder, inputs, pipeline, text, text_tasks
+from mmjax.data.spec import DataSet, Task, summarizer, target_scale, trained_tasks
+from mmjax.data.text import WordTokenizer, build_vocab, experiment_tokenizer
+
+DATASETS = ("av_digits", "ud_ewt", "xquad", "folder")
+
+
+def from_config(config: ml_collections.ConfigDict) -> DataSet:
+    """The DataSet of an experiment config (nothing is read or built until a split is loaded, except a
+    folder data set, which is built, once, here)."""
+    name = config.data.get("dataset", "av_digits")
+    if name == "av_digits":
+        return av_digits.data_set(config)
+    if name in text_tasks.DATASETS:
+        return text_data(config)
+    if name == "folder":
+        return folder_data(config)
+    raise ValueError(f"config.data.dataset={name!r} is not one of {DATASETS}")
+
+
+# UD English EWT and XQuAD (text only).
+
+
+def text_data(config: ml_collections.ConfigDict) -> DataSet:
+    name = config.data.dataset
+    data = text_tasks.load(
+        name,
+        [task for task, weight in config.tasks.items() if weight > 0],
+        experiment_tokenizer(config),
+        config.data.text_len,
+        config.data.get("doc_stride", 128),
+        config.data.data_dir or None,
+    )
+    kind = "span" if name == "xquad" else "tokens"
+    tasks = {
+        task: Task(kind, data.vocabs.get(task, ()), size=0 if task in data.vocabs else n)
+        for task, n in data.tasks.items()
+    }
+    buckets = text_tasks.parse_text_buckets(config.data.get("text_buckets", ""), config.data.text_len)
+    return DataSet(
+        name=name,
+        streams={"text": "text"},
+        tasks=tasks,
+        load=data.source,
+        preprocess=dict,
+        summarize=data.summarize,
+        iterator_args={"text_buckets": buckets},
+        reports=data.reports,
+        kind="text",
+    )
+
+
+# A data set in a folder.
+
+
+def folder_config(config: ml_collections.ConfigDict) -> folder.FolderConfig:
+    """mmjax.data.folder's build settings from config.data (dir, labels "a+b", image size, audio, ...)."""
+    d = config.data
+    if not d.get("dir"):
+        raise ValueError(
+            "config.data.dir must name the data folder (experiments/folder.py:dir=PATH,labels=COL)"
+        )
+    labels = tuple(label for label in d.labels.split("+") if label)
+    if not labels:
+        raise ValueError("config.data.labels must name at least one label column (labels=COL[+COL...])")
+    kinds = tuple(tuple(rule.split("=", 1)) for rule in d.get("label_kinds", "").split(";") if rule)
+    if any(len(rule) != 2 for rule in kinds):
+        raise ValueError(
+            f"config.data.label_kinds={d.label_kinds!r} must look like 'col=regression;col2=...'"
+        )
+    return folder.FolderConfig(
+        root=str(d.dir),
+        labels=labels,
+        label_kinds=kinds,
+        ignore=tuple(c for c in d.get("ignore", "").split("+") if c),
+        image_size=(d.image_size, d.image_size),
+        image_channels=d.image_channels,
+        sample_rate=d.sample_rate,
+        n_mels=d.n_mels,
+        max_audio_seconds=d.max_audio_seconds,
+        validation_fraction=d.validation_fraction,
+        split_seed=d.split_seed,
+        on_bad=d.get("on_bad_example", "skip"),
+    )
+
+
+def built_folder(config: ml_collections.ConfigDict) -> pathlib.Path:
+    """The built copy of config.data.dir (built on first use; cached by its metadata and settings)."""
+    cache = config.data.get("tfds_dir", "") or os.environ.get("MMJAX_TFDS_DIR", "")
+    cache = pathlib.Path(cache) if cache else pathlib.Path.home() / ".cache" / "mmjax" / "folders"
+    return folder.build(folder_config(config), cache, workers=config.data.get("build_workers", 0))
+
+
+def folder_tasks(schema: folder.Schema, config: ml_collections.ConfigDict, stats: dict) -> dict[str, Task]:
+    """The folder's label columns as tasks; regression targets are scaled by their train mean and std."""
+    loss = config.data.get("regression_loss", "mse")
+    tasks = {}
+    for name, info in schema.tasks.items():
+        mean, std = stats["targets"].get(name, (0.0, 1.0))
+        tasks[name] = Task(info["kind"], tuple(info.get("classes", ())), loss=loss, mean=mean, std=std)
+    return tasks
+
+
+def train_statistics(built: pathlib.Path, schema: folder.Schema) -> dict:
+    """{"words": the word vocabulary of the train split's text streams, "targets": {task: (mean, std)} of
+    every regression column over train}: one pass over train, kept beside the built data."""
+    path = built / "train_statistics.json"
+    if not path.is_file():
+        streams = [s for s, info in schema.streams.items() if info["kind"] == "text"]
+        regression = [t for t, info in schema.tasks.items() if info["kind"] == "regression"]
+        source = folder.load(built, "train")
+        texts, values = [], {t: [] for t in regression}
+        for i in range(len(source)):
+            example = source[i]
+            texts += [pipeline.as_str(example[s]) for s in streams]
+            for t in regression:
+                values[t].append(float(example[f"labels/{t}"]))
+        targets = {t: target_scale(column) for t, column in values.items()}
+        stats = {"words": list(build_vocab(texts).vocab), "targets": targets}
+        path.write_text(json.dumps(stats))
+    return json.loads(path.read_text())
+
+
+def folder_data(config: ml_collections.ConfigDict) -> DataSet:
+    built = built_folder(config)
+    schema = folder.read_schema(built)
+    stats = train_statistics(built, schema)
+    available = folder_tasks(schema, config, stats)
+    tasks = trained_tasks(config.tasks, available, f"the folder {config.data.dir}")
+    streams = {stream: info["kind"] for stream, info in schema.streams.items()}
+    tokenizer = None
+    if "text" in streams.values():
+        tokenizer = text.pretrained_tokenizer(config) or WordTokenizer(tuple(stats["words"]))
+    preprocess = functools.partial(
+        pipeline.preprocess_streams,
+        streams=streams,
+        tasks={name: task.kind for name, task in tasks.items()},
+        scales={name: (task.mean, task.std) for name, task in tasks.items() if task.kind == "regression"},
+        tokenizer=tokenizer,
+        text_len=config.data.text_len,
+        audio_frames=config.data.audio_frames,
+        image_mean=np.asarray(config.data.image_mean, np.float32),
+        image_std=np.asarray(config.data.image_std, np.float32),
+    )
+    group_by = config.get("eval", {}).get("group_by", "")
+    groups = functools.partial(folder_groups, built, group_by) if group_by else None
+    if group_by and group_by not in (
+        *schema.meta,
+        *schema.tasks,
+        *(i["column"] for i in schema.streams.values()),
+    ):
+        raise ValueError(f"config.eval.group_by={group_by!r} is not a column of {config.data.dir}")
+    group_tasks = tuple(t for t in config.get("eval", {}).get("group_tasks", "").split(",") if t) or tuple(
+        name for name, task in tasks.items() if task.kind != "align"
+    )
+    return DataSet(
+        name="folder",
+        streams=streams,
+        tasks=tasks,
+        load=functools.partial(folder.load, built),
+        preprocess=preprocess,
+        summarize=summarizer(tasks, groups, group_tasks),
+        groups=groups,
+        group_tasks=group_tasks,
+        condition=functools.partial(pipeline.condition_streams, preprocess, streams, seed=config.seed),
+        encode_inputs=functools.partial(folder_inputs, schema=schema, settings=folder_config(config)),
+        primary=next(label for label in config.data.labels.split("+") if label in tasks),
+        text_vocab_size=tokenizer.vocab_size if tokenizer is not None else 0,
+    )
+
+
+def folder_inputs(given: Mapping[str, object], schema: folder.Schema, settings: folder.FolderConfig) -> dict:
+    """A user's inputs {stream: file, array or text} -> one example as the folder build stores it."""
+    example = {"row": 0}
+    for stream, info in schema.streams.items():
+        value, kind = given.get(stream), info["kind"]
+        if kind == "image":
+            size, channels = settings.image_size, settings.image_channels
+            example[stream] = np.zeros((*size, channels), np.uint8)
+            if value is not None:
+                example[stream] = inputs.read_image(value, size, channels)
+        elif kind == "audio":
+            example[stream] = np.zeros((0, settings.n_mels), np.float32)
+            if value is not None:
+                wave, rate, _ = inputs.read_wave(value)
+                example[stream] = folder.wave_features(
+                    wave, rate, settings.sample_rate, settings.n_mels, settings.max_audio_seconds
+                )
+        else:
+            example[stream] = "" if value is None else str(value)
+        example[f"present/{stream}"] = value is not None
+    for task, info in schema.tasks.items():
+        blank = {"classes": -1, "regression": np.nan}.get(info["kind"])
+        example[f"labels/{task}"] = np.full(len(info["classes"]), -1) if blank is None else blank
+    return example
+
+
+@functools.cache
+def folder_groups(built: pathlib.Path, column: str, split: str) -> np.ndarray:
+    """Each example's value of `column` (a metadata, label or text column) in `split`, as strings."""
+    schema = folder.read_schema(built)
+    key = next((f"meta/{c}" for c in schema.meta if c == column), None)
+    key = key or next((s for s, info in schema.streams.items() if info["column"] == column), None)
+    source = folder.load(built, split)
+    if key is None:  # a label column: its class names
+        names = schema.tasks[column].get("classes", [])
+        values = [source[i][f"labels/{column}"] for i in range(len(source))]
+        return np.asarray([names[int(v)] if names and int(v) >= 0 else str(v) for v in values])
+    return np.asarray([pipeline.as_str(source[i][key]) for i in range(len(source))])
