@@ -254,7 +254,8 @@ def main(
     report |= {"metrics": summary, "confusion": confusions(results, data)}
     report["reports"] = data.reports(split, results) if data.reports else {}
     report["condition"] = {k: v for k, v in dataclasses.asdict(corruption).items() if k != "recordings_dir"}
-    (workdir / f"eval_{split}{corruption.suffix}.json").write_text(json.dumps(report, indent=2))
+    if jax.process_index() == 0:
+        (workdir / f"eval_{split}{corruption.suffix}.json").write_text(json.dumps(report, indent=2))
     for task, table in report["reports"].items():
         print(f"{task} on the {split} split:\n{metrics.format_classification_report(table)}\n")
     print(f"{split} split{corruption.suffix.replace('_', ' ')}, checkpoint of step {run.step} ({which}):")
@@ -268,7 +269,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
-    parser.add_argument("--questions", default="", help="AV-Digits: JSON file {question_type: [phrasings]}")
+    parser.add_argument("--questions", default="", help="AV-Digits: JSON of other phrasings")
     parser.add_argument("--checkpoint", default="best", choices=("best", "latest"))
     parser.add_argument("--drop", default="", help="a stream marked absent in every example, e.g. image")
     parser.add_argument(

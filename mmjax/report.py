@@ -6,11 +6,15 @@ OUT/report.md (the same, its figures in OUT/report_files/). OUT defaults to DIR 
 runs' common parent folder for several; several runs get a comparison section first. --explain N first
 writes N attention maps per run into DIR/explain/ (mmjax.explain.write_maps).
 
+Any data set: a run's headline metric is its config's train.best_metric (the metric it ranks checkpoints
+by); tables and curves show it first, then every other task's metrics, per-group tables come from the
+`<task>/<metric>/<group>` keys of the eval files and confusion matrices are labelled with their class names.
+The report reads files only: it imports no training code (no jax).
+
 The content is a list of blocks, rendered twice: ("h1" | "h2" | "h3" | "p", text), ("table", header, rows)
 and ("figures", [(name, png bytes, caption)]); `code` in text becomes <code> in HTML.
 """
 
-import argparse
 import base64
 import html
 import io
@@ -19,15 +23,21 @@ import os
 import pathlib
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from mmjax.data import av_digits
-from mmjax.metrics import read_metrics
-from mmjax.sweep import condition_name
+from mmjax.results import (
+    CommandParser,
+    class_names,
+    condition_name,
+    group_metrics,
+    headline_metric,
+    main_metric_keys,
+    task_metrics,
+)
 
 ANNOTATE_UP_TO = 12  # confusion matrices of at most this many classes get their counts written in
 DPI = 90
@@ -66,6 +76,29 @@ def check_workdir(workdir: str | os.PathLike) -> pathlib.Path:
     return path
 
 
+def read_json(path: pathlib.Path) -> dict:
+    """A JSON object from `path`; ValueError naming the file if it is not one."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def read_records(path: pathlib.Path) -> list[dict]:
+    """The records of a metrics.jsonl (read here, not with mmjax.metrics: that module loads TensorBoard)."""
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {number}: not valid JSON ({e})") from e
+    return records
+
+
 def last_per_step(records: Iterable[dict]) -> list[dict]:
     """One record per step, the later one where a resumed run repeated a step; sorted by step."""
     by_step = {record["step"]: record for record in records}
@@ -73,20 +106,25 @@ def last_per_step(records: Iterable[dict]) -> list[dict]:
 
 
 def load_run(workdir: str | os.PathLike, name: str = "") -> dict:
-    """A workdir's config, training and validation records, eval files {stem: report} and attention maps."""
+    """A workdir's config, headline metric, training and validation records, eval files {stem: report} and
+    attention maps."""
     path = check_workdir(workdir)
-    records = read_metrics(path)
+    records = [r for r in read_records(path / "metrics.jsonl") if "step" in r]
+    config = read_json(path / "config.json")
+    evals = {p.stem: read_json(p) for p in sorted(path.glob("eval_*.json"))}
+    shares = path / "explain" / "shares.json"
+    test_keys = evals.get("eval_test", {}).get("metrics", {})
+    val_keys = (key.removeprefix("val/") for r in records for key in r if key.startswith("val/"))
     return {
         "name": name or path.name,
         "path": path,
-        "config": json.loads((path / "config.json").read_text()),
+        "config": config,
+        "headline": headline_metric(config, list(test_keys) or list(val_keys)),
         "train": last_per_step(r for r in records if "loss" in r),
         "val": last_per_step(r for r in records if any(key.startswith("val/") for key in r)),
-        "evals": {p.stem: json.loads(p.read_text()) for p in sorted(path.glob("eval_*.json"))},
+        "evals": evals,
         "maps": sorted((path / "explain").glob("*.png")),
-        "shares": json.loads(shares.read_text())
-        if (shares := path / "explain" / "shares.json").is_file()
-        else None,
+        "shares": read_json(shares) if shares.is_file() else None,
     }
 
 
@@ -122,9 +160,15 @@ def run_tasks(run: dict) -> dict[str, float]:
     return {task: weight for task, weight in run["config"].get("tasks", {}).items() if weight > 0}
 
 
-def best_validation(run: dict, key: str = "val/answer/accuracy") -> tuple[float, int] | None:
-    """(best value, its first step) of a validation metric, None without validation records."""
-    steps, values = series(run["val"], key)
+def test_metrics(run: dict) -> dict[str, float]:
+    """The metrics of the run's eval_test.json ({} without one)."""
+    return run["evals"].get("eval_test", {}).get("metrics", {})
+
+
+def best_validation(run: dict, metric: str = "") -> tuple[float, int] | None:
+    """(best value, its first step) of a validation metric (default: the run's headline metric), None without
+    validation records of it. Higher is better, as for checkpoint ranking."""
+    steps, values = series(run["val"], f"val/{metric or run['headline']}")
     if not values:
         return None
     best = int(np.argmax(values))
@@ -140,6 +184,14 @@ def fmt(value) -> str:
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+
+
+def condition_label(condition: Mapping) -> str:
+    """The condition's name (`clean`, `drop-image`, ...), or its JSON where it has unknown arguments."""
+    try:
+        return condition_name(condition)
+    except ValueError:
+        return json.dumps(condition, sort_keys=True)
 
 
 # Figures.
@@ -166,12 +218,12 @@ def curve_figure(title: str, ylabel: str, curves: Sequence[tuple], log: bool = F
     return png(fig)
 
 
-def confusion_figure(task: str, matrix: Sequence[Sequence[int]]) -> bytes:
-    """Heatmap of a [true, predicted] count matrix, coloured by the fraction of each true class."""
+def confusion_figure(task: str, matrix: Sequence[Sequence[int]], names: Sequence[str] = ()) -> bytes:
+    """Heatmap of a [true, predicted] count matrix, coloured by the fraction of each true class; axes
+    labelled with `names` (class indices if they do not match the matrix)."""
     counts = np.asarray(matrix, np.int64)
     n = len(counts)
-    names = av_digits.CLASS_NAMES.get(task, ())
-    names = names if len(names) == n else tuple(str(i) for i in range(n))
+    names = list(names) if len(names) == n else [str(i) for i in range(n)]
     rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     size = 2.2 + 0.24 * n
     fig = Figure(figsize=(size + 1.2, size))
@@ -196,8 +248,15 @@ def run_colors(n: int) -> list:
 # Sections.
 
 
+def validation_keys(run: dict) -> list[str]:
+    """The headline metric, then every other task's main metric, of the validation records."""
+    keys = dict.fromkeys(key.removeprefix("val/") for r in run["val"] for key in r if key.startswith("val/"))
+    return main_metric_keys(keys, first=run["headline"]) if keys else []
+
+
 def training_figures(run: dict, prefix: str) -> list[tuple[str, bytes, str]]:
-    """Loss, accuracy (validation as markers), learning rate, grad norms and throughput over steps."""
+    """Loss, accuracy (validation as markers), validation metrics (the headline first), learning rate, grad
+    norms and throughput over steps."""
     train, val, tasks = run["train"], run["val"], run_tasks(run)
     color = {task: f"C{i}" for i, task in enumerate(tasks)}
 
@@ -212,6 +271,19 @@ def training_figures(run: dict, prefix: str) -> list[tuple[str, bytes, str]]:
         return nonempty([(label, *series(train, key), style)])
 
     validation = per_task(val, "val/{}/accuracy", "{} (val)", marker="o", linestyle=":")
+    headline = run["headline"]
+    val_metrics = nonempty(
+        [
+            (
+                f"{key} (headline)" if key == headline else key,
+                *series(val, f"val/{key}"),
+                {"color": "black", "linewidth": 2.5, "marker": "o"}
+                if key == headline
+                else {"color": color.get(key.split("/")[0], "grey"), "marker": "o"},
+            )
+            for key in validation_keys(run)
+        ]
+    )
     figures = [
         (
             "loss",
@@ -224,6 +296,12 @@ def training_figures(run: dict, prefix: str) -> list[tuple[str, bytes, str]]:
             "accuracy: training (lines), validation (markers)" if validation else "training accuracy",
             "accuracy",
             per_task(train, "{}/accuracy") + validation,
+        ),
+        (
+            "validation",
+            f"validation {headline} (headline) and each task's main metric",
+            "value",
+            val_metrics,
         ),
         ("learning_rate", "learning rate", "learning rate", single("learning_rate", "learning rate")),
         (
@@ -242,52 +320,65 @@ def training_figures(run: dict, prefix: str) -> list[tuple[str, bytes, str]]:
     ]
 
 
-def metrics_tables(report: dict) -> list[tuple]:
-    """Accuracy and macro-F1 per task, and answer accuracy per question type, of one eval report."""
-    metrics = report["metrics"]
-    tasks = [key.removesuffix("/accuracy") for key in metrics if re.fullmatch(r"[^/]+/accuracy", key)]
-    rows = [[task, fmt(metrics[f"{task}/accuracy"]), fmt(metrics.get(f"{task}/macro_f1"))] for task in tasks]
-    blocks = [("table", ["task", "accuracy", "macro-F1"], rows)]
-    per_type = [
-        [key.removeprefix("answer/accuracy/"), fmt(value)]
-        for key, value in metrics.items()
-        if key.startswith("answer/accuracy/")
+def ordered_tasks(report: dict, headline: str) -> list[str]:
+    """The tasks of an eval report's metrics, the headline's task first."""
+    tasks = list(task_metrics(report.get("metrics", {})))
+    first = headline.partition("/")[0]
+    return sorted(tasks, key=lambda task: task != first)
+
+
+def metrics_tables(report: dict, headline: str) -> list[tuple]:
+    """Every task's metrics (one row per task, the headline's task first), then the per-group metrics (one
+    row per group, sorted; one column per `<task>/<metric>`, the headline first) of one eval report.
+    Works on older eval files without "tasks" and "groups" (kinds unknown, groups named `group`)."""
+    metrics, kinds = report["metrics"], report.get("tasks", {})
+    tasks, per_task = ordered_tasks(report, headline), task_metrics(metrics)
+    names = list(dict.fromkeys(name for task in tasks for name in per_task[task]))
+    rows = [
+        [task, (kinds.get(task) or {}).get("kind", NONE)]
+        + [fmt(metrics.get(f"{task}/{name}")) for name in names]
+        for task in tasks
     ]
-    if per_type:
-        blocks.append(("table", ["question type", "answer accuracy"], per_type))
+    blocks = [("table", ["task", "kind", *names], rows)]
+    grouped = group_metrics(metrics)
+    if grouped:
+        first = headline.partition("/")[0]
+        columns = sorted(grouped, key=lambda key: (key != headline, key.partition("/")[0] != first))
+        groups = sorted({group for values in grouped.values() for group in values})
+        by = (report.get("groups") or {}).get("by") or "group"
+        rows = [[group] + [fmt(grouped[key].get(group)) for key in columns] for group in groups]
+        blocks.append(("table", [by, *columns], rows))
     return blocks
 
 
-def robustness_table(evals: dict[str, dict]) -> tuple:
-    """One row per eval file: its condition, checkpoint step and each task's accuracy."""
-    tasks = list(
-        dict.fromkeys(
-            key.removesuffix("/accuracy")
-            for report in evals.values()
-            for key in report["metrics"]
-            if re.fullmatch(r"[^/]+/accuracy", key)
-        )
-    )
+def robustness_table(evals: dict[str, dict], headline: str) -> tuple:
+    """One row per eval file: its condition, checkpoint step, the headline metric and every other task's
+    main metric."""
+    keys = dict.fromkeys(key for report in evals.values() for key in report["metrics"])
+    columns = main_metric_keys(keys, first=headline)
     rows = [
-        [f"{stem}.json", report.get("split", NONE), condition_name(report.get("condition", {}))]
+        [f"{stem}.json", report.get("split", NONE), condition_label(report.get("condition", {}))]
         + [fmt(report.get("step"))]
-        + [fmt(report["metrics"].get(f"{task}/accuracy")) for task in tasks]
+        + [fmt(report["metrics"].get(key)) for key in columns]
         for stem, report in evals.items()
     ]
-    return ("table", ["file", "split", "condition", "step"] + [f"{task} acc" for task in tasks], rows)
+    return ("table", ["file", "split", "condition", "step", *columns], rows)
 
 
 def run_header(run: dict) -> list[tuple]:
-    """Run name, workdir, fusion, tasks and their weights, steps trained."""
+    """Run name, workdir, fusion, tasks and their weights, headline metric, steps trained."""
     config = run["config"]
     fusion = config.get("model", {}).get("fusion", {}).get("name", NONE)
     weighting = config.get("multitask", {}).get("method", NONE)
     weights = ", ".join(f"{task} {weight:g}" for task, weight in run_tasks(run).items())
     steps = run["train"][-1]["step"] if run["train"] else 0
+    best = best_validation(run)
+    best_text = f"; best validation {fmt(best[0])} at step {best[1]}" if best else ""
     return [
         ("h2", f"Run {run['name']}"),
         ("p", f"workdir `{run['path']}`"),
         ("p", f"fusion: {fusion}; tasks (weight): {weights}; task weighting: {weighting}"),
+        ("p", f"headline metric (train.best_metric): `{run['headline'] or NONE}`{best_text}"),
         ("p", f"steps trained: {steps}; validation evaluations: {len(run['val'])}"),
     ]
 
@@ -309,17 +400,19 @@ def eval_blocks(run: dict) -> list[tuple]:
         blocks.append(("p", f"no eval_test.json: run `python -m mmjax.evaluate --workdir {run['path']}`"))
     else:
         source = f"`eval_test.json`: {test.get('checkpoint', NONE)} checkpoint, step {test.get('step', NONE)}"
-        blocks += [("p", source), *metrics_tables(test)]
+        headline = f"; headline `{run['headline']}` = {fmt(test['metrics'].get(run['headline']))}"
+        blocks += [("p", source + headline), *metrics_tables(test, run["headline"])]
     if others:
         blocks += [
             ("h3", "Other eval conditions"),
-            robustness_table(({"eval_test": test} if test else {}) | others),
+            robustness_table(({"eval_test": test} if test else {}) | others, run["headline"]),
         ]
     return blocks
 
 
 def confusion_blocks(run: dict, prefix: str) -> list[tuple]:
-    """One heatmap per task from eval_test.json's confusion matrices."""
+    """One heatmap per classification task from eval_test.json's confusion matrices, labelled with the class
+    names of its "tasks" (class indices in older files)."""
     test = run["evals"].get("eval_test")
     blocks = [("h3", "Confusion matrices (test)")]
     if test is None:
@@ -329,26 +422,37 @@ def confusion_blocks(run: dict, prefix: str) -> list[tuple]:
         return blocks + [
             ("p", f"eval_test.json has no confusion matrices (older evaluate): rerun `{command}`")
         ]
+    if not test["confusion"]:
+        return blocks + [("p", "no classification tasks: no confusion matrices")]
     caption = "rows: true class, columns: predicted; colour: fraction of the row"
+    tasks = test.get("tasks", {})
     figures = [
-        (f"{prefix}-confusion-{task}", confusion_figure(task, matrix), f"{task}: {caption}")
+        (
+            f"{prefix}-confusion-{slug(task)}",
+            confusion_figure(task, matrix, class_names(tasks, task, len(matrix))),
+            f"{task}: {caption}",
+        )
         for task, matrix in test["confusion"].items()
     ]
     return blocks + [("figures", figures)]
 
 
 def attention_blocks(run: dict, prefix: str) -> list[tuple]:
-    """The PNGs of DIR/explain/."""
+    """The PNGs of DIR/explain/ and, from explain/shares.json, the attention shares per group."""
     blocks = [("h3", "Attention maps")]
     if not run["maps"]:
         return blocks + [("p", f"no attention maps in `{run['path'] / 'explain'}`: rerun with `--explain N`")]
     maps = [(f"{prefix}-explain-{slug(p.stem)}", p.read_bytes(), f"explain/{p.name}") for p in run["maps"]]
-    if run["shares"]:
-        shares = run["shares"]
-        text = f"Share of the question's attention on the image and audio patches ({shares['examples']} "
-        blocks.append(("p", text + f"{shares['split']} examples, by question type):"))
-        rows = [[qtype, fmt(v["image"]), fmt(v["audio"])] for qtype, v in shares["shares"].items()]
-        blocks.append(("table", ["question type", "image", "audio"], rows))
+    shares = run["shares"]
+    if shares and isinstance(shares.get("shares"), Mapping) and shares["shares"]:
+        by = shares.get("group_by") or "group"
+        query = f"the {shares['query']} stream's" if shares.get("query") else "the query's"
+        text = f"Share of {query} attention on each stream's patches ({shares.get('examples', NONE)} "
+        blocks.append(("p", text + f"{shares.get('split', NONE)} examples, per {by}):"))
+        values = shares["shares"]
+        streams = shares.get("streams") or list(dict.fromkeys(s for v in values.values() for s in v))
+        rows = [[group] + [fmt(values[group].get(stream)) for stream in streams] for group in sorted(values)]
+        blocks.append(("table", [by, *streams], rows))
     return blocks + [("figures", maps)]
 
 
@@ -364,39 +468,54 @@ def run_section(run: dict, prefix: str) -> list[tuple]:
 
 
 def comparison_table(runs: Sequence[dict]) -> tuple:
-    """One row per run: test accuracy per task and per question type, best validation answer accuracy."""
-    tasks = [task for task in dict.fromkeys(t for run in runs for t in run_tasks(run)) if task != "answer"]
-    header = ["run", "fusion", "steps", "test answer acc", *(f"{task} acc" for task in tasks)]
-    header += [f"answer/{qtype}" for qtype in av_digits.QUESTION_TYPES] + ["best val answer acc", "at step"]
+    """One row per run: the test headline metric (one column per distinct headline), every other task's
+    main test metric, the headline per group, and the best validation headline with its step."""
+    headlines = list(dict.fromkeys(run["headline"] for run in runs if run["headline"]))
+    others = list(
+        dict.fromkeys(
+            key
+            for run in runs
+            for key in main_metric_keys(test_metrics(run), first=run["headline"])
+            if key not in headlines
+        )
+    )
+    per_group = [
+        (headline, group)
+        for headline in headlines
+        for group in sorted({g for run in runs for g in group_metrics(test_metrics(run)).get(headline, {})})
+    ]
+    header = ["run", "fusion", "steps", *(f"test {h}" for h in headlines), *others]
+    header += [f"{h}/{group}" for h, group in per_group]
+    for headline in headlines:
+        header += [f"best val {headline}", f"best val {headline} at step"]
     rows = []
     for run in runs:
-        metrics = run["evals"].get("eval_test", {}).get("metrics", {})
-        best = best_validation(run) or (None, None)
-        rows.append(
-            [run["name"], run["config"].get("model", {}).get("fusion", {}).get("name", NONE)]
-            + [fmt(run["train"][-1]["step"] if run["train"] else None), fmt(metrics.get("answer/accuracy"))]
-            + [fmt(metrics.get(f"{task}/accuracy")) for task in tasks]
-            + [fmt(metrics.get(f"answer/accuracy/{qtype}")) for qtype in av_digits.QUESTION_TYPES]
-            + [fmt(best[0]), fmt(best[1])]
-        )
+        metrics = test_metrics(run)
+        row = [run["name"], run["config"].get("model", {}).get("fusion", {}).get("name", NONE)]
+        row += [fmt(run["train"][-1]["step"] if run["train"] else None)]
+        row += [fmt(metrics.get(h)) for h in headlines] + [fmt(metrics.get(key)) for key in others]
+        row += [fmt(metrics.get(f"{h}/{group}")) for h, group in per_group]
+        for headline in headlines:
+            row += map(fmt, best_validation(run, headline) or (None, None))
+        rows.append(row)
     return ("table", header, rows)
 
 
 def comparison_figures(runs: Sequence[dict]) -> list[tuple[str, bytes, str]]:
-    """Training loss and validation answer accuracy of every run on shared axes."""
+    """Training loss and the validation headline metric of every run on shared axes (a figure per distinct
+    headline)."""
     colors = run_colors(len(runs))
     pairs = list(zip(runs, colors, strict=True))
     loss = nonempty([(run["name"], *series(run["train"], "loss"), {"color": c}) for run, c in pairs])
-    val = nonempty(
-        [
-            (run["name"], *series(run["val"], "val/answer/accuracy"), {"color": c, "marker": "o"})
-            for run, c in pairs
-        ]
-    )
-    figures = [
-        ("compare-loss", "training loss (total)", "loss", loss),
-        ("compare-val-answer", "validation answer accuracy", "accuracy", val),
-    ]
+    figures = [("compare-loss", "training loss (total)", "loss", loss)]
+    for headline in dict.fromkeys(run["headline"] for run in runs if run["headline"]):
+        val = nonempty(
+            [
+                (run["name"], *series(run["val"], f"val/{headline}"), {"color": c, "marker": "o"})
+                for run, c in pairs
+            ]
+        )
+        figures.append((f"compare-val-{slug(headline)}", f"validation {headline}", headline, val))
     return [
         (name, curve_figure(title, ylabel, curves), title)
         for name, title, ylabel, curves in figures
@@ -511,10 +630,10 @@ def main(
     }
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        prog="python -m mmjax.report", description=__doc__.strip().splitlines()[0]
-    )
+def cli(argv: Sequence[str]) -> dict:
+    """The command line: bad input (a folder that is not a workdir, an unreadable file) exits with status 2
+    and `mmjax.report: error: ...`."""
+    parser = CommandParser("mmjax.report", description=__doc__.strip().splitlines()[0])
     parser.add_argument("workdirs", nargs="+", metavar="DIR", help="training workdirs")
     parser.add_argument(
         "--out", default=None, help="output folder (default: DIR, or the DIRs' common parent)"
@@ -522,6 +641,16 @@ if __name__ == "__main__":
     parser.add_argument(
         "--explain", type=int, default=0, metavar="N", help="first write N attention maps per run"
     )
-    args = parser.parse_args(sys.argv[1:])
-    written = main(args.workdirs, args.out, args.explain)
+    args = parser.parse_args(argv)
+    if args.explain < 0:
+        parser.error(f"--explain must be >= 0, got {args.explain}")
+    try:
+        written = main(args.workdirs, args.out, args.explain)
+    except (ValueError, OSError) as err:
+        parser.fail(err)
     print(f"wrote {written['html']} and {written['md']} ({len(written['figures'])} figures)")
+    return written
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])

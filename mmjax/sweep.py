@@ -3,14 +3,15 @@
   python -m mmjax.sweep experiments/fusion_ablation.py[:arg] --workdir DIR [--only REGEX] [--report]
       [--config.key=value ...]
 Each run trains in DIR/runs/<name> (name = its grid values, e.g. `fusion=late,seed=1`) and records
-DIR/runs/<name>/results.json; DIR gets results.csv, results.md, accuracy.png and robustness.png (if the sweep
-has robustness conditions). Rerunning
+DIR/runs/<name>/results.json; DIR gets results.csv, results.md, accuracy.png (the headline metric per run)
+and robustness.png (if the sweep has robustness conditions). Any data set: the headline metric is the runs'
+config.train.best_metric; the tables show it first, then every other task's main metric. Rerunning
 resumes: complete runs are skipped, an interrupted one continues from its checkpoint, failed ones are retried.
 `--config.key=value` overrides every run (e.g. a data path); `--report` only rewrites the tables and plots.
 Runs share a persistent XLA compilation cache in DIR/jax_cache unless JAX_COMPILATION_CACHE_DIR is set.
+In a multi-process run every process trains and evaluates; only process 0 prints and writes files.
 """
 
-import argparse
 import contextlib
 import csv
 import functools
@@ -28,20 +29,28 @@ import matplotlib
 import ml_collections
 import numpy as np
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
+from matplotlib.figure import Figure
 
 from mmjax import evaluate, optim, train
 from mmjax.config import load_config, load_python
-from mmjax.data import av_digits
+from mmjax.data import datasets
 from mmjax.metrics import read_metrics
 from mmjax.model import build_model, dummy_batch
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
+from mmjax.results import CommandParser, condition_name, headline_metric, main_metric_keys
 
 SEED_AXIS = "seed"  # the grid axis that tables average over
-CONDITION_KEYS = ("drop", "audio_snr", "image_noise")  # evaluate.main's corruption arguments
 SWEEP_KEYS = ("base", "grid", "overrides", "robustness", "split", "eval_max_batches")
-ANSWER = "answer/accuracy"
+
+
+def is_lead() -> bool:
+    """Process 0: the one that prints and writes files."""
+    return jax.process_index() == 0
+
+
+def say(message: str, error: bool = False) -> None:
+    """Print on process 0 only (stderr if `error`)."""
+    if is_lead():
+        print(message, file=sys.stderr if error else sys.stdout)
 
 
 # Sweep definition and grid.
@@ -58,8 +67,14 @@ def smoke_sweep(sweep: dict, base: str) -> dict:
 def load_sweep(spec: str) -> dict:
     """Load `path/to/sweep.py[:arg]` (its `get_sweep(arg)`) and check the sweep's fields."""
     path, _, arg = spec.partition(":")
-    module = load_python(path, "sweep file", "get_sweep")
-    return check_sweep(dict(module.get_sweep(arg or None)), path)
+    try:
+        module = load_python(path, "sweep file", "get_sweep")
+    except SyntaxError as e:
+        raise ValueError(f"sweep file {path!r} is not valid Python: {e}") from e
+    sweep = module.get_sweep(arg or None)
+    if not isinstance(sweep, Mapping):
+        raise ValueError(f"sweep file {path!r}: get_sweep returned {type(sweep).__name__}, not a dict")
+    return check_sweep(dict(sweep), path)
 
 
 def check_sweep(sweep: dict, source: str = "sweep") -> dict:
@@ -110,7 +125,8 @@ def run_overrides(sweep: Mapping, values: Mapping[str, object], extra: Sequence[
     """`key=value` overrides of one run: the sweep's fixed ones, then `extra`, then the grid values.
 
     A grid axis whose values are a mapping {label: {config key: value}} (a variant axis, e.g. `variant:
-    {"single": {"tasks.speaker": 0}}`) contributes the overrides of the run's label.
+    {"small": {"model.size": "small"}, "wide": {"model.size": "base"}}`) contributes the overrides of the
+    run's label.
     """
     fixed = [f"{key}={value}" for key, value in sweep["overrides"].items()]
     grid = []
@@ -129,21 +145,6 @@ def run_config(sweep: Mapping, values: Mapping[str, object], extra: Sequence[str
         return config
     except ValueError as e:
         raise ValueError(f"sweep run {run_name(values)} (base {sweep['base']}): {e}") from e
-
-
-def condition_name(condition: Mapping[str, object]) -> str:
-    """`clean`, `drop-image`, `snr-10`, `image-noise-0.5`, ... (joined by `+` if several are set)."""
-    unknown = set(condition) - set(CONDITION_KEYS)
-    if unknown:
-        raise ValueError(f"unknown robustness argument(s) {sorted(unknown)}; known: {CONDITION_KEYS}")
-    parts = []
-    if condition.get("drop"):
-        parts.append(f"drop-{condition['drop']}")
-    if condition.get("audio_snr") is not None:
-        parts.append(f"snr-{condition['audio_snr']:g}")
-    if condition.get("image_noise"):
-        parts.append(f"image-noise-{condition['image_noise']:g}")
-    return "+".join(parts) or "clean"
 
 
 def conditions(sweep: Mapping) -> dict[str, dict]:
@@ -169,7 +170,9 @@ def read_record(run_dir: pathlib.Path) -> dict | None:
 
 
 def write_record(run_dir: pathlib.Path, record: Mapping) -> None:
-    """Written to a temporary file and renamed, so a kill never leaves half a record."""
+    """Written (by process 0) to a temporary file and renamed, so a kill never leaves half a record."""
+    if not is_lead():
+        return
     tmp = run_dir / "results.json.tmp"
     tmp.write_text(json.dumps(record, indent=2))
     tmp.replace(run_dir / "results.json")
@@ -177,10 +180,11 @@ def write_record(run_dir: pathlib.Path, record: Mapping) -> None:
 
 def model_cost(config: ml_collections.ConfigDict) -> tuple[int, int, float]:
     """(parameter count, trainable parameter count, FLOPs per example of the eval forward pass (XLA))."""
-    tasks = av_digits.task_classes(config.tasks)
-    model = build_model(config.model, tasks)
+    data = datasets.from_config(config)
+    tasks = data.head_sizes()
+    model = build_model(config.model, tasks, data.streams, data.text_vocab_size)
     batch_size = config.data.eval_batch_size
-    batch = jax.eval_shape(functools.partial(dummy_batch, config.model, tasks, batch_size))
+    batch = jax.eval_shape(functools.partial(dummy_batch, config.model, tasks, batch_size, data.streams))
     init = functools.partial(model.init, {"params": jax.random.PRNGKey(0)}, train=False)
     variables = jax.eval_shape(init, batch)
     trainable, num_params = optim.trainable_count(config.optim, variables["params"])
@@ -211,6 +215,7 @@ def run_one(
         run_dir.mkdir(parents=True, exist_ok=True)
         write_record(run_dir, record)
         train.main(config, run_dir)
+        record["best_metric"] = read_best_metric(run_dir) or config.train.best_metric
         record["num_params"], record["num_trainable"], record["flops_per_example"] = model_cost(config)
         record["examples_per_sec"] = median_examples_per_sec(run_dir)
         record["status"] = "evaluating"
@@ -224,7 +229,7 @@ def run_one(
     except Exception as e:  # noqa: BLE001 (a failed run is recorded and the sweep goes on)
         record["status"], record["error"] = "failed", f"{type(e).__name__}: {e}"
         record["traceback"] = traceback.format_exc()
-        print(f"mmjax.sweep: run {record['name']} failed: {record['error']}", file=sys.stderr)
+        say(f"mmjax.sweep: run {record['name']} failed: {record['error']}", error=True)
     if run_dir.is_dir():
         write_record(run_dir, record)
     return record
@@ -264,9 +269,9 @@ def run_sweep(sweep: Mapping, workdir: str | pathlib.Path, extra: Sequence[str] 
         for index, values in enumerate(runs):
             run_dir = workdir / "runs" / run_name(values)
             if is_complete(read_record(run_dir), names):
-                print(f"mmjax.sweep: [{index + 1}/{len(runs)}] {run_name(values)} is complete, skipped")
+                say(f"mmjax.sweep: [{index + 1}/{len(runs)}] {run_name(values)} is complete, skipped")
                 continue
-            print(f"mmjax.sweep: [{index + 1}/{len(runs)}] {run_name(values)}")
+            say(f"mmjax.sweep: [{index + 1}/{len(runs)}] {run_name(values)}")
             run_one(sweep, values, run_dir, extra)
     return write_report(sweep, workdir)
 
@@ -274,10 +279,41 @@ def run_sweep(sweep: Mapping, workdir: str | pathlib.Path, extra: Sequence[str] 
 # Aggregation and report.
 
 
+def read_best_metric(run_dir: pathlib.Path) -> str:
+    """config.train.best_metric from the run's config.json ("" without one)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return ""
+    try:
+        return headline_metric(json.loads(path.read_text()))
+    except (json.JSONDecodeError, AttributeError):
+        return ""
+
+
 def collect(sweep: Mapping, workdir: pathlib.Path) -> list[dict]:
-    """The records of every grid run that has started (in grid order)."""
-    records = (read_record(workdir / "runs" / run_name(v)) for v in expand_grid(sweep["grid"]))
-    return [record for record in records if record]
+    """The records of every grid run that has started (in grid order); a record written before records named
+    their headline metric gets it from the run's config.json."""
+    records = []
+    for values in expand_grid(sweep["grid"]):
+        run_dir = workdir / "runs" / run_name(values)
+        record = read_record(run_dir)
+        if record:
+            if not record.get("best_metric"):
+                record["best_metric"] = read_best_metric(run_dir)
+            records.append(record)
+    return records
+
+
+def headline(records: Sequence[Mapping]) -> str:
+    """The sweep's headline metric: the config.train.best_metric its complete runs share (the first run's if
+    they differ); without one recorded, the main metric of the first task the clean test reported."""
+    named = [r["best_metric"] for r in records if r["status"] == "complete" and r.get("best_metric")]
+    if named:
+        return named[0]
+    keys = dict.fromkeys(
+        k for r in records if r["status"] == "complete" for k in r["metrics"].get("clean", {})
+    )
+    return next(iter(main_metric_keys(keys)), "")
 
 
 def group_name(values: Mapping[str, object]) -> str:
@@ -339,24 +375,26 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def task_accuracy_keys(records: Sequence[Mapping]) -> list[str]:
-    """`answer/accuracy` first, then every other `<task>/accuracy` the clean test reported."""
-    keys = {k for r in records for k in r["metrics"].get("clean", {}) if re.fullmatch(r"[^/]+/accuracy", k)}
-    return sorted(keys, key=lambda k: (k != ANSWER, k))
+def metric_columns(records: Sequence[Mapping], first: str = "") -> list[str]:
+    """The headline metric (`first`, default: `headline(records)`), then every other task's main metric the
+    clean test reported (tasks in order of appearance)."""
+    keys = dict.fromkeys(k for r in records for k in r["metrics"].get("clean", {}))
+    first = first or headline(records)
+    return main_metric_keys(keys, first=first) if keys or first else []
 
 
-def main_table(records: Sequence[Mapping]) -> str:
-    """Clean test accuracies, size, cost and speed per group, mean ± std over seeds."""
-    keys = task_accuracy_keys(records)
+def main_table(records: Sequence[Mapping], first: str = "") -> str:
+    """Clean test metrics (the headline first), size, cost and speed per group, mean ± std over seeds."""
+    keys = metric_columns(records, first)
     columns = [aggregate(records, metric("clean", key)) for key in keys]
     params, flops = aggregate(records, field("num_params")), aggregate(records, field("flops_per_example"))
     trainable = aggregate(records, field("num_trainable"))
     speed = aggregate(records, field("examples_per_sec"))
     header = ["run", "seeds", *keys, "parameters", "trainable", "FLOPs/example", "train examples/s"]
     rows = []
-    for group, answer in (columns[0] if columns else {}).items():
+    for group, stats in (columns[0] if columns else {}).items():
         rows.append(
-            [group, str(answer[2])]
+            [group, str(stats[2])]
             + [format_mean_std(column[group]) for column in columns]
             + [format_count(params[group]), format_count(trainable.get(group, (0.0, 0.0, 0)))]
             + [format_count(flops[group]), format_mean_std(speed[group], 1)]
@@ -364,9 +402,10 @@ def main_table(records: Sequence[Mapping]) -> str:
     return markdown_table(header, rows)
 
 
-def robustness_table(records: Sequence[Mapping], condition_names: Sequence[str]) -> str:
-    """Answer accuracy under every test condition per group, mean ± std over seeds."""
-    columns = [aggregate(records, metric(name, ANSWER)) for name in condition_names]
+def robustness_table(records: Sequence[Mapping], condition_names: Sequence[str], key: str = "") -> str:
+    """The headline metric (or `key`) under every test condition per group, mean ± std over seeds."""
+    key = key or headline(records)
+    columns = [aggregate(records, metric(name, key)) for name in condition_names]
     rows = [[group] + [format_mean_std(column[group]) for column in columns] for group in columns[0]]
     return markdown_table(["run", *condition_names], rows)
 
@@ -376,19 +415,21 @@ def markdown_report(sweep: Mapping, records: Sequence[Mapping]) -> str:
     complete = [r for r in records if r["status"] == "complete"]
     failed = [r for r in records if r["status"] == "failed"]
     pending = len(expand_grid(sweep["grid"])) - len(complete) - len(failed)
+    key = headline(complete)
+    differ = sorted({r["best_metric"] for r in complete if r.get("best_metric")} - {key})
     lines = [
         f"# Sweep over {', '.join(sweep['grid'])} (base {sweep['base']}, {sweep['split']} split)",
         "",
         f"{len(complete)} complete, {len(failed)} failed, {pending} not run or unfinished. "
-        f"Mean ± sample std over the `{SEED_AXIS}` axis; accuracies on the {sweep['split']} split.",
-        "",
-        "## Clean test accuracy, size and cost",
-        "",
-        main_table(complete),
+        f"Mean ± sample std over the `{SEED_AXIS}` axis; metrics on the {sweep['split']} split. "
+        f"Headline metric (config train.best_metric): `{key or '–'}`.",
     ]
+    if differ:
+        lines.append(f"Some runs rank checkpoints by another metric: {', '.join(differ)}.")
+    lines += ["", f"## Clean {sweep['split']} metrics, size and cost", "", main_table(complete, key)]
     if len(names) > 1:
-        robustness = robustness_table(complete, names)
-        lines += ["", "## Robustness: answer accuracy per test condition", "", robustness]
+        robustness = robustness_table(complete, names, key)
+        lines += ["", f"## Robustness: {key} per test condition", "", robustness]
     if failed:
         lines += ["", "## Failed runs", ""] + [f"- `{r['name']}`: {r['error']}" for r in failed]
     return "\n".join(lines) + "\n"
@@ -413,30 +454,40 @@ def csv_rows(records: Sequence[Mapping], grid_keys: Sequence[str]) -> tuple[list
     return header, rows
 
 
-def plot_accuracy(records: Sequence[Mapping], path: pathlib.Path) -> None:
-    """Clean answer accuracy per group, error bars = std over seeds."""
-    stats = aggregate(records, metric("clean", ANSWER))
+def bounded(values: Sequence[float]) -> bool:
+    """All finite values lie in [0, 1] (an accuracy-like metric: plotted on a 0..1 axis)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return all(0.0 <= v <= 1.0 for v in finite)
+
+
+def plot_metric(records: Sequence[Mapping], key: str, split: str, path: pathlib.Path) -> None:
+    """The clean metric `key` (the headline) per group, error bars = std over seeds."""
+    stats = aggregate(records, metric("clean", key))
     groups = list(stats)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(groups) + 2), 4))
+    fig = Figure(figsize=(max(4.0, 0.8 * len(groups) + 2), 4))
+    ax = fig.subplots()
     ax.bar(range(len(groups)), [stats[g][0] for g in groups], yerr=[stats[g][1] for g in groups], capsize=4)
     ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
-    ax.set_ylabel("answer accuracy (test)")
-    ax.set_ylim(0, 1)
+    ax.set_ylabel(f"{key} ({split})")
+    if bounded([stats[g][0] for g in groups]):
+        ax.set_ylim(0, 1)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
-def plot_robustness(sweep: Mapping, records: Sequence[Mapping], path: pathlib.Path) -> None:
-    """Left: answer accuracy vs audio SNR per group (clean at the right). Right: bars for other conditions."""
+def plot_robustness(sweep: Mapping, records: Sequence[Mapping], key: str, path: pathlib.Path) -> None:
+    """Left: the metric `key` (the headline) vs audio SNR per group (clean at the right). Right: bars for the
+    other conditions."""
     snr = sorted((c["audio_snr"], condition_name(c)) for c in sweep["robustness"] if set(c) == {"audio_snr"})
     others = ["clean"] + [condition_name(c) for c in sweep["robustness"] if set(c) != {"audio_snr"}]
-    per_condition = {name: aggregate(records, metric(name, ANSWER)) for name in conditions(sweep)}
+    per_condition = {name: aggregate(records, metric(name, key)) for name in conditions(sweep)}
     groups = list(per_condition["clean"])
-    colors = plt.get_cmap("tab20")(np.linspace(0, 1, 20))[: len(groups)] if len(groups) > 10 else [None] * 20
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    cmap = matplotlib.colormaps["tab20"]
+    colors = [cmap(i / 19) for i in range(len(groups))] if len(groups) > 10 else [None] * len(groups)
+    fig = Figure(figsize=(12, 4.5))
+    left, right = fig.subplots(1, 2)
     xs = [db for db, _ in snr] + [max([db for db, _ in snr], default=0) + 10]
-    for group, color in zip(groups, colors, strict=False):
+    for group, color in zip(groups, colors, strict=True):
         points = [per_condition[name][group] for _, name in snr] + [per_condition["clean"][group]]
         left.errorbar(
             xs,
@@ -449,9 +500,13 @@ def plot_robustness(sweep: Mapping, records: Sequence[Mapping], path: pathlib.Pa
         )
     left.set_xticks(xs, [f"{db:g}" for db, _ in snr] + ["clean"])
     left.set_xlabel("audio SNR (dB)")
-    left.set_ylabel("answer accuracy (test)")
-    left.set_ylim(0, 1)
-    left.legend(fontsize="small")
+    left.set_ylabel(f"{key} ({sweep['split']})")
+    means = [s[0] for stats in per_condition.values() for s in stats.values()]
+    if bounded(means):
+        left.set_ylim(0, 1)
+        right.set_ylim(0, 1)
+    if groups:
+        left.legend(fontsize="small")
     width = 0.8 / max(len(groups), 1)
     for index, group in enumerate(groups):
         stats = [per_condition[name][group] for name in others]
@@ -465,26 +520,28 @@ def plot_robustness(sweep: Mapping, records: Sequence[Mapping], path: pathlib.Pa
             color=colors[index],
         )
     right.set_xticks(range(len(others)), others, rotation=30, ha="right")
-    right.set_ylim(0, 1)
     right.set_title("missing modality / image noise")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def write_report(sweep: Mapping, workdir: str | pathlib.Path) -> list[dict]:
-    """results.csv, results.md, accuracy.png and robustness.png from the runs' records; returns them."""
+    """results.csv, results.md, accuracy.png and robustness.png from the runs' records (written by process 0);
+    returns the records."""
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     records = collect(sweep, workdir)
+    if not is_lead():
+        return records
+    workdir.mkdir(parents=True, exist_ok=True)
     header, rows = csv_rows(records, list(sweep["grid"]))
     with open(workdir / "results.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *rows])
     (workdir / "results.md").write_text(markdown_report(sweep, records))
     complete = [r for r in records if r["status"] == "complete"]
-    plot_accuracy(complete, workdir / "accuracy.png")
+    key = headline(complete)
+    plot_metric(complete, key, sweep["split"], workdir / "accuracy.png")
     if sweep["robustness"]:
-        plot_robustness(sweep, complete, workdir / "robustness.png")
+        plot_robustness(sweep, complete, key, workdir / "robustness.png")
     failed = [r["name"] for r in records if r["status"] == "failed"]
     print(f"mmjax.sweep: {len(complete)} complete runs reported in {workdir / 'results.md'}")
     if failed:
@@ -493,9 +550,9 @@ def write_report(sweep: Mapping, workdir: str | pathlib.Path) -> list[dict]:
 
 
 def main(argv: Sequence[str]) -> list[dict]:
-    parser = argparse.ArgumentParser(
-        prog="python -m mmjax.sweep", description=__doc__.strip().splitlines()[0]
-    )
+    """The command line: bad input (a missing or bad sweep file, an unknown --config key or bad value, a bad
+    grid) exits with status 2 and `mmjax.sweep: error: ...` before anything trains."""
+    parser = CommandParser("mmjax.sweep", description=__doc__.strip().splitlines()[0])
     parser.add_argument("sweep", help="experiments/SWEEP.py[:arg,...] defining get_sweep(arg)")
     parser.add_argument("--workdir", required=True, help="runs/<name>/ and the results go here")
     parser.add_argument("--only", default="", help="run only the grid points whose name matches this regex")
@@ -506,10 +563,19 @@ def main(argv: Sequence[str]) -> list[dict]:
         if not item.startswith("--config."):
             parser.error(f"unrecognised argument {item!r} (overrides look like --config.data.tfds_dir=DIR)")
         extra.append(item.removeprefix("--config."))
-    sweep = load_sweep(args.sweep)
-    if args.report:
-        return write_report(sweep, args.workdir)
-    return run_sweep(sweep, args.workdir, extra, args.only)
+    try:
+        re.compile(args.only)
+    except re.error as e:
+        parser.error(f"--only {args.only!r} is not a regular expression: {e}")
+    try:
+        sweep = load_sweep(args.sweep)
+        if args.report:
+            if not pathlib.Path(args.workdir).is_dir():
+                raise FileNotFoundError(f"--workdir {args.workdir} does not exist: no sweep runs to report")
+            return write_report(sweep, args.workdir)
+        return run_sweep(sweep, args.workdir, extra, args.only)
+    except (ValueError, FileNotFoundError) as err:
+        parser.fail(err)
 
 
 if __name__ == "__main__":

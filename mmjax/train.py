@@ -1,6 +1,6 @@
 """Train a multimodal model, data-parallel over every device, resuming from the workdir's last checkpoint.
 
-python -m mmjax.train --config experiments/av_digits.py[:arg,...] --workdir DIR [--config.key=value ...]
+python -m mmjax.train --config experiments/NAME.py[:arg,...] --workdir DIR [--config.key=value ...]
 """
 
 import argparse

@@ -3,10 +3,14 @@
 import csv
 import json
 import pathlib
+import subprocess
+import sys
 
 import jax
 import pytest
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
+from matplotlib.figure import Figure
+from PIL import Image
 
 from mmjax import sweep
 from mmjax.fusion import FUSIONS
@@ -33,6 +37,7 @@ def fake_record(fusion, seed, answer, status="complete", conditions=("clean",)):
     return dict(
         name=sweep.run_name(values),
         values=values,
+        best_metric="answer/accuracy",
         status=status,
         error="" if status == "complete" else "NonFiniteLossError: loss is nan at step 3",
         metrics=metrics if status == "complete" else {},
@@ -327,3 +332,146 @@ def test_query_modality_sweep_trains_an_image_query_model(av_digits_dir, tmp_pat
     run = tmp_path / "runs" / "variant=image,seed=0"
     params = sweep.evaluate.restore_run(run).variables["params"]
     assert "image_layer_0" in params["fusion"] and "text_layer_0" not in params["fusion"]
+
+
+# Any data set: a folder-style sweep (tasks same / digits / total), no training.
+
+
+def folder_metrics(same: float, r2: float) -> dict:
+    return {
+        "digits/map": 0.6,
+        "digits/micro_f1": 0.5,
+        "same/accuracy": same,
+        "same/macro_f1": same - 0.1,
+        "total/mae": 1.5,
+        "total/r2": r2,
+        "same/accuracy/theo": same,
+    }
+
+
+def folder_record(fusion, seed, same, r2=-0.5, best_metric="same/accuracy", conditions=("clean",)):
+    values = {"model.fusion.name": fusion, "seed": seed}
+    record = fake_record(fusion, seed, same, conditions=conditions)
+    metrics = {name: folder_metrics(same - 0.25 * (name != "clean"), r2) for name in conditions}
+    return record | {"values": values, "best_metric": best_metric, "metrics": metrics}
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """Every matplotlib Figure the sweep draws."""
+    drawn = []
+
+    class Recorded(Figure):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            drawn.append(self)
+
+    monkeypatch.setattr(sweep, "Figure", Recorded)
+    return drawn
+
+
+def write_runs(workdir: pathlib.Path, records) -> None:
+    for record in records:
+        run_dir = workdir / "runs" / record["name"]
+        run_dir.mkdir(parents=True)
+        sweep.write_record(run_dir, record)
+
+
+def test_a_folder_sweep_reports_its_best_metric_first(tmp_path, figures):
+    names = list(sweep.conditions(fake_sweep()))
+    records = [folder_record("late", s, a, conditions=names) for s, a in enumerate([0.5, 0.7, 0.6])]
+    records += [folder_record("cross_attention", s, a, conditions=names) for s, a in enumerate([0.8, 0.9])]
+    main = sweep.main_table(records).splitlines()
+    assert main[0] == (
+        "| run | seeds | same/accuracy | digits/map | total/r2 | parameters | trainable | FLOPs/example "
+        "| train examples/s |"
+    )
+    assert main[2].startswith("| fusion=late | 3 | 0.600 ± 0.100 | 0.600 ± 0.000 | -0.500 ± 0.000 |")
+    robust = sweep.robustness_table(records, names).splitlines()
+    assert robust[0] == "| run | " + " | ".join(names) + " |"
+    assert robust[2] == "| fusion=late | 0.600 ± 0.100 | " + " | ".join(["0.350 ± 0.100"] * 4) + " |"
+    write_runs(tmp_path, records[:4])  # one cross_attention run not started
+    sweep.write_report(fake_sweep(), tmp_path)
+    report = (tmp_path / "results.md").read_text()
+    assert "Headline metric (config train.best_metric): `same/accuracy`" in report
+    assert (
+        "## Clean test metrics, size and cost" in report and "## Robustness: same/accuracy per test" in report
+    )
+    assert "answer" not in report and "accuracy" not in report.replace("same/accuracy", "")
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[0]["clean/same/accuracy"]) == 0.5 and float(rows[0]["drop-image/total/r2"]) == -0.5
+    accuracy, robustness = figures
+    assert accuracy.axes[0].get_ylabel() == "same/accuracy (test)"
+    assert [ax.get_ylabel() for ax in robustness.axes[:2]] == ["same/accuracy (test)", ""]
+    for name in ("accuracy.png", "robustness.png"):
+        assert Image.open(tmp_path / name).format == "PNG"
+
+
+def test_a_regression_headline_is_not_clipped_to_0_1(figures, tmp_path):
+    records = [
+        folder_record(fusion, 0, 0.5, r2=r2, best_metric="total/r2")
+        for fusion, r2 in [("late", -2.0), ("film", 3.0)]
+    ]
+    assert (
+        sweep.main_table(records).splitlines()[0].startswith("| run | seeds | total/r2 | digits/map | same/")
+    )
+    sweep.plot_metric(records, "total/r2", "validation", tmp_path / "plot.png")
+    (figure,) = figures
+    assert figure.axes[0].get_ylabel() == "total/r2 (validation)"
+    assert figure.axes[0].get_ylim()[0] < -1  # not the 0..1 axis of an accuracy
+
+
+def test_records_without_a_best_metric_take_it_from_the_runs_config(tmp_path):
+    records = [folder_record("late", s, 0.5, best_metric="") for s in range(2)]
+    write_runs(tmp_path, records)
+    spec = fake_sweep(robustness=[])
+    assert sweep.headline(sweep.collect(spec, tmp_path)) == "digits/map"  # no config: the first task's
+    config = {"train": {"best_metric": "total/r2"}, "tasks": {"same": 1.0}}
+    for record in records:
+        (tmp_path / "runs" / record["name"] / "config.json").write_text(json.dumps(config))
+    collected = sweep.collect(spec, tmp_path)
+    assert [r["best_metric"] for r in collected] == ["total/r2", "total/r2"]
+    assert "| run | seeds | total/r2 | digits/map | same/accuracy |" in sweep.markdown_report(spec, collected)
+
+
+def test_only_process_0_prints_and_writes(tmp_path, monkeypatch, capsys):
+    calls = []
+    fake_training(monkeypatch, calls)
+    monkeypatch.setattr(sweep.jax, "process_index", lambda: 1)
+    records = sweep.run_sweep(fake_sweep(grid={"seed": [0]}), tmp_path)
+    assert [r["status"] for r in records] == [] and len(calls) == 1 + 5  # trained and tested, not recorded
+    assert "mmjax.sweep" not in "".join(capsys.readouterr())  # (the config's own warnings may print)
+    assert not list(tmp_path.rglob("*.*"))
+    monkeypatch.setattr(sweep.jax, "process_index", lambda: 0)
+    assert [r["status"] for r in sweep.run_sweep(fake_sweep(grid={"seed": [0]}), tmp_path)] == ["complete"]
+    assert "mmjax.sweep: [1/1] seed=0" in capsys.readouterr().out
+
+
+def test_the_sweep_module_sets_no_matplotlib_backend():
+    source = pathlib.Path(sweep.__file__).read_text()
+    assert "matplotlib.use" not in source and "pyplot" not in source
+
+
+def run_sweep_command(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mmjax.sweep", *map(str, args)], capture_output=True, text=True, cwd=ROOT
+    )
+
+
+def test_bad_input_on_the_command_line_exits_2_naming_it(tmp_path):
+    missing = run_sweep_command(tmp_path / "nope.py", "--workdir", tmp_path)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.startswith(
+        f"mmjax.sweep: error: sweep file '{tmp_path / 'nope.py'}' does not exist"
+    )
+    unknown = run_sweep_command(f"{ABLATION}:smoke", "--workdir", tmp_path, "--config.model.nope=1")
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+    assert unknown.stderr.startswith("mmjax.sweep: error: sweep run fusion=late,seed=0")
+    assert "unknown config key 'model.nope'" in unknown.stderr
+    usage = run_sweep_command(f"{ABLATION}:smoke", "--workdir", tmp_path, "--confg.seed=1")
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: python -m mmjax.sweep")
+    assert usage.stderr.splitlines()[-1].startswith(
+        "mmjax.sweep: error: unrecognised argument '--confg.seed=1'"
+    )
+    assert not list(tmp_path.iterdir())  # nothing trained or written

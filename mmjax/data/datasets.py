@@ -89,14 +89,39 @@ def folder_config(config: ml_collections.ConfigDict) -> folder.FolderConfig:
         labels=labels,
         label_kinds=kinds,
         ignore=tuple(c for c in d.get("ignore", "").split("+") if c),
+        validation_fraction=d.validation_fraction,
+        split_seed=d.split_seed,
+        on_bad=d.get("on_bad_example", "skip"),
+        **media_settings(config),
+    )
+
+
+def stream_preprocess(config: ml_collections.ConfigDict, streams: dict, tasks: dict, tokenizer):
+    """pipeline.preprocess_streams with the experiment's sizes (data.text_len, audio_frames, image_mean and
+    image_std) for a data set stored as folder builds store it (decoded media, present flags, labels)."""
+    return functools.partial(
+        pipeline.preprocess_streams,
+        streams=streams,
+        tasks={name: task.kind for name, task in tasks.items()},
+        scales={name: (task.mean, task.std) for name, task in tasks.items() if task.kind == "regression"},
+        tokenizer=tokenizer,
+        text_len=config.data.text_len,
+        audio_frames=config.data.audio_frames,
+        image_mean=np.asarray(config.data.image_mean, np.float32),
+        image_std=np.asarray(config.data.image_std, np.float32),
+    )
+
+
+def media_settings(config: ml_collections.ConfigDict) -> dict:
+    """How images and audio are decoded (folder.FolderConfig fields): config.data.image_size (square),
+    image_channels, sample_rate, n_mels, max_audio_seconds."""
+    d = config.data
+    return dict(
         image_size=(d.image_size, d.image_size),
         image_channels=d.image_channels,
         sample_rate=d.sample_rate,
         n_mels=d.n_mels,
         max_audio_seconds=d.max_audio_seconds,
-        validation_fraction=d.validation_fraction,
-        split_seed=d.split_seed,
-        on_bad=d.get("on_bad_example", "skip"),
     )
 
 
@@ -147,17 +172,7 @@ def folder_data(config: ml_collections.ConfigDict) -> DataSet:
     tokenizer = None
     if "text" in streams.values():
         tokenizer = text.pretrained_tokenizer(config) or WordTokenizer(tuple(stats["words"]))
-    preprocess = functools.partial(
-        pipeline.preprocess_streams,
-        streams=streams,
-        tasks={name: task.kind for name, task in tasks.items()},
-        scales={name: (task.mean, task.std) for name, task in tasks.items() if task.kind == "regression"},
-        tokenizer=tokenizer,
-        text_len=config.data.text_len,
-        audio_frames=config.data.audio_frames,
-        image_mean=np.asarray(config.data.image_mean, np.float32),
-        image_std=np.asarray(config.data.image_std, np.float32),
-    )
+    preprocess = stream_preprocess(config, streams, tasks, tokenizer)
     group_by = config.get("eval", {}).get("group_by", "")
     groups = functools.partial(folder_groups, built, group_by) if group_by else None
     if group_by and group_by not in (

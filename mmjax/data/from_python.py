@@ -21,7 +21,8 @@ from collections.abc import Mapping, Sequence
 import ml_collections
 import numpy as np
 
-from mmjax.data import folder, inputs, pipeline
+from mmjax.data import folder, inputs
+from mmjax.data.datasets import media_settings, stream_preprocess
 from mmjax.data.spec import DataSet, Task, summarizer, target_scale, trained_tasks
 from mmjax.data.text import WordTokenizer, build_vocab, pretrained_tokenizer
 
@@ -181,27 +182,8 @@ def data_set(
     if "text" in streams.values():
         texts = [str(v) for c, k in columns.items() if k == "text" for v in column_values(splits["train"], c)]
         tokenizer = pretrained_tokenizer(config) or WordTokenizer(build_vocab(texts).vocab)
-    d = config.data
-    settings = folder.FolderConfig(
-        root="",
-        labels=(),
-        image_size=(d.image_size, d.image_size),
-        image_channels=d.image_channels,
-        sample_rate=d.sample_rate,
-        n_mels=d.n_mels,
-        max_audio_seconds=d.max_audio_seconds,
-    )
-    stored = functools.partial(
-        pipeline.preprocess_streams,
-        streams=streams,
-        tokenizer=tokenizer,
-        tasks={name: task.kind for name, task in tasks.items()},
-        scales={name: (t.mean, t.std) for name, t in tasks.items() if t.kind == "regression"},
-        text_len=d.text_len,
-        audio_frames=d.audio_frames,
-        image_mean=np.asarray(d.image_mean, np.float32),
-        image_std=np.asarray(d.image_std, np.float32),
-    )
+    settings = folder.FolderConfig(root="", labels=(), **media_settings(config))
+    stored = stream_preprocess(config, streams, tasks, tokenizer)
     encode_row = functools.partial(encode, columns=columns, tasks=tasks, settings=settings)
     return DataSet(
         name="python",
