@@ -244,7 +244,7 @@ def main(
     corruption = pipeline.Corruption(drop, audio_snr, image_noise)
     preprocess = conditioned_preprocess(data, corruption, questions)
     batches = split_batches(config, data.load(split), preprocess)
-    positives = align_label_keys(config.model.get("align", {}), data)
+    positives = align_label_keys(config.model.get("align", {}), data.align_labels)
     eval_fn = make_eval_step(run.model, mesh, data, positives)
     results = predict(run.variables, batches, eval_fn, mesh, max_batches)
     summary = data.summarize(split, results)

@@ -92,8 +92,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def make_objective(config: ml_collections.ConfigDict, data: DataSet | None = None) -> Objective:
     """The objective of an experiment config (config.tasks, config.multitask, config.model.align) on the
     data set's tasks (`data`, else the config's data set)."""
-    data = data or datasets.from_config(config)
-    tasks = {task: float(config.tasks[task]) for task in data.tasks}
+    specs, align_labels = (data.tasks, data.align_labels) if data else datasets.task_specs(config)
+    tasks = {task: float(config.tasks[task]) for task in specs}
     align = config.model.get("align", {})
     modalities = align_fields(align).get("align", ())
     if ALIGN in tasks and not modalities:
@@ -102,7 +102,7 @@ def make_objective(config: ml_collections.ConfigDict, data: DataSet | None = Non
         raise ValueError(
             "config.model.align.modalities is set but config.tasks.align is 0: nothing trains it"
         )
-    positives = align_label_keys(align, data)
+    positives = align_label_keys(align, align_labels)
     on_nonfinite = config.train.get("on_nonfinite", "stop")
     if on_nonfinite not in ON_NONFINITE:
         raise ValueError(f"config.train.on_nonfinite={on_nonfinite!r} is not one of {ON_NONFINITE}")
@@ -112,7 +112,7 @@ def make_objective(config: ml_collections.ConfigDict, data: DataSet | None = Non
     return Objective(
         tasks=tuple(tasks),
         weights=tuple(tasks.values()),
-        kinds=tuple(objective_kind(data.tasks[task]) for task in tasks),
+        kinds=tuple(objective_kind(specs[task]) for task in tasks),
         method=mt.method,
         lr=mt.lr,
         alpha=mt.alpha,

@@ -208,7 +208,7 @@ def predictor_latency(args: argparse.Namespace) -> dict:
     import PIL.Image
 
     from mmjax.data import av_digits
-    from mmjax.predict import Predictor, make_batch
+    from mmjax.predict import Predictor, one_batch
 
     data = av_digits.resolve_data_dir()
     images, labels, _ = av_digits.read_mnist(data / "mnist5k" / "mnist_5k.csv.gz")
@@ -217,25 +217,26 @@ def predictor_latency(args: argparse.Namespace) -> dict:
     inputs = dict(
         image=image,
         audio=data / "fsdd" / "recordings" / "3_george_0.wav",
-        question="what is the sum of the written and spoken digits?",
+        text="what is the sum of the written and spoken digits?",
     )
     start = time.perf_counter()
     predictor = Predictor.from_workdir(args.workdir)
     restore_and_compile_s = time.perf_counter() - start
-    batch = make_batch(predictor.run.config, tokenizer=predictor.tokenizer, **inputs)
+    batch = one_batch(predictor.run, inputs)
     whole = bc.median_times(lambda: predictor(**inputs), args.warmup, args.calls)
     model = bc.median_times(
         lambda: jax.block_until_ready(predictor.compiled(predictor.run.variables, batch)),
         args.warmup,
         args.calls,
     )
+    main_task = predictor.run.config.train.best_metric.split("/")[0]
     return {
         "restore_and_compile_s": restore_and_compile_s,
         "call_p50_ms": 1e3 * whole["median_s"],
         "call_p99_ms": 1e3 * whole["p99_s"],
         "model_p50_ms": 1e3 * model["median_s"],
         "model_p99_ms": 1e3 * model["p99_s"],
-        "answer": predictor(**inputs)["answer"],
+        "prediction": predictor(**inputs)["tasks"][main_task]["top"][0][0],
     }
 
 

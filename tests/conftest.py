@@ -5,8 +5,14 @@ import os
 import shutil
 import tempfile
 
+# XLA:CPU aborts the process when the 8 fake devices of a collective do not all arrive within its default
+# rendezvous timeouts; with two test workers on two cores a device's thread can wait longer than that
+# (seen as "Fatal Python error: Aborted" mid-step), so the tests allow 15 minutes.
+COLLECTIVE_TIMEOUTS = (
+    " --xla_cpu_collective_call_terminate_timeout_seconds=900 --xla_cpu_collective_timeout_seconds=900"
+)
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8" + COLLECTIVE_TIMEOUTS
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 

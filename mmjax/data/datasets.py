@@ -34,6 +34,16 @@ def from_config(config: ml_collections.ConfigDict) -> DataSet:
     raise ValueError(f"config.data.dataset={name!r} is not one of {DATASETS}")
 
 
+def task_specs(config: ml_collections.ConfigDict) -> tuple[dict[str, Task], dict[str, str]]:
+    """(the tasks config.tasks trains, {stream: class label key} for contrastive positives), reading no data
+    where the data set's tasks are fixed (AV-Digits); other data sets are loaded for their label columns."""
+    if config.data.get("dataset", "av_digits") == "av_digits":
+        tasks = trained_tasks(config.tasks, av_digits.task_specs(), "AV-Digits")
+        return tasks, dict(av_digits.MODALITY_LABELS)
+    data = from_config(config)
+    return data.tasks, data.align_labels
+
+
 # UD English EWT and XQuAD (text only).
 
 

@@ -99,19 +99,20 @@ class DataSet:
         return {name: task.outputs for name, task in self.tasks.items() if task.kind != "align"}
 
 
-def align_label_keys(align: Mapping, data: DataSet) -> tuple[str, str] | None:
-    """The label keys whose equality marks positive pairs of `model.align` (None: an example with itself)."""
+def align_label_keys(align: Mapping, labels: Mapping[str, str]) -> tuple[str, str] | None:
+    """The label keys whose equality marks positive pairs of `model.align` (None: an example with itself);
+    `labels`: {stream: its class label key} (DataSet.align_labels)."""
     streams = [m.strip() for m in align.get("modalities", "").split(",") if m.strip()]
     if not streams or align["positives"] == "pairs":
         return None
     if align["positives"] != "labels":
         raise ValueError(f"model.align.positives={align['positives']!r} must be 'labels' or 'pairs'")
-    if not set(streams) <= set(data.align_labels):
+    if not set(streams) <= set(labels):
         raise ValueError(
-            f"model.align.positives='labels' needs streams with class labels {sorted(data.align_labels)}, "
+            f"model.align.positives='labels' needs streams with class labels {sorted(labels)}, "
             f"got model.align.modalities={align['modalities']!r}"
         )
-    return tuple(data.align_labels[m] for m in streams)
+    return tuple(labels[m] for m in streams)
 
 
 def check_streams(streams: Mapping[str, str]) -> None:
