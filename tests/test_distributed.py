@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mmjax import train
+from tests.conftest import COLLECTIVE_TIMEOUTS
 from tests.test_train import ROOT, smoke_config
 
 # The train step of this process's run is the NaN-batch test's (tests/test_train.py): compiled once per run.
@@ -41,7 +42,7 @@ def test_two_processes_train_like_one_process_on_the_same_global_batches(av_digi
     command += ["--workdir", str(shared), f"--config.data.tfds_dir={av_digits_dir}"]
     command += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
     command += ["--coordinator", f"localhost:{_free_port()}", "--num-processes", "2"]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4" + COLLECTIVE_TIMEOUTS)
     processes = [
         subprocess.Popen(
             [*command, "--process-id", str(p)],
