@@ -256,6 +256,7 @@ def test_a_sweep_caches_compilations_in_its_folder_unless_the_user_set_a_cache(t
     assert not (tmp_path / "unused").exists()
 
 
+@pytest.mark.xdist_group("smoke_run")  # never beside the AV smoke trainings of tests/test_predict.py
 def test_smoke_sweep_trains_tests_reports_and_resumes(av_digits_dir, tmp_path, monkeypatch):
     argv = [f"{ABLATION}:smoke", "--workdir", str(tmp_path), f"--config.data.tfds_dir={av_digits_dir}"]
     records = sweep.main(argv)
