@@ -29,6 +29,12 @@ def pytest_configure(config):
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the xdist workers inherit the controller's
         _created_cache = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmjax_xla_")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker and not os.environ["JAX_COMPILATION_CACHE_DIR"].endswith(worker):
+        # One cache per worker (and the subprocesses it starts): two workers loading and writing the same
+        # 8-device train step at once stalled in XLA's collectives (under investigation).
+        shared = os.environ["JAX_COMPILATION_CACHE_DIR"]
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(shared, worker)
 
 
 def pytest_unconfigure(config):
