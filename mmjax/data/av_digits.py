@@ -101,21 +101,6 @@ def task_classes(weights: Mapping[str, float]) -> dict[str, int]:
     return {task: TASKS[task] for task, weight in weights.items() if weight > 0 and task != ALIGN}
 
 
-def align_label_keys(align: Mapping) -> tuple[str, str] | None:
-    """The label keys whose equality marks positive pairs of `model.align` (None: an example with itself)."""
-    modalities = [m.strip() for m in align.get("modalities", "").split(",") if m.strip()]
-    if not modalities or align["positives"] == "pairs":
-        return None
-    if align["positives"] != "labels":
-        raise ValueError(f"model.align.positives={align['positives']!r} must be 'labels' or 'pairs'")
-    if not set(modalities) <= set(MODALITY_LABELS):
-        raise ValueError(
-            f"model.align.positives='labels' needs modalities with digit labels {sorted(MODALITY_LABELS)}, "
-            f"got model.align.modalities={align['modalities']!r}"
-        )
-    return tuple(MODALITY_LABELS[m] for m in modalities)
-
-
 def resolve_data_dir(path: str | os.PathLike | None = None) -> pathlib.Path:
     """Folder with the raw FSDD and MNIST-5k data: `path`, else $MMJAX_DATA_DIR, else ../shared/data."""
     what = "AV-Digits raw data (fsdd/recordings and mnist5k/mnist_5k.csv.gz)"
