@@ -5,11 +5,14 @@ import os
 import shutil
 import tempfile
 
-# XLA:CPU aborts the process when the 8 fake devices of a collective do not all arrive within its default
-# rendezvous timeouts; with two test workers on two cores a device's thread can wait longer than that
-# (seen as "Fatal Python error: Aborted" mid-step), so the tests allow 15 minutes.
+# XLA:CPU runs the independent collectives of one program concurrently, each holding a thread of its intra-op
+# pool until all 8 devices join. That pool has max(NPROC or the core count, device count) threads: 8 here, so
+# two all-reduces in flight on some devices left no thread for the others and the train step deadlocked (all 8
+# threads waiting in all-reduce rendezvous op 5 or op 10 of one step). 64 threads leave room for 8 in flight
+# per device. A collective that still waits 5 minutes (the default aborts after 40 s) fails the test.
+os.environ.setdefault("NPROC", "64")
 COLLECTIVE_TIMEOUTS = (
-    " --xla_cpu_collective_call_terminate_timeout_seconds=900 --xla_cpu_collective_timeout_seconds=900"
+    " --xla_cpu_collective_call_terminate_timeout_seconds=300 --xla_cpu_collective_timeout_seconds=300"
 )
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8" + COLLECTIVE_TIMEOUTS
@@ -29,12 +32,6 @@ def pytest_configure(config):
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the xdist workers inherit the controller's
         _created_cache = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmjax_xla_")
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    if worker and not os.environ["JAX_COMPILATION_CACHE_DIR"].endswith(worker):
-        # One cache per worker (and the subprocesses it starts): two workers loading and writing the same
-        # 8-device train step at once stalled in XLA's collectives (under investigation).
-        shared = os.environ["JAX_COMPILATION_CACHE_DIR"]
-        os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(shared, worker)
 
 
 def pytest_unconfigure(config):
