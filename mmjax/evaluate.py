@@ -115,22 +115,25 @@ def predict(variables, batches: Iterable[dict], eval_fn, mesh, max_batches: int 
 
 
 def format_table(summary: Mapping[str, float], tasks: Iterable[str]) -> str:
-    """The metrics as a table: one row per task (its metrics as columns), then stream heads, then one
-    table per grouped task (group -> its main metric)."""
-    lines, grouped = [], {}
+    """The metrics as a table: one row per task (its metrics as columns), then stream heads, then each
+    member's tasks (`<member>/<task>/<metric>`, data.mix), then one table per grouped task (group -> its
+    main metric)."""
+    tasks = list(tasks)
+    rows, grouped = {}, {}
     for key, value in summary.items():
-        task, _, rest = key.partition("/")
-        metric, _, group = rest.partition("/")
-        if group:
-            grouped.setdefault(f"{task} {metric}", []).append((group, value))
-    for task in [*tasks, *sorted({k.split("/")[0] for k in summary if "@" in k})]:
-        row = {
-            k.split("/")[1]: v for k, v in summary.items() if k.split("/")[0] == task and k.count("/") == 1
-        }
-        if row:
-            lines.append(
-                f"{task:<20}" + "".join(f"{name} {value:.4f}   " for name, value in row.items()).rstrip()
-            )
+        parts = key.split("/")
+        if len(parts) == 2:
+            rows.setdefault(parts[0], {})[parts[1]] = value
+        elif len(parts) == 3 and parts[0] not in tasks and parts[1] in tasks:  # a mixed data set's member
+            rows.setdefault(f"{parts[0]}/{parts[1]}", {})[parts[2]] = value
+        elif len(parts) >= 3:
+            grouped.setdefault(f"{parts[0]} {parts[1]}", []).append(("/".join(parts[2:]), value))
+    order = [*tasks, *sorted(r for r in rows if "@" in r), *sorted(r for r in rows if "/" in r)]
+    lines = [
+        f"{name:<20}" + "".join(f"{metric} {value:.4f}   " for metric, value in rows[name].items()).rstrip()
+        for name in order
+        if name in rows
+    ]
     for title, values in grouped.items():
         lines += ["", f"{'group':<20}{title}"]
         lines += [f"{group:<20}{value:.4f}" for group, value in values]

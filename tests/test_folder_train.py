@@ -168,3 +168,26 @@ def test_command_line_errors_name_the_problem_and_exit_2(case, tmp_path):
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"mmjax.{command}: error:" in done.stderr and named in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_folder_and_av_digits_train_as_one_mix_and_are_scored_apart(example, av_digits_dir, tmp_path):
+    root, cache = example
+    folder_member = (
+        f"experiments/folder.py:dir={root},labels={LABELS},image_size=28,channels=1,smoke "
+        + " ".join(f"--config.{o}" for o in folder_overrides(cache))
+    )
+    av_member = f"experiments/av_digits.py:smoke --config.data.tfds_dir={av_digits_dir}"
+    config = load_config(
+        f"{ROOT}/experiments/mix.py:{av_member};{folder_member}", ["data.mix_method=round_robin"]
+    )
+    assert set(config.tasks) == {"answer", "image_digit", "audio_digit", "speaker", "match", "align"} | set(
+        LABELS.split("+")
+    )
+    val = train.main(config, tmp_path)
+    assert {"answer/accuracy", "same/accuracy", "av_digits/answer/accuracy", "digits/same/accuracy"} <= set(
+        val
+    )
+    test = evaluate.main(tmp_path, split="test")
+    assert test["same/accuracy"] == pytest.approx(test["digits/same/accuracy"])
+    assert np.isfinite(test["digits/total/mae"]) and 0 <= test["av_digits/answer/accuracy"] <= 1
+    assert not any(key.startswith(("av_digits/same", "digits/answer")) for key in test)

@@ -480,6 +480,11 @@ def load_split(config: ml_collections.ConfigDict, split: str):
     )
 
 
+def question_tokenizer(config: ml_collections.ConfigDict) -> WordTokenizer | PretrainedTokenizer:
+    """The experiment's pretrained tokenizer, else the word vocabulary of the training phrasings."""
+    return experiment_tokenizer(config, (p for ps in PHRASINGS.values() for p in ps))
+
+
 def make_preprocess(
     config: ml_collections.ConfigDict,
     questions: Mapping[str, list[str]] | None = None,
@@ -488,7 +493,7 @@ def make_preprocess(
     """AV-Digits' per-example preprocessing (optionally other phrasings, a robustness condition). Phrasings
     longer than data.text_len tokens are truncated with a warning, or stop the run when
     data.on_bad_example=stop."""
-    tokenizer = experiment_tokenizer(config, (p for ps in PHRASINGS.values() for p in ps))
+    tokenizer = question_tokenizer(config)
     limit = config.data.text_len
     lengths = {
         p: int(tokenizer.encode(p, 4 * limit + 8)[1].sum())  # + 8: room for special tokens
@@ -570,4 +575,5 @@ def data_set(config: ml_collections.ConfigDict) -> DataSet:
         condition=functools.partial(condition, config),
         encode_inputs=functools.partial(encode_inputs, config=config),
         align_labels=dict(MODALITY_LABELS),
+        tokenizer=question_tokenizer(config),
     )

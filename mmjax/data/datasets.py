@@ -3,22 +3,25 @@
 av_digits      the bundled AV-Digits benchmark (mmjax.data.av_digits)
 ud_ewt, xquad  the bundled text-only data sets (mmjax.data.text_tasks)
 folder         any data set in a folder (mmjax.data.folder): config.data.dir and config.data.labels
+mix            several of these at once (mmjax.data.mixture): config.data.mix names each one's config
 """
 
 import functools
 import json
 import os
 import pathlib
+import shlex
 from collections.abc import Mapping
 
 import ml_collections
 import numpy as np
 
-from mmjax.data import av_digits, folder, inputs, pipeline, text, text_tasks
+from mmjax.config import load_config
+from mmjax.data import av_digits, folder, inputs, mixture, pipeline, text, text_tasks
 from mmjax.data.spec import DataSet, Task, summarizer, target_scale, trained_tasks
 from mmjax.data.text import WordTokenizer, build_vocab, experiment_tokenizer
 
-DATASETS = ("av_digits", "ud_ewt", "xquad", "folder")
+DATASETS = ("av_digits", "ud_ewt", "xquad", "folder", "mix")
 
 
 def from_config(config: ml_collections.ConfigDict) -> DataSet:
@@ -31,6 +34,8 @@ def from_config(config: ml_collections.ConfigDict) -> DataSet:
         return text_data(config)
     if name == "folder":
         return folder_data(config)
+    if name == "mix":
+        return mixed_data(config)
     raise ValueError(f"config.data.dataset={name!r} is not one of {DATASETS}")
 
 
@@ -195,7 +200,7 @@ def folder_data(config: ml_collections.ConfigDict) -> DataSet:
         name for name, task in tasks.items() if task.kind != "align"
     )
     return DataSet(
-        name="folder",
+        name=pathlib.Path(config.data.dir).resolve().name or "folder",
         streams=streams,
         tasks=tasks,
         load=functools.partial(folder.load, built),
@@ -207,6 +212,7 @@ def folder_data(config: ml_collections.ConfigDict) -> DataSet:
         encode_inputs=functools.partial(folder_inputs, schema=schema, settings=folder_config(config)),
         primary=next(label for label in config.data.labels.split("+") if label in tasks),
         text_vocab_size=tokenizer.vocab_size if tokenizer is not None else 0,
+        tokenizer=tokenizer,
     )
 
 
@@ -248,3 +254,30 @@ def folder_groups(built: pathlib.Path, column: str, split: str) -> np.ndarray:
         values = [source[i][f"labels/{column}"] for i in range(len(source))]
         return np.asarray([names[int(v)] if names and int(v) >= 0 else str(v) for v in values])
     return np.asarray([pipeline.as_str(source[i][key]) for i in range(len(source))])
+
+
+# Several data sets in one run.
+
+
+def member_config(spec: str, seed: int) -> ml_collections.ConfigDict:
+    """One entry of config.data.mix, `PATH[:ARGS] [--config.KEY=VALUE ...]` (as on the command line), as a
+    config of its own, with the mix's seed."""
+    config_spec, *overrides = shlex.split(spec)
+    config = load_config(config_spec, [o.removeprefix("--config.") for o in overrides])
+    config.seed = seed
+    return config
+
+
+def mixed_data(config: ml_collections.ConfigDict) -> DataSet:
+    """config.data.mix's data sets as one (mixture.combine): the train split samples each with
+    config.data.mix_method (proportional | temperature | round_robin, mixture.sampling_probabilities)."""
+    members = {}
+    for spec in config.data.mix:
+        data = from_config(member_config(spec, config.seed))
+        name = data.name if data.name not in members else f"{data.name}_{len(members)}"
+        members[name] = data
+    if len(members) < 2:
+        raise ValueError(f"config.data.mix needs at least two data sets, got {list(config.data.mix)}")
+    sizes = [len(data.load("train")) for data in members.values()]
+    method, temperature = config.data.mix_method, config.data.mix_temperature
+    return mixture.combine(members, mixture.sampling_probabilities(sizes, method, temperature))

@@ -195,4 +195,5 @@ def data_set(
         encode_inputs=functools.partial(encode_inputs, encode_row=encode_row, columns=columns),
         primary=next((label for label in available if label in tasks), ""),
         text_vocab_size=tokenizer.vocab_size if tokenizer is not None else 0,
+        tokenizer=tokenizer,
     )

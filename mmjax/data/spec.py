@@ -92,6 +92,7 @@ class DataSet:
     align_labels: dict[str, str] = dataclasses.field(default_factory=dict)  # stream -> its class label key
     primary: str = ""  # the task whose main metric ranks checkpoints when config.train.best_metric is ""
     text_vocab_size: int = 0  # > 0: a scratch text encoder's vocabulary (a word vocabulary from train)
+    tokenizer: object = None  # what encodes the text streams (text.WordTokenizer or PretrainedTokenizer)
 
     def head_sizes(self) -> dict[str, int]:
         """{task: head outputs} of the classification, multi-label and regression tasks (what the model
