@@ -46,6 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.labels = args.labels  # label columns, joined by "+"
     c.data.label_kinds = ""  # "COL=regression;COL2=classes": overrides of the inferred task kinds
     c.data.ignore = ""  # string columns that are not text inputs, joined by "+"
+    c.data.max_files = 0  # streams per `<name>_file_names` list column (0: the longest list in train)
     c.data.regression_loss = "mse"  # mse | huber
     c.data.image_size = args.image_size  # images are resized to image_size x image_size
     c.data.image_channels = args.channels  # 3: RGB, 1: grey

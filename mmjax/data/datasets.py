@@ -107,6 +107,7 @@ def folder_config(config: ml_collections.ConfigDict) -> folder.FolderConfig:
         validation_fraction=d.validation_fraction,
         split_seed=d.split_seed,
         on_bad=d.get("on_bad_example", "skip"),
+        max_files=d.get("max_files", 0),
         **media_settings(config),
     )
 

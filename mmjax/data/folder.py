@@ -8,6 +8,9 @@ train rows is carved off (per row, by a hash of (split_seed, row number), so it 
 Columns (kinds are decided from the train values):
 - `file_name` / `<name>_file_name`: a path relative to its split folder; image (png, jpg, jpeg, webp, bmp,
   tif, tiff) or audio (wav, flac, ogg, and mp3 where soundfile decodes it) by the majority of its extensions.
+- `file_names` / `<name>_file_names`: a list of such paths (a JSON list in metadata.csv): one stream per
+  position, as many as the longest list in train (FolderConfig.max_files caps them); a shorter list leaves
+  the later streams absent, and files beyond the last stream are not read.
 - label columns (FolderConfig.labels): ints or strings -> "classes", lists of strings -> "multilabel", floats
   -> "regression" (FolderConfig.label_kinds overrides). In metadata.csv a cell holding a JSON list
   (`["three", "seven"]`) is a list, and numbers are numbers: `7.0` is a float, `7` an int. A float column
@@ -92,6 +95,7 @@ class FolderConfig:
     validation_fraction: float = 0.1  # of train rows, when there is no validation folder
     split_seed: int = 0
     on_bad: str = "skip"  # "skip": skip, list and count; "stop": raise at the first
+    max_files: int = 0  # streams per list-of-files column (0: the longest list in train)
 
     def __post_init__(self):
         kinds = self.label_kinds.items() if isinstance(self.label_kinds, dict) else self.label_kinds
@@ -132,7 +136,8 @@ class FolderConfig:
 class Schema:
     """What a folder holds; stored as schema.json beside the built data."""
 
-    streams: dict[str, dict]  # stream -> {"kind": "image"|"audio"|"text", "column": str}, in column order
+    # stream -> {"kind": "image"|"audio"|"text", "column": str[, "position": i in a list of files]}
+    streams: dict[str, dict]
     tasks: dict[str, dict]  # label -> {"kind": "classes"|"multilabel"|"regression", "classes": [names]}
     meta: tuple[str, ...]  # metadata columns
     splits: dict[str, int]  # split -> number of examples written (empty from `scan`)
@@ -294,11 +299,14 @@ class _Column:
         self.extensions = collections.Counter()
         self.values = set()  # class names (labels only, dropped once a float makes it regression)
         self.all_numbers = True
+        self.longest = 0  # a list-of-files column: its longest list
 
     def add(self, value, is_label: bool, is_file: bool) -> None:
         self.types[_type_name(value)] += 1
         if is_file:
-            self.extensions[_extension(value)] += 1
+            files = value if isinstance(value, list) else [value]
+            self.extensions.update(_extension(item) for item in files)
+            self.longest = max(self.longest, len(files))
         if not is_label or self.label_kind == "regression":
             return
         if self.label_kind is None and self.types["float"]:
@@ -374,7 +382,7 @@ def _scan(config: FolderConfig, files: dict[str, pathlib.Path]) -> tuple[Schema,
             value = _value(raw, typed)
             stats = column(name)
             if not _is_empty(value):
-                stats.add(value, name in config.labels, _is_file_column(name))
+                stats.add(value, name in config.labels, _is_file_column(name) or _is_file_list(name))
     for split, path in files.items():
         if split != "train":
             rows[split] = sum(1 for _ in iter_rows(path))
@@ -392,20 +400,23 @@ def _scan(config: FolderConfig, files: dict[str, pathlib.Path]) -> tuple[Schema,
         if name in config.ignore:
             meta.append(name)
             continue
-        if name == "file_names" or name.endswith("_file_names"):
-            raise ValueError(
-                f"column {name!r} of {train} lists several files per row; lists of files are not supported "
-                f"yet (use one `<name>_file_name` column per file, or add {name!r} to ignore)"
-            )
-        if _is_file_column(name):
+        positions = [{}]
+        if _is_file_list(name):
+            kind = _stream_kind(name, stats)
+            positions = [
+                {"position": i} for i in range(min(stats.longest, config.max_files or stats.longest))
+            ]
+        elif _is_file_column(name):
             kind = _stream_kind(name, stats)
         elif stats.types["str"]:
             kind = "text"
         else:
             meta.append(name)
             continue
-        counts[kind] += 1
-        streams[kind if counts[kind] == 1 else f"{kind}_{counts[kind]}"] = {"kind": kind, "column": name}
+        for position in positions:
+            counts[kind] += 1
+            stream = kind if counts[kind] == 1 else f"{kind}_{counts[kind]}"
+            streams[stream] = {"kind": kind, "column": name, **position}
     tasks = {}
     for name in config.labels:
         kind = _label_kind(name, columns[name])
@@ -420,6 +431,26 @@ def _scan(config: FolderConfig, files: dict[str, pathlib.Path]) -> tuple[Schema,
 
 def _is_file_column(name: str) -> bool:
     return name == "file_name" or name.endswith("_file_name")
+
+
+def _is_file_list(name: str) -> bool:
+    return name == "file_names" or name.endswith("_file_names")
+
+
+def _column_name(info: dict) -> str:
+    """A stream's column as bad_inputs.json names it: `views_file_names[1]` for a list's second file."""
+    return info["column"] + (f"[{info['position']}]" if "position" in info else "")
+
+
+def _cell(row: dict, info: dict, typed: bool):
+    """A stream's raw cell: the column's value, or the `position`-th file of a list-of-files column (None
+    when the list is shorter)."""
+    raw = row.get(info["column"])
+    if "position" not in info:
+        return raw
+    files = _value(raw, typed)
+    files = [] if _is_empty(files) else files if isinstance(files, list) else [files]
+    return files[info["position"]] if info["position"] < len(files) else None
 
 
 def scan(config: FolderConfig) -> Schema:
@@ -596,11 +627,11 @@ def _example(row: dict | None, number: int, source_split: str, typed: bool, stat
     example = {"row": number, "source_split": source_split}
     files = {}
     for stream, info in schema.streams.items():
-        raw = row.get(info["column"])
+        raw = _cell(row, info, typed)
         present = not _is_empty(_value(raw, typed))
         example[f"present/{stream}"] = present
         if present and info["kind"] != "text":
-            files[stream] = (raw, _resolve(split_dir, info["column"], raw, info["kind"]))
+            files[stream] = (raw, _resolve(split_dir, _column_name(info), raw, info["kind"]))
         elif info["kind"] == "text":
             example[stream] = _text(raw) if present else ""
         elif info["kind"] == "image":
@@ -613,7 +644,7 @@ def _example(row: dict | None, number: int, source_split: str, typed: bool, stat
         raw = row.get(column)
         example[f"meta/{column}"] = "" if _is_empty(raw) else _text(raw)
     for stream, (raw, path) in files.items():
-        column = schema.streams[stream]["column"]
+        column = _column_name(schema.streams[stream])
         try:
             if schema.streams[stream]["kind"] == "image":
                 example[stream] = decode_image(path, config.image_size, config.image_channels)

@@ -3,6 +3,7 @@ caching, resuming, and jsonl/csv/parquet metadata, on the example folder script'
 small hand-made folders."""
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import math
@@ -407,8 +408,6 @@ def test_folder_errors(tmp_path):
         folder.scan(folder.FolderConfig(root=str(root), labels=("y",)))
     root = tmp_path / "lists"
     _write_csv(root / "train" / "metadata.csv", [{"frames_file_names": '["a.png"]', "y": 1}])
-    with pytest.raises(ValueError, match="'frames_file_names'.*not supported"):
-        folder.scan(folder.FolderConfig(root=str(root), labels=("y",)))
     with pytest.raises(ValueError, match="labels names column 'z'"):
         folder.scan(folder.FolderConfig(root=str(root), labels=("z",)))
     with pytest.raises(ValueError, match="no train/ folder"):
@@ -440,3 +439,49 @@ def test_a_split_of_only_bad_rows_is_empty_and_no_usable_train_row_raises(tmp_pa
     _write_csv(root / "train" / "metadata.csv", [{"file_name": "gone.png", "y": "cat"}])
     with pytest.raises(ValueError, match="no train row .* is usable"):
         folder.build(config, tmp_path / "cache", workers=1)
+
+
+def test_a_list_of_files_gives_one_stream_per_position(tmp_path):
+    root = tmp_path / "views"
+    for i in range(1, 5):
+        _png(root / "train" / "views" / f"{i}.png", 50 * i)
+        _wav(
+            root / "train" / "clips" / f"{i}.wav", (0.1 * i * np.sin(np.arange(1600) / 3)).astype(np.float32)
+        )
+    rows = [
+        {"views_file_names": json.dumps(["views/1.png", "views/2.png", "views/3.png"]), "clip_file_names": ""}
+        | {"y": "a"},
+        {"views_file_names": json.dumps(["views/4.png"]), "clip_file_names": '["clips/1.wav"]', "y": "b"},
+        {"views_file_names": "[]", "clip_file_names": '["clips/2.wav", "clips/3.wav"]', "y": "a"},
+        {"views_file_names": json.dumps(["views/2.png", "../outside.png"]), "y": "b"},  # escapes: a bad row
+        {"views_file_names": "views/3.png", "y": "b"},  # one path without a list
+    ]
+    _write_csv(root / "train" / "metadata.csv", rows)
+    config = folder.FolderConfig(root=str(root), labels=("y",), image_size=(8, 8), validation_fraction=0.0)
+    schema = folder.scan(config)
+    assert {s: (i["kind"], i["column"], i.get("position")) for s, i in schema.streams.items()} == {
+        "image": ("image", "views_file_names", 0),
+        "image_2": ("image", "views_file_names", 1),
+        "image_3": ("image", "views_file_names", 2),
+        "audio": ("audio", "clip_file_names", 0),
+        "audio_2": ("audio", "clip_file_names", 1),
+    }
+    built = folder.build(config, tmp_path / "cache", workers=1)
+    source = folder.load(built, "train")
+    stored = {int(source[i]["row"]): source[i] for i in range(len(source))}
+    assert sorted(stored) == [1, 2, 3, 5]
+    present = {row: [bool(e[f"present/{s}"]) for s in schema.streams] for row, e in stored.items()}
+    assert present == {
+        1: [True, True, True, False, False],
+        2: [True, False, False, True, False],
+        3: [False, False, False, True, True],
+        5: [True, False, False, False, False],
+    }
+    for k, stream in enumerate(("image", "image_2", "image_3"), start=1):  # each position its own file
+        np.testing.assert_array_equal(
+            stored[1][stream], folder.decode_image(root / "train" / "views" / f"{k}.png", (8, 8), 3)
+        )
+    (bad,) = folder.read_bad_inputs(built)
+    assert bad["row"] == 4 and bad["column"] == "views_file_names[1]" and "escapes" in bad["problem"]
+    capped = folder.scan(dataclasses.replace(config, max_files=1))
+    assert list(capped.streams) == ["image", "audio"]
