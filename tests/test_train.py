@@ -470,7 +470,9 @@ def test_objective_errors_name_the_fields(av_digits_dir):
         train.make_objective(smoke_config(av_digits_dir, **{"tasks.align": 1.0}))
     with pytest.raises(ValueError, match=r"config.model.align.modalities is set but config.tasks.align is 0"):
         train.make_objective(smoke_config(av_digits_dir, **{"model.align.modalities": "image,audio"}))
-    with pytest.raises(ValueError, match=r"positives='labels' needs modalities with digit labels"):
+    with pytest.raises(
+        ValueError, match=r"positives='labels' needs streams with class labels \['audio', 'image'\]"
+    ):
         train.make_objective(smoke_config(av_digits_dir, **{**ALIGN, "model.align.modalities": "text,audio"}))
     with pytest.raises(ValueError, match=r"config.multitask.method='mgda' is not one of"):
         train.make_objective(smoke_config(av_digits_dir, **{"multitask.method": "mgda"}))
