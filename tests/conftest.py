@@ -6,10 +6,10 @@ import shutil
 import tempfile
 
 # XLA:CPU runs the independent collectives of one program concurrently, each holding a thread of its intra-op
-# pool until all 8 devices join. That pool has max(NPROC or the core count, device count) threads: 8 here, so
+# pool until all 8 devices join. That pool has 8 threads here (2 cores, 8 devices; NPROC sets its size), so
 # two all-reduces in flight on some devices left no thread for the others and the train step deadlocked (all 8
 # threads waiting in all-reduce rendezvous op 5 or op 10 of one step). 64 threads leave room for 8 in flight
-# per device. A collective that still waits 5 minutes (the default aborts after 40 s) fails the test.
+# per device. A collective that still waits 5 minutes fails the test (XLA aborts the process).
 os.environ.setdefault("NPROC", "64")
 COLLECTIVE_TIMEOUTS = (
     " --xla_cpu_collective_call_terminate_timeout_seconds=300 --xla_cpu_collective_timeout_seconds=300"

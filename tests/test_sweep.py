@@ -308,6 +308,7 @@ def test_multitask_and_peft_sweeps_define_valid_runs():
     assert lora.model.text.init_from.startswith("hf:")
 
 
+@pytest.mark.slow  # fusion/test_streams.py covers image queries; this trains one sweep run
 def test_query_modality_sweep_trains_an_image_query_model(av_digits_dir, tmp_path):
     queries = sweep.load_sweep(str(ROOT / "experiments/query_modality.py"))
     ablation = sweep.load_sweep(ABLATION)

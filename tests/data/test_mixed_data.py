@@ -78,6 +78,7 @@ def test_a_mixed_example_has_every_field_with_the_other_sets_masked(members):
     assert float(train.task_loss("regression:mse", logits[:, :1], np.array([np.nan, np.nan]))) == 0.0
 
 
+@pytest.mark.slow  # the default run trains a mix in test_folder_train.py (a folder and AV-Digits)
 def test_mixed_sets_train_together_and_each_is_scored_on_its_own_split(members, tmp_path):
     probabilities = mixture.sampling_probabilities([86, 43], "proportional")
     mixed = mixture.combine(members, probabilities)
