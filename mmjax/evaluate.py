@@ -122,21 +122,25 @@ def format_table(summary: Mapping[str, float], tasks: Iterable[str]) -> str:
     rows, grouped = {}, {}
     for key, value in summary.items():
         parts = key.split("/")
+        if len(parts) >= 3 and parts[0] not in tasks and parts[1] in tasks:  # a mixed data set's member
+            parts = [f"{parts[0]}/{parts[1]}", *parts[2:]]
         if len(parts) == 2:
             rows.setdefault(parts[0], {})[parts[1]] = value
-        elif len(parts) == 3 and parts[0] not in tasks and parts[1] in tasks:  # a mixed data set's member
-            rows.setdefault(f"{parts[0]}/{parts[1]}", {})[parts[2]] = value
         elif len(parts) >= 3:
             grouped.setdefault(f"{parts[0]} {parts[1]}", []).append(("/".join(parts[2:]), value))
     order = [*tasks, *sorted(r for r in rows if "@" in r), *sorted(r for r in rows if "/" in r)]
+    width = max(
+        [20, *(len(name) + 2 for name in rows), *(len(g) + 2 for v in grouped.values() for g, _ in v)]
+    )
     lines = [
-        f"{name:<20}" + "".join(f"{metric} {value:.4f}   " for metric, value in rows[name].items()).rstrip()
+        f"{name:<{width}}"
+        + "".join(f"{metric} {value:.4f}   " for metric, value in rows[name].items()).rstrip()
         for name in order
         if name in rows
     ]
     for title, values in grouped.items():
-        lines += ["", f"{'group':<20}{title}"]
-        lines += [f"{group:<20}{value:.4f}" for group, value in values]
+        lines += ["", f"{'group':<{width}}{title}"]
+        lines += [f"{group:<{width}}{value:.4f}" for group, value in values]
     return "\n".join(lines)
 
 

@@ -108,3 +108,17 @@ def test_members_must_agree_on_input_sizes_and_task_classes(members):
     fewer = from_python.data_set({"train": ones}, IMAGES, config_for("digit"))
     with pytest.raises(ValueError, match=r"task 'digit' is Task\(kind='classes', classes=\('1',\)"):
         mixture.combine({"scans": members["scans"], "ones": fewer}, [0.5, 0.5])
+
+
+def test_the_metrics_table_gives_each_member_its_rows_and_groups():
+    summary = {
+        "answer/accuracy": 0.5,
+        "av_digits/audio_digit/accuracy": 0.25,
+        "av_digits/answer/accuracy/larger": 0.125,
+        "answer/accuracy/same": 0.75,
+    }
+    lines = evaluate.format_table(summary, ["answer", "audio_digit"]).splitlines()
+    assert lines[0].split() == ["answer", "accuracy", "0.5000"]
+    assert lines[1].split() == ["av_digits/audio_digit", "accuracy", "0.2500"]
+    assert ["group", "av_digits/answer", "accuracy"] in [line.split() for line in lines]
+    assert ["larger", "0.1250"] in [line.split() for line in lines]
