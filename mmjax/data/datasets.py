@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from mmjax.config import load_config
-from mmjax.data import av_digits, folder, inputs, mixture, pipeline, text, text_tasks
+from mmjax.data import av_digits, folder, folder_decode, inputs, mixture, pipeline, text, text_tasks
 from mmjax.data.spec import DataSet, Task, summarizer, target_scale, trained_tasks
 from mmjax.data.text import WordTokenizer, build_vocab, experiment_tokenizer
 
@@ -231,7 +231,7 @@ def folder_inputs(given: Mapping[str, object], schema: folder.Schema, settings: 
             example[stream] = np.zeros((0, settings.n_mels), np.float32)
             if value is not None:
                 wave, rate, _ = inputs.read_wave(value)
-                example[stream] = folder.wave_features(
+                example[stream] = folder_decode.wave_features(
                     wave, rate, settings.sample_rate, settings.n_mels, settings.max_audio_seconds
                 )
         else:

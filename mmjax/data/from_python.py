@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import ml_collections
 import numpy as np
 
-from mmjax.data import folder, inputs
+from mmjax.data import folder, folder_decode, inputs
 from mmjax.data.datasets import media_settings, stream_preprocess
 from mmjax.data.spec import DataSet, Task, summarizer, target_scale, trained_tasks
 from mmjax.data.text import WordTokenizer, build_vocab, pretrained_tokenizer
@@ -110,7 +110,7 @@ def encode(row: Mapping, columns: Mapping[str, str], tasks: Mapping[str, Task], 
                 if isinstance(value, Mapping):  # a Hugging Face audio dict
                     value = (np.asarray(value["array"], np.float32), int(value["sampling_rate"]))
                 wave, rate, _ = inputs.read_wave(value)
-                example[stream] = folder.wave_features(
+                example[stream] = folder_decode.wave_features(
                     wave, rate, settings.sample_rate, settings.n_mels, settings.max_audio_seconds
                 )
         else:

@@ -15,7 +15,7 @@ import pytest
 import soundfile
 from PIL import Image
 
-from mmjax.data import audio, folder
+from mmjax.data import audio, folder, folder_decode, folder_schema
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 LABELS = ("same", "digits", "total")
@@ -115,7 +115,7 @@ def test_schema(example, built):
     assert schema.splits["test"] + sum(b["split"] == "test" for b in bad) == 20
     assert schema.splits["validation"] > 0
     assert folder.Schema.from_json(schema.to_json()) == schema
-    assert folder.scan(_config(example)) == folder.Schema(**{**schema.__dict__, "splits": {}})
+    assert folder_schema.scan(_config(example)) == folder.Schema(**{**schema.__dict__, "splits": {}})
 
 
 def test_examples_shapes_and_values(example, built):
@@ -217,9 +217,9 @@ def test_second_build_returns_the_same_folder_without_work(example, built, monke
     def fail(*args, **kwargs):
         raise AssertionError("a complete build must not be scanned or decoded again")
 
-    monkeypatch.setattr(folder, "_scan", fail)
+    monkeypatch.setattr(folder, "scan_files", fail)
     monkeypatch.setattr(folder, "_run_shard", fail)
-    monkeypatch.setattr(folder, "decode_image", fail)
+    monkeypatch.setattr(folder_decode, "decode_image", fail)
     assert folder.build(_config(example), out.parent, workers=1) == out
 
 
@@ -405,13 +405,13 @@ def test_folder_errors(tmp_path):
     _write_csv(root / "train" / "metadata.csv", [{"file_name": "a.png", "y": 1}])
     (root / "train" / "metadata.jsonl").write_text('{"file_name": "a.png", "y": 1}\n')
     with pytest.raises(ValueError, match=r"metadata\.jsonl.*metadata\.csv|metadata\.csv.*metadata\.jsonl"):
-        folder.scan(folder.FolderConfig(root=str(root), labels=("y",)))
+        folder_schema.scan(folder.FolderConfig(root=str(root), labels=("y",)))
     root = tmp_path / "lists"
     _write_csv(root / "train" / "metadata.csv", [{"frames_file_names": '["a.png"]', "y": 1}])
     with pytest.raises(ValueError, match="labels names column 'z'"):
-        folder.scan(folder.FolderConfig(root=str(root), labels=("z",)))
+        folder_schema.scan(folder.FolderConfig(root=str(root), labels=("z",)))
     with pytest.raises(ValueError, match="no train/ folder"):
-        folder.scan(folder.FolderConfig(root=str(tmp_path), labels=()))
+        folder_schema.scan(folder.FolderConfig(root=str(tmp_path), labels=()))
     with pytest.raises(ValueError, match="on_bad"):
         folder.FolderConfig(root=str(root), labels=(), on_bad="ignore")
     config = folder.FolderConfig(
@@ -458,7 +458,7 @@ def test_a_list_of_files_gives_one_stream_per_position(tmp_path):
     ]
     _write_csv(root / "train" / "metadata.csv", rows)
     config = folder.FolderConfig(root=str(root), labels=("y",), image_size=(8, 8), validation_fraction=0.0)
-    schema = folder.scan(config)
+    schema = folder_schema.scan(config)
     assert {s: (i["kind"], i["column"], i.get("position")) for s, i in schema.streams.items()} == {
         "image": ("image", "views_file_names", 0),
         "image_2": ("image", "views_file_names", 1),
@@ -479,9 +479,9 @@ def test_a_list_of_files_gives_one_stream_per_position(tmp_path):
     }
     for k, stream in enumerate(("image", "image_2", "image_3"), start=1):  # each position its own file
         np.testing.assert_array_equal(
-            stored[1][stream], folder.decode_image(root / "train" / "views" / f"{k}.png", (8, 8), 3)
+            stored[1][stream], folder_decode.decode_image(root / "train" / "views" / f"{k}.png", (8, 8), 3)
         )
     (bad,) = folder.read_bad_inputs(built)
     assert bad["row"] == 4 and bad["column"] == "views_file_names[1]" and "escapes" in bad["problem"]
-    capped = folder.scan(dataclasses.replace(config, max_files=1))
+    capped = folder_schema.scan(dataclasses.replace(config, max_files=1))
     assert list(capped.streams) == ["image", "audio"]
