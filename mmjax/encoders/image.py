@@ -31,6 +31,7 @@ class ViTEncoder(nn.Module):
     activation: str = "gelu"  # a key of mmjax.nn.transformer.ACTIVATIONS
     layer_norm_eps: float = 1e-6
     patch_bias: bool = True  # CLIP's patch convolution has no bias
+    qkv_bias: bool = True  # False: attention without query/value biases (HF ViT qkv_bias=False)
     embedding_ln: bool = False  # LayerNorm on the embeddings (CLIP's pre_layrnorm)
     final_ln: bool = True  # pre_ln only: LayerNorm on the output tokens; CLIP normalises only the pooled
     pooled_ln: bool = False  # LayerNorm on the pooled [CLS] (CLIP's post_layernorm)
@@ -57,7 +58,7 @@ class ViTEncoder(nn.Module):
             x = nn.LayerNorm(self.layer_norm_eps, name="embedding_ln")(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         mask = jnp.ones(x.shape[:2], dtype=bool)
-        encoder = encoder_stack(self, pre_ln=self.pre_ln, final_ln=self.final_ln)
+        encoder = encoder_stack(self, pre_ln=self.pre_ln, final_ln=self.final_ln, qkv_bias=self.qkv_bias)
         x, hidden_states = encoder(x, mask, deterministic=deterministic)
         pooled = x[:, 0]
         if self.pooled_ln:

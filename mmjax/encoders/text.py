@@ -21,16 +21,19 @@ def roberta_positions(input_ids: jax.Array, pad_token_id: int, offset: int) -> j
 
 
 def pool_index(input_ids: jax.Array, pool: str, eos_token_id: int | None = None) -> jax.Array:
-    """Position [B] of the pooled token: 0, the first `eos_token_id` (0 if absent), or the highest id."""
+    """Position [B] of the pooled token: 0, the last position (SigLIP: whatever the padding), the first
+    `eos_token_id` (0 if absent), or the highest id."""
     if pool == "first":
         return jnp.zeros(input_ids.shape[:1], jnp.int32)
+    if pool == "last":
+        return jnp.full(input_ids.shape[:1], input_ids.shape[1] - 1, jnp.int32)
     if pool == "eos":
         if eos_token_id is None:
             raise ValueError("pool='eos' needs an eos_token_id")
         return jnp.argmax(input_ids == eos_token_id, axis=1)
     if pool == "max_id":
         return jnp.argmax(input_ids, axis=1)  # the first of equal maxima, as torch.argmax
-    raise ValueError(f"pool={pool!r} is not one of 'first', 'eos', 'max_id'")
+    raise ValueError(f"pool={pool!r} is not one of 'first', 'last', 'eos', 'max_id'")
 
 
 class TextEncoder(nn.Module):
@@ -56,10 +59,14 @@ class TextEncoder(nn.Module):
     pad_token_id: int = 0  # only read with position_offset
     embedding_ln: bool = True  # LayerNorm on the embeddings (BERT); CLIP has none
     causal: bool = False  # tokens attend only to earlier ones (CLIP)
-    pool: str = "first"  # "first" ([CLS]), "eos" (first eos_token_id: CLIP), "max_id" (highest id: old CLIP)
+    pool: str = (
+        "first"  # "first" ([CLS]), "last" (SigLIP), "eos" (first eos_token_id: CLIP), "max_id" (old CLIP)
+    )
     eos_token_id: int | None = None  # only read with pool="eos"
     pooler: bool = False  # HF's pooler: pooled = tanh(Dense(pooled))
     projection_dim: int | None = None  # CLIP's text_projection: embeds = Dense(pooled), no bias
+    projection_bias: bool = False  # SigLIP's head: the projection has a bias
+    embedding_dim: int | None = None  # ELECTRA: embeddings of this size, then a Dense to `width`
     scan: bool = False  # speed levers of mmjax.nn.transformer.Encoder: nn.scan over layers (params `layers`)
     remat: str = ""  # "" | full | dots | dots_saveable (mmjax.nn.transformer.REMAT_POLICIES)
     dtype: str = "float32"  # compute dtype of the transformer blocks: float32 | bfloat16 (params float32)
@@ -87,13 +94,16 @@ class TextEncoder(nn.Module):
                     f"sequence length {input_ids.shape[1]} needs position {last} but max_len={self.max_len}"
                 )
             positions = roberta_positions(input_ids, self.pad_token_id, self.position_offset)
-        x = nn.Embed(self.vocab_size, self.width, embedding_init=INIT, name="token_embedding")(input_ids)
+        dim = self.embedding_dim or self.width
+        x = nn.Embed(self.vocab_size, dim, embedding_init=INIT, name="token_embedding")(input_ids)
         x = PositionEmbedding(self.max_len, name="position_embedding")(x, positions)
         if self.type_vocab_size:
-            types = nn.Embed(self.type_vocab_size, self.width, embedding_init=INIT, name="type_embedding")
+            types = nn.Embed(self.type_vocab_size, dim, embedding_init=INIT, name="type_embedding")
             x = x + types(jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
         if self.embedding_ln:
             x = nn.LayerNorm(self.layer_norm_eps, name="embedding_ln")(x)
+        if self.embedding_dim is not None:
+            x = nn.Dense(self.width, name="embedding_proj")(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         encoder = encoder_stack(self, pre_ln=self.pre_ln, causal=self.causal)
         mask = attention_mask.astype(bool)
@@ -104,5 +114,6 @@ class TextEncoder(nn.Module):
             pooled = jnp.tanh(nn.Dense(self.width, name="pooler")(pooled))
         aux = {"tokens": x, "mask": mask, "pooled": pooled, "hidden_states": hidden_states}
         if self.projection_dim is not None:
-            aux["embeds"] = nn.Dense(self.projection_dim, use_bias=False, name="projection")(pooled)
+            projection = nn.Dense(self.projection_dim, use_bias=self.projection_bias, name="projection")
+            aux["embeds"] = projection(pooled)
         return x, {self.aux_prefix + k: v for k, v in aux.items()}

@@ -34,7 +34,8 @@ class MultiHeadAttention(nn.Module):
 
     num_heads: int
     dropout_rate: float = 0.0
-    use_bias: bool = True
+    use_bias: bool = True  # False: no bias anywhere
+    qkv_bias: bool = True  # False: no query/value bias, the output projection keeps its bias (HF qkv_bias)
     causal: bool = False
     dtype: str = "float32"  # compute dtype: float32 | bfloat16
     implementation: str = "xla"  # one of IMPLEMENTATIONS
@@ -63,9 +64,10 @@ class MultiHeadAttention(nn.Module):
             dense = nn.DenseGeneral((self.num_heads, head_dim), use_bias=use_bias, dtype=dtype, name=name)
             return dense(inputs)
 
-        q = project("query", x, self.use_bias)
+        qkv_bias = self.use_bias and self.qkv_bias
+        q = project("query", x, qkv_bias)
         k = project("key", context, False)
-        v = project("value", context, self.use_bias)
+        v = project("value", context, qkv_bias)
         key_mask = attention_mask(context_mask, x.shape[1], context.shape[1], self.causal)
         if self.implementation == "fused":
             if self.dropout_rate > 0 and not deterministic:

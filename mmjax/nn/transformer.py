@@ -53,23 +53,35 @@ ACTIVATIONS = {
     "gelu_pytorch_tanh": partial(nn.gelu, approximate=True),
     "relu": nn.relu,
     "quick_gelu": quick_gelu,
+    "silu": nn.silu,
+    "swish": nn.silu,
 }
 
 
 class MlpBlock(nn.Module):
-    """Dense(mlp_dim) -> activation -> dropout -> Dense(width of the input)."""
+    """Dense(mlp_dim) -> activation -> dropout -> Dense(width of the input).
+
+    gated: fc1 gives 2 * mlp_dim features [a, b] and the hidden layer is activation(a) * b (SwiGLU with silu).
+    """
 
     mlp_dim: int
     dropout_rate: float = 0.0
     activation: str = "gelu"  # a key of ACTIVATIONS: gelu (exact erf), gelu_new, relu, quick_gelu, ...
     dtype: str = "float32"  # compute dtype, one of DTYPES
+    gated: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation={self.activation!r} is not one of {sorted(ACTIVATIONS)}")
         dtype = compute_dtype(self.dtype)
-        h = ACTIVATIONS[self.activation](nn.Dense(self.mlp_dim, dtype=dtype, name="fc1")(x))
+        activation = ACTIVATIONS[self.activation]
+        h = nn.Dense(self.mlp_dim * (2 if self.gated else 1), dtype=dtype, name="fc1")(x)
+        if self.gated:
+            a, b = jnp.split(h, 2, axis=-1)
+            h = activation(a) * b
+        else:
+            h = activation(h)
         h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
         return nn.Dense(x.shape[-1], dtype=dtype, name="fc2")(h)
 
@@ -78,6 +90,7 @@ class TransformerBlock(nn.Module):
     """Self-attention, optional cross-attention to `context`, then MLP; each a residual sub-layer.
 
     pre_ln: True -> x + f(LN(x)) (ViT/GPT-2/CLIP); False -> LN(x + f(x)) (BERT).
+    layer_scale: f's output is scaled per channel by a learned vector `<sublayer>_layer_scale` (DINOv2).
     `dtype` applies inside f; LayerNorms (float32 params) and the residual stream stay float32.
     """
 
@@ -91,6 +104,9 @@ class TransformerBlock(nn.Module):
     causal: bool = False  # self-attention sees only earlier positions
     dtype: str = "float32"  # compute dtype of Dense layers and attention, one of DTYPES
     attention: str = "xla"  # attention implementation: xla | fused (mmjax.nn.attention)
+    qkv_bias: bool = True  # query/value biases (mmjax.nn.attention.MultiHeadAttention.qkv_bias)
+    layer_scale: float | None = None  # None: none; else the initial value of the per-channel scales
+    gated_mlp: bool = False  # MlpBlock.gated (SwiGLU with activation="silu")
 
     @nn.compact
     def __call__(
@@ -107,6 +123,10 @@ class TransformerBlock(nn.Module):
         def sublayer(x: jax.Array, fn: Callable[[jax.Array], jax.Array], name: str) -> jax.Array:
             norm = nn.LayerNorm(self.layer_norm_eps, name=f"{name}_ln")
             drop = nn.Dropout(self.dropout_rate)
+            if self.layer_scale is not None:
+                init = nn.initializers.constant(self.layer_scale)
+                gamma = self.param(f"{name}_layer_scale", init, (x.shape[-1],))
+                fn = (lambda f: lambda h: f(h) * gamma)(fn)
             if self.pre_ln:
                 return x + drop(fn(norm(x)), deterministic=deterministic)
             return norm(x + drop(fn(x), deterministic=deterministic))
@@ -117,6 +137,7 @@ class TransformerBlock(nn.Module):
             self.dropout_rate,
             dtype=self.dtype,
             implementation=self.attention,
+            qkv_bias=self.qkv_bias,
         )
         attn = attention(causal=self.causal, name="self_attn")
         x = sublayer(x, lambda h: attn(h, context_mask=mask, deterministic=deterministic), "self_attn")
@@ -127,7 +148,9 @@ class TransformerBlock(nn.Module):
             x = sublayer(
                 x, lambda h: cross(h, context, context_mask, deterministic=deterministic), "cross_attn"
             )
-        mlp = MlpBlock(self.mlp_dim, self.dropout_rate, self.activation, self.dtype, name="mlp")
+        mlp = MlpBlock(
+            self.mlp_dim, self.dropout_rate, self.activation, self.dtype, gated=self.gated_mlp, name="mlp"
+        )
         return sublayer(x, lambda h: mlp(h, deterministic=deterministic), "mlp")
 
 
@@ -182,6 +205,9 @@ class Encoder(nn.Module):
     remat: str = ""  # a key of REMAT_POLICIES: "" | full | dots | dots_saveable
     dtype: str = "float32"  # compute dtype, one of DTYPES
     attention: str = "xla"  # attention implementation: xla | fused
+    qkv_bias: bool = True  # TransformerBlock's block options
+    layer_scale: float | None = None
+    gated_mlp: bool = False
 
     @nn.compact
     def __call__(
@@ -198,6 +224,9 @@ class Encoder(nn.Module):
             causal=self.causal,
             dtype=self.dtype,
             attention=self.attention,
+            qkv_bias=self.qkv_bias,
+            layer_scale=self.layer_scale,
+            gated_mlp=self.gated_mlp,
         )
         run = partial(run_block, deterministic=deterministic, remat=self.remat, prevent_cse=not self.scan)
         hidden_states = [x]

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mmjax.encoders.text import TextEncoder
-from mmjax.port.common import Transform, identity, map_layer_key, transpose
+from mmjax.port.common import Transform, identity, layer_shapes, map_layer_key, transpose
 
 TOWERS = ("text",)
 
@@ -72,7 +72,7 @@ def dummy_inputs(hf_config: dict, tower: str) -> tuple[jax.Array, ...]:
     return (jnp.zeros((1, 2), jnp.int32),)
 
 
-def hf_config(module: TextEncoder, params: dict) -> dict:
+def hf_config(module: TextEncoder, params: dict, tower: str) -> dict:
     """The HF config of `module`: RobertaModel when positions count from `position_offset`, else BertModel.
 
     The inverse of encoder_from_config (`params` is unused: the fields fix every shape); mmjax.port.export
@@ -95,8 +95,8 @@ def hf_config(module: TextEncoder, params: dict) -> dict:
     }
 
 
-def hf_shapes(hf_config: dict, pooler: bool) -> dict[str, tuple[int, ...]]:
-    """Shapes of the HF keys outside `encoder.layer.{i}` (the pooler's only when `pooler`)."""
+def hf_shapes(hf_config: dict, module: TextEncoder, tower: str) -> dict[str, tuple[int, ...]]:
+    """Shapes of every HF key (the pooler's only when `module` has one)."""
     width = hf_config["hidden_size"]
     shapes = {
         "embeddings.word_embeddings.weight": (hf_config["vocab_size"], width),
@@ -105,6 +105,7 @@ def hf_shapes(hf_config: dict, pooler: bool) -> dict[str, tuple[int, ...]]:
         "embeddings.LayerNorm.weight": (width,),
         "embeddings.LayerNorm.bias": (width,),
     }
-    if pooler:
+    if module.pooler:
         shapes |= {"pooler.dense.weight": (width, width), "pooler.dense.bias": (width,)}
-    return shapes
+    depth, mlp_dim = hf_config["num_hidden_layers"], hf_config["intermediate_size"]
+    return shapes | layer_shapes(LAYER, width, mlp_dim, depth)

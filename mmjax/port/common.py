@@ -81,6 +81,28 @@ def map_key(
     return map_layer_key(key, layer, num_heads)
 
 
+def layer_shapes(
+    layer: dict[str, str],
+    width: int,
+    mlp_dim: int,
+    depth: int,
+    prefix: str = "encoder.layer",
+    no_bias: tuple[str, ...] = (),
+) -> dict[str, tuple[int, ...]]:
+    """Shapes of the `<prefix>.{i}.<HF module>.{weight,bias}` keys of `depth` standard transformer layers;
+    `layer` maps HF to mmjax modules (as for map_layer_key), `no_bias` lists mmjax modules without a bias
+    (`self_attn/query`, ... under qkv_bias=False)."""
+    out_in = {"mlp/fc1": (mlp_dim, width), "mlp/fc2": (width, mlp_dim)}  # attention: (width, width)
+    shapes = {}
+    for i in range(depth):
+        for hf, ours in layer.items():
+            weight = (width,) if ours.endswith("_ln") else out_in.get(ours, (width, width))
+            shapes[f"{prefix}.{i}.{hf}.weight"] = weight
+            if ours not in no_bias:
+                shapes[f"{prefix}.{i}.{hf}.bias"] = weight[:1]
+    return shapes
+
+
 def read_config(path: str | Path) -> dict:
     """The checkpoint folder's config.json as a dict."""
     file = Path(path) / "config.json"

@@ -1,13 +1,14 @@
 """mmjax encoder -> Hugging Face checkpoint folder (config.json + model.safetensors): `to_hf`.
 
-The import side is the spec; nothing is written twice:
-- a family's `hf_config(module, params)` inverts its `encoder_from_config`, and `to_hf` checks the inversion
-  by building the module back from that config: a field the checkpoint cannot hold (BERT with
-  pre_ln=True, ...) is reported by name instead of being silently dropped;
-- each HF key's shape comes from the config (the family's `hf_shapes` for embeddings and pooler,
-  `layer_shapes` for the shared `encoder.layer.{i}` layout), and the family's `key_map` is inverted by
-  running its forward transform, a pure permutation/reshape, on the index array arange(n).reshape(shape):
-  the result says which HF element each param element came from.
+The import side is the spec; nothing is written twice. A family's port file exports with
+- `hf_config(module, params, tower)`: the HF config, the inverse of its `encoder_from_config` (ValueError
+  when the params cannot fit the family);
+- `hf_shapes(hf_config, module, tower)`: every HF key the checkpoint holds and its shape.
+`to_hf` takes the first family of the module's class whose config builds the module back (a field the
+checkpoint cannot hold, such as BERT with pre_ln=True, is reported by name for every family tried instead of
+being silently dropped), and inverts the
+family's `key_map` by running its forward transform, a pure permutation/reshape, on the index array
+arange(n).reshape(shape): the result says which HF element each param element came from.
 Keys HF has but mmjax drops on purpose (the attention key bias, which softmax cancels) are written as zeros.
 """
 
@@ -16,6 +17,7 @@ import json
 import math
 from functools import partial
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from flax import linen as nn
@@ -27,22 +29,13 @@ from mmjax.encoders.text import TextEncoder
 from mmjax.port import bert, vit
 from mmjax.port.common import KeyMap, Transform
 
-FAMILIES = {TextEncoder: bert, ViTEncoder: vit}  # module class -> its port file
+# Module class -> (port file, tower) pairs tried in order: the first whose hf_config takes the module.
+FAMILIES: dict[type, tuple[tuple[ModuleType, str], ...]] = {
+    TextEncoder: ((bert, "text"),),
+    ViTEncoder: ((vit, "image"),),
+}
 # Fields that change neither the weights nor the function of an exported model.
 UNWRITTEN = ("parent", "name", "dropout_rate", "aux_prefix", "channels_first")
-
-
-def layer_shapes(layer: dict[str, str], hf_config: dict) -> dict[str, tuple[int, ...]]:
-    """Shapes of the `encoder.layer.{i}.<HF module>.{weight,bias}` keys; `layer` maps HF to mmjax modules."""
-    width, mlp_dim = hf_config["hidden_size"], hf_config["intermediate_size"]
-    out_in = {"mlp/fc1": (mlp_dim, width), "mlp/fc2": (width, mlp_dim)}  # attention: (width, width)
-    shapes = {}
-    for i in range(hf_config["num_hidden_layers"]):
-        for hf, ours in layer.items():
-            weight = (width,) if ours.endswith("_ln") else out_in.get(ours, (width, width))
-            shapes[f"encoder.layer.{i}.{hf}.weight"] = weight
-            shapes[f"encoder.layer.{i}.{hf}.bias"] = weight[:1]
-    return shapes
 
 
 def invert(transform: Transform, shape: tuple[int, ...], value: np.ndarray) -> np.ndarray | str:
@@ -99,21 +92,35 @@ def check_fields(module: nn.Module, rebuilt: nn.Module, model_type: str) -> None
         )
 
 
+def family_of(module: nn.Module, params: dict) -> tuple[ModuleType, str, dict, dict[str, tuple[int, ...]]]:
+    """(port file, tower, HF config, HF key shapes) of the first family in FAMILIES that holds `module`;
+    ValueError with every family's reason when none does."""
+    candidates = FAMILIES.get(type(module))
+    if candidates is None:
+        supported = sorted(cls.__name__ for cls in FAMILIES)
+        raise TypeError(f"{type(module).__name__} has no Hugging Face export; supported: {supported}")
+    reasons = []
+    for family, tower in candidates:
+        try:
+            config = family.hf_config(module, params, tower)
+            shapes = family.hf_shapes(config, module, tower)
+            check_fields(module, family.encoder_from_config(config, set(shapes), tower), config["model_type"])
+        except ValueError as e:
+            reasons.append(str(e))
+            continue
+        return family, tower, config, shapes
+    raise ValueError("\n".join(reasons))
+
+
 def to_hf(module: nn.Module, params: dict, path: str | Path) -> None:
     """Writes `module` with `params` (as from_hf returns them) as an HF checkpoint folder at `path`.
 
-    TextEncoder -> BertModel (RobertaModel with position_offset), ViTEncoder -> ViTModel (on [B, C, H, W]
-    whatever `channels_first`); weights are written as float32, dropout keeps HF's defaults. A module
-    without a pooler gets none, so transformers initialises its pooler randomly.
+    The family is the first of FAMILIES[type(module)] that can hold the module (TextEncoder: BertModel, or
+    RobertaModel with position_offset, ...; ViTEncoder: ViTModel on [B, C, H, W] whatever `channels_first`,
+    ...); weights are written as float32, dropout keeps HF's defaults. A module without a pooler gets none,
+    so transformers initialises its pooler randomly.
     """
-    family = FAMILIES.get(type(module))
-    if family is None:
-        supported = sorted(cls.__name__ for cls in FAMILIES)
-        raise TypeError(f"{type(module).__name__} has no Hugging Face export; supported: {supported}")
-    config = family.hf_config(module, params)
-    shapes = family.hf_shapes(config, module.pooler) | layer_shapes(family.LAYER, config)
-    tower = family.TOWERS[0]
-    check_fields(module, family.encoder_from_config(config, set(shapes), tower), config["model_type"])
+    family, tower, config, shapes = family_of(module, params)
     state_dict = split(params, shapes, partial(family.key_map, module=module, tower=tower))
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)

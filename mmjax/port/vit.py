@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mmjax.encoders.image import ViTEncoder
-from mmjax.port.common import Transform, conv_patch_kernel, identity, map_key, transpose
+from mmjax.port.common import Transform, conv_patch_kernel, identity, layer_shapes, map_key, transpose
 
 TOWERS = ("image",)
 # The key bias is dropped on purpose: it adds q.b_k to every logit of a query, which softmax cancels.
@@ -47,6 +47,7 @@ def encoder_from_config(hf_config: dict, keys: set[str], tower: str) -> ViTEncod
         activation=hf_config.get("hidden_act", "gelu"),
         layer_norm_eps=hf_config.get("layer_norm_eps", 1e-12),
         pooler="pooler.dense.weight" in keys,
+        qkv_bias=hf_config.get("qkv_bias", True),
         channels_first=True,
         aux_prefix="",
     )
@@ -63,7 +64,7 @@ def key_map(key: str, module: nn.Module, tower: str) -> tuple[str, Transform] | 
     return map_key(key, IGNORED, EMBEDDINGS, LAYER, module.num_heads)
 
 
-def hf_config(module: ViTEncoder, params: dict) -> dict:
+def hf_config(module: ViTEncoder, params: dict, tower: str) -> dict:
     """The HF ViTModel config of `module`; image size and channels come from the param shapes.
 
     The inverse of encoder_from_config; mmjax.port.export checks that it gives `module` back.
@@ -87,12 +88,12 @@ def hf_config(module: ViTEncoder, params: dict) -> dict:
         "image_size": grid * module.patch_size,
         "patch_size": module.patch_size,
         "num_channels": params["patch_embedding"]["proj"]["kernel"].shape[0] // module.patch_size**2,
-        "qkv_bias": True,
+        "qkv_bias": module.qkv_bias,
     }
 
 
-def hf_shapes(hf_config: dict, pooler: bool) -> dict[str, tuple[int, ...]]:
-    """Shapes of the HF keys outside `encoder.layer.{i}` (the pooler's only when `pooler`)."""
+def hf_shapes(hf_config: dict, module: ViTEncoder, tower: str) -> dict[str, tuple[int, ...]]:
+    """Shapes of every HF key (the pooler's only when `module` has one)."""
     width, patch = hf_config["hidden_size"], hf_config["patch_size"]
     shapes = {
         "embeddings.cls_token": (1, 1, width),
@@ -102,6 +103,8 @@ def hf_shapes(hf_config: dict, pooler: bool) -> dict[str, tuple[int, ...]]:
         "layernorm.weight": (width,),
         "layernorm.bias": (width,),
     }
-    if pooler:
+    if module.pooler:
         shapes |= {"pooler.dense.weight": (width, width), "pooler.dense.bias": (width,)}
-    return shapes
+    no_bias = () if hf_config["qkv_bias"] else ("self_attn/query", "self_attn/key", "self_attn/value")
+    depth, mlp_dim = hf_config["num_hidden_layers"], hf_config["intermediate_size"]
+    return shapes | layer_shapes(LAYER, width, mlp_dim, depth, no_bias=no_bias)

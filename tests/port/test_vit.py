@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers
 
-from mmjax.port import from_hf
+from mmjax.port import from_hf, to_hf
 
 pytestmark = pytest.mark.parity
 
@@ -83,3 +83,32 @@ def test_task_model_prefix_is_stripped_and_other_image_sizes_fail(tmp_path):
         module.apply({"params": params}, pixel_values=np.zeros((1, 3, 20, 20), np.float32))
     with pytest.raises(ValueError, match=r"hold the towers \(.image.,\)"):
         from_hf(tmp_path, tower="text")
+
+
+def test_vit_without_qkv_bias_ports_and_exports(tmp_path):
+    """Regression: a qkv_bias=False checkpoint failed with "missing: encoder/layer_0/self_attn/query/bias"."""
+    hf_model = _save(
+        tmp_path / "hf",
+        True,
+        hidden_size=32,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        qkv_bias=False,
+    )
+    module, params = from_hf(tmp_path / "hf")
+    attention = params["encoder"]["layer_0"]["self_attn"]
+    assert "bias" not in attention["query"] and "bias" not in attention["value"] and "bias" in attention["out"]
+    pixels = _pixels(hf_model.config)
+    with torch.no_grad():
+        theirs = hf_model(torch.tensor(pixels)).last_hidden_state.numpy()
+    out, _ = module.apply({"params": params}, pixel_values=pixels)
+    np.testing.assert_allclose(out, theirs, rtol=1e-5, atol=1e-5)
+    to_hf(module, params, tmp_path / "out")
+    reloaded = transformers.ViTModel.from_pretrained(tmp_path / "out").eval()
+    assert reloaded.config.qkv_bias is False
+    with torch.no_grad():
+        again = reloaded(torch.tensor(pixels)).last_hidden_state.numpy()
+    np.testing.assert_allclose(again, theirs, rtol=1e-5, atol=1e-5)
