@@ -44,6 +44,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.text_len = 16
     c.data.audio_frames = 96  # 0.96 s of 10 ms frames; longer clips (under 1% of FSDD) are cropped
     c.data.n_mfcc = 0  # > 0: the audio as this many MFCCs per frame (set model.audio.mels to match)
+    # model.audio.frontend=waveform: audio_frames * 10 ms of samples at this rate (log-mels are at 16 kHz),
+    # each clip normalised to zero mean, unit variance over its samples (as HF's Wav2Vec2FeatureExtractor)
+    c.data.sample_rate = av_digits.SAMPLE_RATE
+    c.data.waveform_normalize = True
     c.data.batch_size = 64  # global batch, split over all devices
     c.data.eval_batch_size = 200
     c.data.image_shift = 0  # training augmentation: random image shifts of up to this many pixels (0: off)
@@ -83,7 +87,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         resnet=dict(embedding_size=32, hidden_sizes=(32, 64), depths=(1, 1), layer_type="basic"),
         **pretrained,
     )
-    c.model.audio = dict(frames=c.data.audio_frames, mels=64, patch_time=8, patch_freq=16, **pretrained)
+    c.model.audio = dict(
+        frames=c.data.audio_frames,
+        mels=64,
+        patch_time=8,
+        patch_freq=16,
+        frontend="log_mel",  # log_mel: features [B, T, F] | waveform: samples [B, S] (wav2vec2, HuBERT...)
+        **pretrained,
+    )
     c.model.modality_dropout = 0.0  # training: drop each modality of an example with this probability
     c.model.modality_heads = False  # also one head per task and modality (loss: fused + per-modality)
     # Contrastive alignment (task `align`): modalities "image,audio" ("" = none); loss info_nce | siglip;

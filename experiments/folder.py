@@ -55,7 +55,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.sample_rate = 16000  # audio is resampled to this rate, then log-mel features every 10 ms
     c.data.n_mels = 64
     c.data.max_audio_seconds = 10.0  # longer clips are cropped when the data set is built
-    c.data.audio_frames = 96  # frames per clip in a batch (pad or crop)
+    c.data.audio_frames = 96  # frames per clip in a batch (pad or crop); waveforms: audio_frames * 10 ms
+    c.data.waveform_normalize = True  # model.audio.frontend=waveform: each clip to zero mean, unit variance
     c.data.text_len = 16  # tokens per text input
     c.data.tokenizer = ""  # checkpoint folder with tokenizer files; "" -> model.text.init_from's, else words
     c.data.validation_fraction = 0.1  # without a validation/ folder: this share of train, seeded
@@ -76,6 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.image.patch_size = 8 if args.image_size % 8 == 0 else args.image_size
     c.model.audio.frames = c.data.audio_frames
     c.model.audio.mels = c.data.n_mels
+    c.model.audio.frontend = "log_mel"  # or waveform: the build stores samples at data.sample_rate
     c.model.fusion.query = "text"  # cross_attention: the stream whose tokens query the others
 
     c.tasks = {label: 1.0 for label in labels}  # loss weight per label column (0: no head, no loss)

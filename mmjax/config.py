@@ -11,6 +11,8 @@ from typing import Any
 
 import ml_collections
 
+from mmjax.port.preprocessing import apply_checkpoint_preprocessing
+
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     """Parse `get_config`'s argument `"key=value,flag"` against typed defaults.
@@ -137,11 +139,15 @@ def load_python(path: str, kind: str, function: str):
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """Load `path/to/config.py[:arg]` and apply `key.sub=value` overrides (unknown keys rejected)."""
+    """Load `path/to/config.py[:arg]` and apply `key.sub=value` overrides (unknown keys rejected); then the
+    preprocessing of pretrained image/audio encoders sets the data path's values that the overrides leave
+    (mmjax.port.preprocessing)."""
     path, _, arg = spec.partition(":")
     config = load_python(path, "experiment config", "get_config").get_config(arg or None)
     for override in overrides:
         apply_override(config, override)
+    if "model" in config:
+        apply_checkpoint_preprocessing(config, {o.partition("=")[0] for o in overrides})
     return config
 
 

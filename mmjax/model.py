@@ -1,6 +1,7 @@
 """MultimodalModel: text/image/audio encoders -> fusion -> one classification head per task; TextTaskModel:
 a text encoder with token-level heads (tagging, span extraction)."""
 
+import math
 from collections.abc import Mapping
 from functools import partial
 
@@ -14,6 +15,7 @@ from mmjax.encoders.audio import SpectrogramEncoder
 from mmjax.encoders.image import ViTEncoder
 from mmjax.encoders.resnet import ResNetEncoder
 from mmjax.encoders.text import TextEncoder
+from mmjax.encoders.wav2vec2 import Wav2Vec2Encoder
 from mmjax.fusion import build_fusion
 from mmjax.heads import ClassificationHead, EmbeddingHead, LogitScale, SpanHead, TokenClassificationHead
 from mmjax.nn import lora
@@ -245,7 +247,9 @@ def build_model(
         by_kind["text"] = TextEncoder(vocab_size=vocab_size, max_len=cfg.text.max_len, **common)
     if "image" in kinds:
         by_kind["image"] = image_encoder(cfg.image, common)
-    if "audio" in kinds:
+    if "audio" in kinds and cfg.audio.get("frontend", "log_mel") == "waveform":
+        by_kind["audio"] = waveform_encoder(common)
+    elif "audio" in kinds:
         _check_divisible(
             cfg.audio.frames, "model.audio.frames", cfg.audio.patch_time, "model.audio.patch_time"
         )
@@ -260,7 +264,10 @@ def build_model(
         if kind not in kinds:
             continue
         pretrained, _ = load_pretrained(spec, tower)
-        updates = dict(channels_first=False) if kind == "image" else {}  # batches hold images [B, H, W, C]
+        if kind == "audio":
+            _check_frontend(pretrained, cfg.audio.get("frontend", "log_mel"))
+        # batches hold images [B, H, W, C] and audio features [B, T, F]; ports take HF's channels-first ones
+        updates = dict(channels_first=False) if hasattr(pretrained, "channels_first") else {}
         if not isinstance(pretrained, ResNetEncoder):  # transformers: the run's dropout and speed levers
             updates |= dict(dropout_rate=cfg.dropout, **levers)
         by_kind[kind] = pretrained.clone(**updates)
@@ -307,6 +314,30 @@ def image_encoder(cfg: ml_collections.ConfigDict, common: dict) -> ViTEncoder | 
         return resnet_encoder(cfg)
     _check_divisible(cfg.size, "model.image.size", cfg.patch_size, "model.image.patch_size")
     return ViTEncoder(patch_size=cfg.patch_size, **common)
+
+
+def waveform_encoder(common: dict) -> Wav2Vec2Encoder:
+    """The scratch encoder of raw waveforms (model.audio.frontend="waveform"): wav2vec2's conv stack (7
+    layers, 20 ms frames at 16 kHz) with the model size's width, then its transformer."""
+    fields = {k: v for k, v in common.items() if k != "pre_ln"}
+    return Wav2Vec2Encoder(
+        conv_dim=(common["width"],) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=math.gcd(16, common["width"]),
+        stable_layer_norm=common["pre_ln"],
+        **fields,
+    )
+
+
+def _check_frontend(encoder: nn.Module, frontend: str) -> None:
+    """A pretrained audio encoder must get the inputs it was trained on: waveforms or features."""
+    wants = "waveform" if isinstance(encoder, Wav2Vec2Encoder) else "log_mel"
+    if frontend != wants:
+        raise ValueError(
+            f"model.audio.init_from is a {type(encoder).__name__}, which takes "
+            f"{'raw waveforms' if wants == 'waveform' else 'features'}: set model.audio.frontend={wants!r} "
+            f"(it is {frontend!r})"
+        )
 
 
 def resnet_encoder(cfg: ml_collections.ConfigDict) -> ResNetEncoder:
@@ -433,6 +464,9 @@ def dummy_batch(
             batch[f"{m}_mask"] = jnp.ones((b, cfg.text.max_len), bool)
         elif kind == "image":
             batch[m] = jnp.zeros((b, cfg.image.size, cfg.image.size, cfg.image.channels), jnp.float32)
+        elif cfg.audio.get("frontend", "log_mel") == "waveform":  # any length fixes the params: 10 ms frames
+            batch[m] = jnp.zeros((b, cfg.audio.frames * 160), jnp.float32)
+            batch[f"{m}_mask"] = jnp.ones((b, cfg.audio.frames * 160), bool)
         else:
             batch[m] = jnp.zeros((b, cfg.audio.frames, cfg.audio.mels), jnp.float32)
             batch[f"{m}_mask"] = jnp.ones((b, cfg.audio.frames), bool)

@@ -168,3 +168,19 @@ def test_bench_peft_quick(tmp_path):
     for row in rows.values():
         assert _positive(row["examples_per_s"]) and row["n"] == 3
         assert row["examples_per_s"] == pytest.approx(row["batch_size"] / row["median_s"])
+
+
+@pytest.mark.slow
+def test_bench_port_quick(tmp_path):
+    import bench_port
+
+    out = tmp_path / "port.json"
+    bench_port.main(["--quick", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert set(result["models"]) == {"vit_base", "bert_base"}
+    for model in result["models"].values():
+        assert _positive(model["checkpoint_bytes"])
+        for loader in ("mmjax", "whole_file", "transformers"):
+            for key in ("seconds_per_gb", "peak_over_checkpoint", "anonymous_peak_over_checkpoint"):
+                assert _positive(model[loader][key]), (loader, key)
+        assert _positive(model["mmjax"]["speedup_vs_transformers"])

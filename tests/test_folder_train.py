@@ -153,7 +153,7 @@ BAD_COMMANDS = {  # run in tmp_path: workdir "run" does not exist
     "no such folder": (["train", "--config", f"{FOLDER_CONFIG}:dir=/nonexistent,labels=x"], "/nonexistent"),
     "unknown key": (["train", "--config", FOLDER_CONFIG, "--config.data.colour=1"], "'data.colour'"),
     "no run": (["evaluate", "--workdir", "run"], "run/config.json not found"),
-    "no checkpoint folder": (["port", "--hf", "/nonexistent", "--out", "ported"], "no config.json"),
+    "no checkpoint folder": (["port", "--hf", "/nonexistent", "--out", "ported"], "no such checkpoint"),
 }
 
 

@@ -22,6 +22,7 @@ from mmjax.data.locate import find_data_dir
 from mmjax.data.pipeline import Corruption, as_str
 from mmjax.data.spec import DataSet, Task, classes, summarizer, trained_tasks
 from mmjax.data.text import PretrainedTokenizer, WordTokenizer, experiment_tokenizer
+from mmjax.data.waveform import Waveform, fit_clip
 
 SPEAKERS = ("jackson", "nicolas", "theo", "yweweler", "george", "lucas")
 QUESTION_TYPES = ("spoken_digit", "written_digit", "same", "sum", "larger", "speaker")
@@ -192,19 +193,32 @@ def list_recordings(recordings_dir: str | os.PathLike) -> list[str]:
     return sorted(p.name for p in pathlib.Path(recordings_dir).iterdir() if p.suffix == ".wav")
 
 
-def audio_features(
+def read_recording(
     path: str | os.PathLike, snr_db: float | None = None, rng: np.random.Generator | None = None
 ) -> np.ndarray:
-    """WAV -> 16 kHz -> normalised log-mel, float32 [frames, 64]; with `snr_db`, white noise at that
-    signal-to-noise ratio (drawn from `rng`) is added to the recording first. A file that is unreadable,
-    empty, silent, not at FSDD's 8 kHz or has non-finite samples raises ValueError naming it."""
+    """An FSDD WAV -> its 8 kHz waveform; with `snr_db`, white noise at that signal-to-noise ratio (drawn from
+    `rng`) is added. A file that is unreadable, empty, silent, not at FSDD's 8 kHz or has non-finite samples
+    raises ValueError naming it."""
     wave, sample_rate = audio.load_wav(path)
     if sample_rate != FSDD_SAMPLE_RATE:
         raise ValueError(f"{path}: sample rate {sample_rate} Hz, FSDD recordings are {FSDD_SAMPLE_RATE} Hz")
     check_wave(wave, path)
     if snr_db is not None:
         wave = audio.add_white_noise(wave, snr_db, rng or np.random.default_rng(0))
-    return wave_features(wave, sample_rate)
+    return wave
+
+
+def audio_features(
+    path: str | os.PathLike, snr_db: float | None = None, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """An FSDD WAV (read_recording: noise, errors) -> 16 kHz -> normalised log-mel, float32 [frames, 64]."""
+    return wave_features(read_recording(path, snr_db, rng), FSDD_SAMPLE_RATE)
+
+
+def recording_clip(path, settings: Waveform, snr_db=None, rng=None) -> tuple[np.ndarray, np.ndarray]:
+    """An FSDD WAV (read_recording: noise, errors) -> settings.sample_rate -> (samples, mask) (fit_clip)."""
+    wave = audio.resample(read_recording(path, snr_db, rng), FSDD_SAMPLE_RATE, settings.sample_rate)
+    return fit_clip(wave, settings)
 
 
 def check_wave(wave: np.ndarray, source: str | os.PathLike) -> None:
@@ -379,8 +393,17 @@ def pick_phrasing(phrasings: Sequence[str], seed: int, recording: str, image_ind
     return phrasings[int(rng.integers(len(phrasings)))]
 
 
-def corrupt(example: dict, raw: Mapping, corruption: Corruption, *, audio_frames: int, seed: int) -> dict:
-    """Applies `corruption` to one preprocessed example; noise is seeded by (seed, recording, image)."""
+def corrupt(
+    example: dict,
+    raw: Mapping,
+    corruption: Corruption,
+    *,
+    audio_frames: int,
+    seed: int,
+    waveform: Waveform | None = None,
+) -> dict:
+    """Applies `corruption` to one preprocessed example (audio noise: on the recording, before the log-mel
+    features or `waveform` samples); noise is seeded by (seed, recording, image)."""
     recording, image_index = as_str(raw["recording"]), int(raw["image_index"])
     rng = np.random.default_rng([seed, zlib.crc32(recording.encode("utf-8")), image_index, 1])
     example = dict(example, present=dict(example["present"]))
@@ -390,8 +413,11 @@ def corrupt(example: dict, raw: Mapping, corruption: Corruption, *, audio_frames
         if not corruption.recordings_dir:
             raise ValueError("audio_snr needs the FSDD recordings_dir to re-read the recordings")
         wav = pathlib.Path(corruption.recordings_dir) / recording
-        features = audio_features(wav, corruption.audio_snr, rng)
-        example["audio"], example["audio_mask"] = audio.pad_or_crop(features, audio_frames)
+        if waveform is None:
+            features = audio_features(wav, corruption.audio_snr, rng)
+            example["audio"], example["audio_mask"] = audio.pad_or_crop(features, audio_frames)
+        else:
+            example["audio"], example["audio_mask"] = recording_clip(wav, waveform, corruption.audio_snr, rng)
     if corruption.image_noise:
         noise = rng.normal(0.0, corruption.image_noise, size=example["image"].shape)
         example["image"] = (example["image"] + noise).astype(np.float32)
@@ -408,12 +434,15 @@ def preprocess(
     seed: int = 0,
     corruption: Corruption | None = None,
     n_mfcc: int = 0,
+    waveform: Waveform | None = None,
+    recordings_dir: str = "",
 ) -> dict:
     """One decoded AV-Digits example -> one unbatched example of the batch contract.
 
     With `questions` ({question type: phrasings}), the stored question is replaced by one of those phrasings;
     with `corruption`, that robustness condition is applied; with `n_mfcc` > 0 the audio becomes that many
-    MFCCs per frame (audio.mfcc_from_log_mel) instead of the log-mel bands.
+    MFCCs per frame (audio.mfcc_from_log_mel) instead of the log-mel bands; with `waveform` the audio is
+    the recording's samples (fit_clip), re-read from `recordings_dir` (or encode_inputs' `waveform`).
     """
     qtype = int(example["question_type"])
     question = as_str(example["question"])
@@ -421,7 +450,13 @@ def preprocess(
         recording, image_index = as_str(example["recording"]), int(example["image_index"])
         question = pick_phrasing(questions[QUESTION_TYPES[qtype]], seed, recording, image_index)
     text_ids, text_mask = tokenizer.encode(question, text_len)
-    features, audio_mask = audio.pad_or_crop(np.asarray(example["audio"], dtype=np.float32), audio_frames)
+    if waveform is None:
+        features, audio_mask = audio.pad_or_crop(np.asarray(example["audio"], np.float32), audio_frames)
+    elif "waveform" in example:
+        features, audio_mask = fit_clip(example["waveform"], waveform)
+    else:
+        wav = pathlib.Path(recordings_dir) / as_str(example["recording"])
+        features, audio_mask = recording_clip(wav, waveform)
     image = (np.asarray(example["image"], dtype=np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD
     processed = {
         "text": text_ids,
@@ -434,7 +469,9 @@ def preprocess(
         **{f"labels/{task}": np.int32(example[task]) for task in TASKS},
     }
     if corruption is not None:
-        processed = corrupt(processed, example, corruption, audio_frames=audio_frames, seed=seed)
+        processed = corrupt(
+            processed, example, corruption, audio_frames=audio_frames, seed=seed, waveform=waveform
+        )
     if n_mfcc:
         processed["audio"] = audio.mfcc_from_log_mel(processed["audio"], processed["audio_mask"], n_mfcc)
     return processed
@@ -485,14 +522,23 @@ def question_tokenizer(config: ml_collections.ConfigDict) -> WordTokenizer | Pre
     return experiment_tokenizer(config, (p for ps in PHRASINGS.values() for p in ps))
 
 
+def recordings_dir(config: ml_collections.ConfigDict) -> str:
+    """The FSDD recordings of an experiment's raw data (data.data_dir)."""
+    return str(resolve_data_dir(config.data.data_dir or None) / "fsdd" / "recordings")
+
+
 def make_preprocess(
     config: ml_collections.ConfigDict,
     questions: Mapping[str, list[str]] | None = None,
     corruption: Corruption | None = None,
+    waveform: Waveform | None = None,
 ):
-    """AV-Digits' per-example preprocessing (optionally other phrasings, a robustness condition). Phrasings
-    longer than data.text_len tokens are truncated with a warning, or stop the run when
-    data.on_bad_example=stop."""
+    """AV-Digits' per-example preprocessing (optionally other phrasings, a robustness condition, waveforms
+    read from the raw recordings). Phrasings longer than data.text_len tokens are truncated with a warning,
+    or stop the run when data.on_bad_example=stop."""
+    n_mfcc = config.data.get("n_mfcc", 0)
+    if n_mfcc and waveform is not None:
+        raise ValueError(f"data.n_mfcc={n_mfcc} needs log-mel audio; model.audio.frontend is waveform")
     tokenizer = question_tokenizer(config)
     limit = config.data.text_len
     lengths = {
@@ -514,19 +560,25 @@ def make_preprocess(
         questions=questions,
         seed=config.seed,
         corruption=corruption,
-        n_mfcc=config.data.get("n_mfcc", 0),
+        n_mfcc=n_mfcc,
+        waveform=waveform,
+        recordings_dir=recordings_dir(config) if waveform is not None else "",
     )
 
 
-def condition(config: ml_collections.ConfigDict, corruption: Corruption, questions: str = ""):
+def condition(
+    config: ml_collections.ConfigDict,
+    corruption: Corruption,
+    questions: str = "",
+    waveform: Waveform | None = None,
+):
     """AV-Digits preprocessing under a robustness condition (audio noise re-reads the recordings)."""
     if corruption.audio_snr is not None and not corruption.recordings_dir:
-        recordings = resolve_data_dir(config.data.data_dir or None) / "fsdd" / "recordings"
         corruption = Corruption(
-            corruption.drop, corruption.audio_snr, corruption.image_noise, str(recordings)
+            corruption.drop, corruption.audio_snr, corruption.image_noise, recordings_dir(config)
         )
     phrasings = load_questions(questions) if questions else None
-    return make_preprocess(config, phrasings, corruption)
+    return make_preprocess(config, phrasings, corruption, waveform)
 
 
 @functools.cache
@@ -535,24 +587,35 @@ def question_types(tfds_dir: str, data_dir: str, split: str) -> np.ndarray:
     return np.asarray([QUESTION_TYPES[int(source[i]["question_type"])] for i in range(len(source))])
 
 
-def encode_inputs(given: Mapping[str, object], config: ml_collections.ConfigDict) -> dict:
-    """A user's image, recording and question -> one AV-Digits source example (other fields zero)."""
+def encode_inputs(
+    given: Mapping[str, object], config: ml_collections.ConfigDict, waveform: Waveform | None = None
+) -> dict:
+    """A user's image, recording and question -> one AV-Digits source example (other fields zero); with
+    `waveform`, the recording is kept as samples at waveform.sample_rate under `waveform`."""
     example = {task: 0 for task in CLASS_NAMES} | {"recording": "", "image_index": 0}
     example |= {"question": given.get("text", ""), "question_type": 0}
     example["image"] = np.zeros((28, 28), np.uint8)
     if given.get("image") is not None:
         example["image"] = inputs.read_image(given["image"], (28, 28), 1)[..., 0]
     example["audio"] = np.zeros((config.data.audio_frames, N_MELS), np.float32)
+    if waveform is not None:
+        example["waveform"] = np.zeros(0, np.float32)
     if given.get("audio") is not None:
         wave, rate, _ = inputs.read_wave(given["audio"])
-        example["audio"] = wave_features(wave, rate)
+        if waveform is None:
+            example["audio"] = wave_features(wave, rate)
+        else:
+            example["waveform"] = audio.resample(wave, rate, waveform.sample_rate)
     return example
 
 
-def data_set(config: ml_collections.ConfigDict) -> DataSet:
+def data_set(config: ml_collections.ConfigDict, waveform: Waveform | None) -> DataSet:
+    """AV-Digits for an experiment config; audio as log-mel features, or as `waveform` samples (from
+    datasets.waveform_settings)."""
     tasks = trained_tasks(config.tasks, task_specs(), "AV-Digits")
+    d = config.data
     buckets = pipeline.parse_buckets(
-        config.data.get("audio_buckets", ""), config.data.audio_frames, config.model.audio.patch_time
+        d.get("audio_buckets", ""), d.audio_frames, config.model.audio.patch_time, waveform
     )
     eval_cfg = config.get("eval", {})
     group_by = eval_cfg.get("group_by", "question_type")
@@ -567,13 +630,13 @@ def data_set(config: ml_collections.ConfigDict) -> DataSet:
         streams={"text": "text", "image": "image", "audio": "audio"},
         tasks=tasks,
         load=functools.partial(load_split, config),
-        preprocess=make_preprocess(config),
+        preprocess=make_preprocess(config, waveform=waveform),
         summarize=summarizer(tasks, groups, group_tasks),
         iterator_args={"audio_buckets": buckets},
         groups=groups,
         group_tasks=group_tasks,
-        condition=functools.partial(condition, config),
-        encode_inputs=functools.partial(encode_inputs, config=config),
+        condition=functools.partial(condition, config, waveform=waveform),
+        encode_inputs=functools.partial(encode_inputs, config=config, waveform=waveform),
         align_labels=dict(MODALITY_LABELS),
         tokenizer=question_tokenizer(config),
     )

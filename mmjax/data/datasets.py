@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from mmjax.config import load_config
-from mmjax.data import av_digits, folder, folder_decode, inputs, mixture, pipeline, text, text_tasks
+from mmjax.data import av_digits, folder, folder_decode, inputs, mixture, pipeline, text, text_tasks, waveform
 from mmjax.data.spec import DataSet, Task, summarizer, target_scale, trained_tasks
 from mmjax.data.text import WordTokenizer, build_vocab, experiment_tokenizer
 
@@ -29,7 +29,7 @@ def from_config(config: ml_collections.ConfigDict) -> DataSet:
     folder data set, which is built, once, here)."""
     name = config.data.get("dataset", "av_digits")
     if name == "av_digits":
-        return av_digits.data_set(config)
+        return av_digits.data_set(config, waveform_settings(config))
     if name in text_tasks.DATASETS:
         return text_data(config)
     if name == "folder":
@@ -47,6 +47,28 @@ def task_specs(config: ml_collections.ConfigDict) -> tuple[dict[str, Task], dict
         return tasks, dict(av_digits.MODALITY_LABELS)
     data = from_config(config)
     return data.tasks, data.align_labels
+
+
+# How audio streams enter the batch.
+
+
+def audio_frontend(config: ml_collections.ConfigDict) -> str:
+    """config.model.audio.frontend: "log_mel" (features [T, F]; also when unset) or "waveform" (samples [S]).
+    The only place the data path reads it."""
+    frontend = config.get("model", {}).get("audio", {}).get("frontend", "log_mel")
+    if frontend not in waveform.FRONTENDS:
+        raise ValueError(f"config.model.audio.frontend={frontend!r} is not one of {waveform.FRONTENDS}")
+    return frontend
+
+
+def waveform_settings(config: ml_collections.ConfigDict) -> waveform.Waveform | None:
+    """With model.audio.frontend="waveform": clips of data.audio_frames 10 ms frames (the log-mel path's
+    duration) at data.sample_rate (16 kHz), normalised when data.waveform_normalize (True); else None."""
+    if audio_frontend(config) != "waveform":
+        return None
+    rate = config.data.get("sample_rate", 16000)
+    samples = waveform.clip_samples(config.data.audio_frames, rate)
+    return waveform.Waveform(samples, rate, config.data.get("waveform_normalize", True))
 
 
 # UD English EWT and XQuAD (text only).
@@ -114,7 +136,8 @@ def folder_config(config: ml_collections.ConfigDict) -> folder.FolderConfig:
 
 def stream_preprocess(config: ml_collections.ConfigDict, streams: dict, tasks: dict, tokenizer):
     """pipeline.preprocess_streams with the experiment's sizes (data.text_len, audio_frames, image_mean and
-    image_std) for a data set stored as folder builds store it (decoded media, present flags, labels)."""
+    image_std) and audio frontend for a data set stored as folder builds store it (decoded media, present
+    flags, labels)."""
     return functools.partial(
         pipeline.preprocess_streams,
         streams=streams,
@@ -123,14 +146,15 @@ def stream_preprocess(config: ml_collections.ConfigDict, streams: dict, tasks: d
         tokenizer=tokenizer,
         text_len=config.data.text_len,
         audio_frames=config.data.audio_frames,
+        waveform=waveform_settings(config),
         image_mean=np.asarray(config.data.image_mean, np.float32),
         image_std=np.asarray(config.data.image_std, np.float32),
     )
 
 
 def media_settings(config: ml_collections.ConfigDict) -> dict:
-    """How images and audio are decoded (folder.FolderConfig fields): config.data.image_size (square),
-    image_channels, sample_rate, n_mels, max_audio_seconds."""
+    """How images and audio are decoded and stored (folder.FolderConfig fields): config.data.image_size
+    (square), image_channels, sample_rate, n_mels, max_audio_seconds, and the audio frontend."""
     d = config.data
     return dict(
         image_size=(d.image_size, d.image_size),
@@ -138,6 +162,7 @@ def media_settings(config: ml_collections.ConfigDict) -> dict:
         sample_rate=d.sample_rate,
         n_mels=d.n_mels,
         max_audio_seconds=d.max_audio_seconds,
+        frontend=audio_frontend(config),
     )
 
 
@@ -209,7 +234,13 @@ def folder_data(config: ml_collections.ConfigDict) -> DataSet:
         summarize=summarizer(tasks, groups, group_tasks),
         groups=groups,
         group_tasks=group_tasks,
-        condition=functools.partial(pipeline.condition_streams, preprocess, streams, seed=config.seed),
+        condition=functools.partial(
+            pipeline.condition_streams,
+            preprocess,
+            streams,
+            seed=config.seed,
+            waveform=waveform_settings(config),
+        ),
         encode_inputs=functools.partial(folder_inputs, schema=schema, settings=folder_config(config)),
         primary=next(label for label in config.data.labels.split("+") if label in tasks),
         text_vocab_size=tokenizer.vocab_size if tokenizer is not None else 0,
@@ -228,12 +259,9 @@ def folder_inputs(given: Mapping[str, object], schema: folder.Schema, settings: 
             if value is not None:
                 example[stream] = inputs.read_image(value, size, channels)
         elif kind == "audio":
-            example[stream] = np.zeros((0, settings.n_mels), np.float32)
+            example[stream] = folder_decode.empty_audio(settings)
             if value is not None:
-                wave, rate, _ = inputs.read_wave(value)
-                example[stream] = folder_decode.wave_features(
-                    wave, rate, settings.sample_rate, settings.n_mels, settings.max_audio_seconds
-                )
+                example[stream] = folder_decode.stored_audio(*inputs.read_wave(value)[:2], settings)
         else:
             example[stream] = "" if value is None else str(value)
         example[f"present/{stream}"] = value is not None

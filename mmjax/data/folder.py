@@ -21,7 +21,8 @@ An empty cell (missing, None, "", NaN) marks an input absent (`present/<stream>`
 (-1 / all -1 / NaN); the row is kept.
 
 Stored features per example: `<stream>` (image uint8 [H, W, C]; audio float32 [frames, n_mels] normalised
-log-mel, [0, n_mels] when absent; text str), `present/<stream>` bool, `labels/<task>` (classes int64, -1
+log-mel, [0, n_mels] when absent, or with FolderConfig.frontend="waveform" the samples [n], [0] when absent;
+text str), `present/<stream>` bool, `labels/<task>` (classes int64, -1
 unset; multilabel int8 multi-hot [K], all -1 unset; regression float32, NaN unset), `meta/<column>` str,
 `row` int64 and `source_split` str. `row` is the 1-based line number in metadata.jsonl and the 1-based
 data-row number in metadata.csv (the header is not counted) and metadata.parquet.
@@ -179,11 +180,13 @@ def _write_atomic(path: pathlib.Path, text: str) -> None:
 
 def cache_key(config: FolderConfig, files: dict[str, pathlib.Path] | None = None) -> str:
     """Short sha256 of every metadata file's bytes, the config (root made absolute), SHARD_ROWS and
-    FORMAT_VERSION."""
+    FORMAT_VERSION. A log-mel build leaves the frontend out: its key is the one it had before waveforms."""
     files = files or split_files(config.root)
     digest = hashlib.sha256(f"mmjax-folder format {FORMAT_VERSION} shard_rows {SHARD_ROWS}\n".encode())
     settings = json.loads(config.to_json())
     settings["root"] = str(pathlib.Path(config.root).resolve())
+    if settings["frontend"] == "log_mel":
+        del settings["frontend"]
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for split, path in sorted(files.items()):
         digest.update(f"\n{split}/{path.name}\n".encode())

@@ -35,7 +35,8 @@ def features(config: FolderConfig, schema: Schema) -> tfds.features.FeaturesDict
             shape = (*config.image_size, config.image_channels)
             spec[stream] = tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=raw)
         elif info["kind"] == "audio":
-            spec[stream] = tfds.features.Tensor(shape=(None, config.n_mels), dtype=np.float32, encoding=raw)
+            shape = empty_audio(config).shape[1:]
+            spec[stream] = tfds.features.Tensor(shape=(None, *shape), dtype=np.float32, encoding=raw)
         else:
             spec[stream] = tfds.features.Text()
         spec[f"present/{stream}"] = tfds.features.Tensor(shape=(), dtype=np.bool_)
@@ -96,32 +97,40 @@ def decode_image(path: pathlib.Path, size: tuple[int, int], channels: int) -> np
     return pixels[..., None] if channels == 1 else pixels
 
 
-def audio_features(path: pathlib.Path, sample_rate: int, n_mels: int, max_seconds: float) -> np.ndarray:
-    """An audio file -> mono, first max_seconds, resampled to sample_rate -> normalised log-mel float32
-    [frames, n_mels] (25 ms windows every 10 ms). ValueError if undecodable, empty, silent or non-finite."""
+def audio_features(path: pathlib.Path, config: FolderConfig) -> np.ndarray:
+    """An audio file -> what the build stores (stored_audio). ValueError if undecodable, empty, silent or
+    non-finite."""
     from mmjax.data import audio
 
     wave, rate = audio.load_wav(path)  # soundfile: WAV, FLAC, OGG (and MP3 where libsndfile has it)
-    return wave_features(wave, rate, sample_rate, n_mels, max_seconds)
+    return stored_audio(wave, rate, config)
 
 
-def wave_features(
-    wave: np.ndarray, rate: int, sample_rate: int, n_mels: int, max_seconds: float
-) -> np.ndarray:
-    """A waveform at `rate` -> its first max_seconds at sample_rate -> normalised log-mel float32
-    [frames, n_mels] (25 ms windows every 10 ms). ValueError if silent or non-finite."""
+def stored_audio(wave: np.ndarray, rate: int, config: FolderConfig) -> np.ndarray:
+    """A waveform at `rate` -> its first max_audio_seconds at config.sample_rate, stored as config.frontend
+    says: normalised log-mel float32 [frames, n_mels] (25 ms windows every 10 ms) or the samples float32
+    [samples]. ValueError if silent or non-finite."""
     from mmjax.data import audio
 
-    wave = wave[: max(1, int(round(max_seconds * rate)))]
+    wave = wave[: max(1, int(round(config.max_audio_seconds * rate)))]
     if not np.all(np.isfinite(wave)):
         raise ValueError("non-finite samples")
     if not np.any(wave):
         raise ValueError("silent audio (every sample is 0)")
-    wave = audio.resample(wave, rate, sample_rate)
-    window, hop = round(0.025 * sample_rate), round(0.01 * sample_rate)
+    sr = config.sample_rate
+    wave = audio.resample(wave, rate, sr)
+    if config.frontend == "waveform":
+        return wave
+    window, hop = round(0.025 * sr), round(0.01 * sr)
     n_fft = 1 << (window - 1).bit_length()
-    mel = audio.log_mel(wave, sample_rate, n_fft=n_fft, win_length=window, hop_length=hop, n_mels=n_mels)
+    mel = audio.log_mel(wave, sr, n_fft=n_fft, win_length=window, hop_length=hop, n_mels=config.n_mels)
     return audio.normalize(mel)
+
+
+def empty_audio(config: FolderConfig) -> np.ndarray:
+    """What the build stores for an absent audio input: no frames (or no samples)."""
+    shape = (0,) if config.frontend == "waveform" else (0, config.n_mels)
+    return np.zeros(shape, np.float32)
 
 
 def _label(task: str, info: dict, raw, typed: bool, index: dict[str, int]):
@@ -182,7 +191,7 @@ def stored_example(row: dict | None, number: int, source_split: str, typed: bool
         elif info["kind"] == "image":
             example[stream] = np.zeros((*config.image_size, config.image_channels), np.uint8)
         else:
-            example[stream] = np.zeros((0, config.n_mels), np.float32)
+            example[stream] = empty_audio(config)
     for task, info in schema.tasks.items():
         example[f"labels/{task}"] = _label(task, info, row.get(task), typed, state["index"][task])
     for column in schema.meta:
@@ -194,8 +203,7 @@ def stored_example(row: dict | None, number: int, source_split: str, typed: bool
             if schema.streams[stream]["kind"] == "image":
                 example[stream] = decode_image(path, config.image_size, config.image_channels)
             else:
-                seconds = config.max_audio_seconds
-                example[stream] = audio_features(path, config.sample_rate, config.n_mels, seconds)
+                example[stream] = audio_features(path, config)
         except ValueError as err:
             problem = str(err).replace(f"cannot read audio file {path}: ", "cannot decode audio: ")
             raise BadRow(column, str(raw), problem) from None

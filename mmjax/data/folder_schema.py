@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import soundfile
 
+from mmjax.data.waveform import FRONTENDS
+
 SPLITS = ("train", "validation", "test")
 METADATA_NAMES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
 IMAGE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff"})
@@ -37,6 +39,7 @@ class FolderConfig:
     sample_rate: int = 16000  # audio resampled to this
     n_mels: int = 64  # normalised log-mel bands, 25 ms windows every 10 ms
     max_audio_seconds: float = 10.0  # longer clips are cropped (features of the first N s)
+    frontend: str = "log_mel"  # audio stored as normalised log-mel features or as "waveform" samples
     validation_fraction: float = 0.1  # of train rows, when there is no validation folder
     split_seed: int = 0
     on_bad: str = "skip"  # "skip": skip, list and count; "stop": raise at the first
@@ -68,6 +71,8 @@ class FolderConfig:
             raise ValueError(f"validation_fraction={self.validation_fraction} must be in [0, 1)")
         if self.sample_rate <= 0 or self.n_mels <= 0 or not self.max_audio_seconds > 0:
             raise ValueError("sample_rate, n_mels and max_audio_seconds must be positive")
+        if self.frontend not in FRONTENDS:
+            raise ValueError(f"frontend={self.frontend!r} is not one of {FRONTENDS}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -11,7 +11,8 @@ Images: PIL images, pixel arrays or files; audio: (waveform, sample rate) pairs,
 ({"array", "sampling_rate"}) or files; text: strings. None marks an input absent in that example. Labels:
 ints or strings (classes), lists of strings (multilabel), numbers (regression); None = unlabelled. Media are
 decoded when an example is read (grain workers do it in parallel), with the folder build's settings
-(config.data.image_size, image_channels, sample_rate, n_mels, max_audio_seconds).
+(config.data.image_size, image_channels, sample_rate, n_mels, max_audio_seconds; model.audio.frontend:
+log-mel features or waveforms).
 """
 
 import functools
@@ -105,14 +106,11 @@ def encode(row: Mapping, columns: Mapping[str, str], tasks: Mapping[str, Task], 
                     value = np.asarray(value)  # a PIL image
                 example[stream] = inputs.read_image(value, settings.image_size, settings.image_channels)
         elif kind == "audio":
-            example[stream] = np.zeros((0, settings.n_mels), np.float32)
+            example[stream] = folder_decode.empty_audio(settings)
             if value is not None:
                 if isinstance(value, Mapping):  # a Hugging Face audio dict
                     value = (np.asarray(value["array"], np.float32), int(value["sampling_rate"]))
-                wave, rate, _ = inputs.read_wave(value)
-                example[stream] = folder_decode.wave_features(
-                    wave, rate, settings.sample_rate, settings.n_mels, settings.max_audio_seconds
-                )
+                example[stream] = folder_decode.stored_audio(*inputs.read_wave(value)[:2], settings)
         else:
             example[stream] = "" if value is None else str(value)
     for column, task in tasks.items():

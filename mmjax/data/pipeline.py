@@ -13,6 +13,7 @@ from absl import flags
 
 from mmjax.data import audio, text_tasks
 from mmjax.data.text import PretrainedTokenizer, WordTokenizer
+from mmjax.data.waveform import Waveform, fit_clip
 
 
 def as_str(value) -> str:
@@ -22,7 +23,7 @@ def as_str(value) -> str:
 @dataclasses.dataclass(frozen=True)
 class Corruption:
     """Evaluation-time robustness conditions: a stream marked absent, noisy images, and noisy audio (for data
-    sets that keep the raw recordings: AV-Digits)."""
+    sets that keep the raw recordings: AV-Digits, and folders built with waveforms)."""
 
     drop: str = ""  # "" or a stream (e.g. "image"): absent in every example
     audio_snr: float | None = None  # dB: white noise added to the recording before the features
@@ -53,13 +54,15 @@ def preprocess_streams(
     audio_frames: int,
     image_mean: np.ndarray,
     image_std: np.ndarray,
+    waveform: Waveform | None = None,
 ) -> dict:
     """One stored example of a folder data set (mmjax.data.folder) -> one example of the batch contract.
 
     Images (uint8 [H, W, C]) are scaled to 0..1 and normalised per channel; audio features are padded or
-    cropped to `audio_frames` with a mask; text is tokenized to `text_len`. `present/<stream>` says which
-    inputs the example has. Labels keep their unlabelled marks (class -1, multi-hot rows of -1, NaN targets);
-    regression targets become (target - mean) / std with `scales` {task: (mean, std)}.
+    cropped to `audio_frames` with a mask (stored waveforms, with `waveform`: to waveform.samples, see
+    fit_clip); text is tokenized to `text_len`. `present/<stream>` says which inputs the example has.
+    Labels keep their unlabelled marks (class -1, multi-hot rows of -1, NaN targets); regression targets
+    become (target - mean) / std with `scales` {task: (mean, std)}.
     """
     processed = {"present": {}}
     for stream, kind in streams.items():
@@ -68,6 +71,8 @@ def preprocess_streams(
             processed[stream] = ((np.asarray(value, np.float32) / 255.0 - image_mean) / image_std).astype(
                 np.float32
             )
+        elif kind == "audio" and waveform is not None:
+            processed[stream], processed[f"{stream}_mask"] = fit_clip(value, waveform)
         elif kind == "audio":
             processed[stream], processed[f"{stream}_mask"] = audio.pad_or_crop(
                 np.asarray(value, np.float32), audio_frames
@@ -92,16 +97,30 @@ def condition_streams(
     questions: str = "",
     *,
     seed: int,
+    waveform: Waveform | None = None,
 ) -> Callable[[Mapping], dict]:
     """`preprocess_fn` under a robustness condition any data set supports: a stream marked absent in every
     example (`drop`) and Gaussian noise on the normalised images (seeded by the example's row). Audio noise
-    needs the waveforms, which a built folder no longer holds: it raises ValueError."""
-    if corruption.audio_snr is not None or questions:
-        raise ValueError("audio noise and other question phrasings are AV-Digits conditions")
+    needs the waveforms: a data set stored with them (`waveform`) gets white noise at `audio_snr` dB on every
+    stored audio clip (seeded by the row); a log-mel build no longer holds them: it raises ValueError."""
+    if questions:
+        raise ValueError("other question phrasings are an AV-Digits condition")
+    if corruption.audio_snr is not None and waveform is None:
+        raise ValueError(
+            "audio noise needs the waveforms, which a log-mel build does not keep (build it with "
+            "model.audio.frontend=waveform, or use AV-Digits)"
+        )
     if corruption.drop and corruption.drop not in streams:
         raise ValueError(f"--drop {corruption.drop!r} is not a stream of this data set: {list(streams)}")
+    audio_streams = [s for s, kind in streams.items() if kind == "audio"]
 
     def conditioned(example: Mapping) -> dict:
+        if corruption.audio_snr is not None:
+            rng = np.random.default_rng([seed, int(example["row"]), 2])
+            example = dict(example)
+            for stream in (s for s in audio_streams if len(example[s])):
+                stored = np.asarray(example[stream], np.float32)
+                example[stream] = audio.add_white_noise(stored, corruption.audio_snr, rng)
         processed = preprocess_fn(example)
         processed["present"] = dict(processed["present"])
         if corruption.drop:
@@ -201,9 +220,10 @@ def _pad_rows(tree, size: int):
 
 
 def trim_audio(batch: dict, buckets: tuple[int, ...]) -> dict:
-    """The batch with audio and audio_mask cut to the shortest bucket (frame count) that holds every clip's
-    valid frames (the largest bucket if none does): a few static shapes, each compiled once, instead of
-    always the longest. Padding is masked, so the model's result does not change."""
+    """The batch with audio and audio_mask cut to the shortest bucket (frame count, or sample count for
+    waveforms) that holds every clip's valid frames (the largest bucket if none does): a few static shapes,
+    each compiled once, instead of always the longest. Padding is masked, so the model's result does not
+    change."""
     length = shortest_bucket(int(batch["audio_mask"].sum(axis=1).max()), buckets)
     return batch | {"audio": batch["audio"][:, :length], "audio_mask": batch["audio_mask"][:, :length]}
 
@@ -225,13 +245,24 @@ def trim_text(batch: dict, buckets: tuple[int, ...]) -> dict:
     return batch | {k: batch[k][:, :length] for k in per_token}
 
 
-def parse_buckets(text: str, frames: int, patch_time: int) -> tuple[int, ...]:
-    """`data.audio_buckets` "32,64,96" -> (32, 64, 96): multiples of patch_time, the largest `frames`."""
+def parse_buckets(
+    text: str, frames: int, patch_time: int, waveform: Waveform | None = None
+) -> tuple[int, ...]:
+    """`data.audio_buckets` "32,64,96" -> (32, 64, 96): frame counts, multiples of patch_time, the largest
+    `frames`; with `waveform`, sample counts, the largest waveform.samples."""
+    unit = "sample" if waveform is not None else "frame"
     try:
         buckets = tuple(sorted(int(part) for part in text.split(",") if part.strip()))
     except ValueError as e:
-        raise ValueError(f"data.audio_buckets={text!r} must be comma-separated frame counts") from e
-    if buckets and (buckets[-1] != frames or any(b <= 0 or b % patch_time for b in buckets)):
+        raise ValueError(f"data.audio_buckets={text!r} must be comma-separated {unit} counts") from e
+    if not buckets:
+        return buckets
+    if waveform is not None and (buckets[-1] != waveform.samples or buckets[0] <= 0):
+        raise ValueError(
+            f"data.audio_buckets={text!r}: with model.audio.frontend=waveform buckets count samples: each "
+            f"positive, the largest {waveform.samples} (data.audio_frames at data.sample_rate)"
+        )
+    if waveform is None and (buckets[-1] != frames or any(b <= 0 or b % patch_time for b in buckets)):
         raise ValueError(
             f"data.audio_buckets={text!r}: each bucket must be a positive multiple of model.audio.patch_time="
             f"{patch_time}, the largest data.audio_frames={frames}"

@@ -15,6 +15,8 @@ import ml_collections
 import numpy as np
 import tokenizers
 
+from mmjax.hf_cache import checkpoint_dir
+
 PAD, UNK, CLS, SEP = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
 SPECIALS = (PAD, UNK, CLS, SEP)
 _WORD = re.compile(r"[a-z0-9]+")
@@ -158,7 +160,9 @@ def pretrained_tokenizer(config: ml_collections.ConfigDict) -> PretrainedTokeniz
     """data.tokenizer's folder, else the text encoder's checkpoint (model.text.init_from), else None."""
     init_from = config.model.get("text", {}).get("init_from", "")
     spec = config.data.get("tokenizer", "") or init_from
-    return load_tokenizer(spec.removeprefix("hf:")) if spec else None
+    if not spec:
+        return None
+    return load_tokenizer(checkpoint_dir(spec.removeprefix("hf:")) if spec.startswith("hf:") else spec)
 
 
 def experiment_tokenizer(

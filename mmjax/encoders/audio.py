@@ -37,9 +37,10 @@ class SpectrogramEncoder(nn.Module):
 
     Padded frames are zeroed and patches without a valid frame are masked in attention. Without strides,
     T and F must be divisible by `patch_time` and `patch_freq`; with strides, patches may overlap and a
-    remainder is dropped (HF AST). The position table is sized for `max_frames` (default: the input at
-    init); with time-major patches (freq_major=False), shorter inputs use its first positions, so batches
-    trimmed to a shorter length bucket (mmjax.data.pipeline.trim_audio) give the same result as padded ones.
+    remainder is dropped (HF AST). The position table is sized for `max_frames` x `mels` (default: the
+    input at init; other feature counts fail); with time-major patches (freq_major=False), shorter inputs
+    use its first positions, so batches trimmed to a shorter length bucket (mmjax.data.pipeline.trim_audio)
+    give the same result as padded ones.
     Returns (tokens [B, prefix + N, width], aux); prefix is [CLS] (and the distillation
     token); aux keys (after `aux_prefix`): `tokens`, `mask` (the valid tokens), `pooled` and `hidden_states`
     (embedding output, then every layer's output before the final LayerNorm).
@@ -60,11 +61,13 @@ class SpectrogramEncoder(nn.Module):
     pooling: str = "cls"  # "cls": [CLS]; "cls_distillation": mean of [CLS] and distillation token (AST)
     activation: str = "gelu"  # a key of mmjax.nn.transformer.ACTIVATIONS
     layer_norm_eps: float = 1e-6
+    qkv_bias: bool = True  # False: attention without query/value biases (HF AST qkv_bias=False)
     scan: bool = False  # speed levers of mmjax.nn.transformer.Encoder: nn.scan over layers (params `layers`)
     remat: str = ""  # "" | full | dots | dots_saveable (mmjax.nn.transformer.REMAT_POLICIES)
     dtype: str = "float32"  # compute dtype of the transformer blocks: float32 | bfloat16 (params float32)
     attention: str = "xla"  # xla | fused (mmjax.nn.attention.MultiHeadAttention.implementation)
     max_frames: int | None = None  # frames the position table covers (None: the init input's)
+    mels: int | None = None  # features per frame the position table covers (None: the init input's)
     aux_prefix: str = "aud/"
 
     def num_tokens(self, frames: int, mels: int) -> int:
@@ -73,6 +76,8 @@ class SpectrogramEncoder(nn.Module):
             raise ValueError(f"frequency-major patches need all {self.max_frames} frames, got {frames}")
         if self.max_frames is not None and frames > self.max_frames:
             raise ValueError(f"audio has {frames} frames, more than max_frames={self.max_frames}")
+        if self.mels is not None and mels != self.mels:
+            raise ValueError(f"audio has {mels} features per frame, not mels={self.mels}")
         frames = self.max_frames or frames
         time_patches = (frames - self.patch_time) // (self.time_stride or self.patch_time) + 1
         freq_patches = (mels - self.patch_freq) // (self.freq_stride or self.patch_freq) + 1
@@ -116,7 +121,7 @@ class SpectrogramEncoder(nn.Module):
         mask = patch_mask(attention_mask, self.patch_time, num_freq_patches, time_stride, self.freq_major)
         num_prefix = 1 + self.distillation_token
         mask = jnp.concatenate([jnp.ones((batch, num_prefix), bool), mask], axis=1)
-        encoder = encoder_stack(self, pre_ln=self.pre_ln)
+        encoder = encoder_stack(self, pre_ln=self.pre_ln, qkv_bias=self.qkv_bias)
         x, hidden_states = encoder(x, mask, deterministic=deterministic)
         pooled = x[:, 0] if self.pooling == "cls" else (x[:, 0] + x[:, 1]) / 2
         aux = {"tokens": x, "mask": mask, "pooled": pooled, "hidden_states": hidden_states}
@@ -138,13 +143,17 @@ def sinusoid_init(key: jax.Array, shape: tuple[int, int], dtype: jnp.dtype = jnp
 
 
 class WhisperEncoder(nn.Module):
-    """Whisper's audio encoder on log-mel `input_features` [B, n_mels, T] (HF's layout), T <= 2 max_positions.
+    """Whisper's audio encoder on log-mel `input_features` [B, n_mels, T] (HF's layout; [B, T, n_mels] with
+    channels_first=False), T <= 2 max_positions, with an optional frame mask `attention_mask` [B, T].
 
     Conv1d(k=3) -> GELU -> Conv1d(k=3, stride 2) -> GELU halves the frames; positions (a param initialised
     to Whisper's sinusoids; HF keeps it frozen) are added, then a pre-LN transformer with a final LayerNorm.
-    Returns (tokens [B, ceil(T / 2), width], aux); aux keys (after `aux_prefix`): `tokens`, `mask` (all True),
-    `pooled` (the mean token) and `hidden_states` (HF's order: embeddings, every layer's output, the last
-    one after the final LayerNorm).
+    Token t is centred on frame 2t and is valid where that frame is. Without a mask this is exactly HF's
+    encoder. With one, padded frames are zeroed, padded tokens are masked in attention and left out of the
+    pooled mean, so valid tokens do not depend on the padding; HF's encoder ignores its attention_mask.
+    Returns (tokens [B, ceil(T / 2), width], aux); aux keys (after `aux_prefix`): `tokens`, `mask` (the valid
+    tokens), `pooled` (the mean valid token) and `hidden_states` (HF's order: embeddings, every layer's
+    output, the last one after the final LayerNorm).
     """
 
     width: int
@@ -155,6 +164,7 @@ class WhisperEncoder(nn.Module):
     dropout_rate: float = 0.0
     activation: str = "gelu"  # a key of mmjax.nn.transformer.ACTIVATIONS
     layer_norm_eps: float = 1e-5
+    channels_first: bool = True  # True: [B, n_mels, T] (HF input_features); False: [B, T, n_mels] (batches)
     scan: bool = False  # speed levers of mmjax.nn.transformer.Encoder: nn.scan over layers (params `layers`)
     remat: str = ""  # "" | full | dots | dots_saveable (mmjax.nn.transformer.REMAT_POLICIES)
     dtype: str = "float32"  # compute dtype of the transformer blocks: float32 | bfloat16 (params float32)
@@ -162,21 +172,34 @@ class WhisperEncoder(nn.Module):
     aux_prefix: str = "aud/"
 
     @nn.compact
-    def __call__(self, input_features: jax.Array, *, deterministic: bool = True) -> tuple[jax.Array, dict]:
-        frames = input_features.shape[-1]
+    def __call__(
+        self,
+        input_features: jax.Array,
+        attention_mask: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+    ) -> tuple[jax.Array, dict]:
+        x = jnp.swapaxes(input_features, 1, 2) if self.channels_first else input_features
+        frames = x.shape[1]
         if frames > 2 * self.max_positions:
             raise ValueError(
                 f"input_features has {frames} frames, more than 2 * max_positions={2 * self.max_positions}"
             )
-        x = jnp.swapaxes(input_features, 1, 2)
+        if attention_mask is not None:
+            x = jnp.where(attention_mask[..., None].astype(bool), x, 0.0)
         x = gelu(nn.Conv(self.width, (3,), padding=((1, 1),), name="conv1")(x))
         x = gelu(nn.Conv(self.width, (3,), strides=(2,), padding=((1, 1),), name="conv2")(x))
         table = self.param("position_embedding", sinusoid_init, (self.max_positions, self.width))
         x = x + table[None, : x.shape[1]].astype(x.dtype)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-        mask = jnp.ones(x.shape[:2], bool)
+        if attention_mask is None:
+            mask = jnp.ones(x.shape[:2], bool)
+        else:
+            mask = attention_mask[:, ::2].astype(bool)  # token t is centred on frame 2t
         encoder = encoder_stack(self, pre_ln=True)
         x, hidden_states = encoder(x, mask, deterministic=deterministic)
         hidden_states = (*hidden_states[:-1], x)
-        aux = {"tokens": x, "mask": mask, "pooled": x.mean(axis=1), "hidden_states": hidden_states}
+        count = jnp.maximum(mask.sum(axis=1, keepdims=True), 1)
+        pooled = jnp.where(mask[..., None], x, 0.0).sum(axis=1) / count
+        aux = {"tokens": x, "mask": mask, "pooled": pooled, "hidden_states": hidden_states}
         return x, {self.aux_prefix + k: v for k, v in aux.items()}

@@ -1,9 +1,9 @@
 """Text encoder: token + position (+ token-type) embeddings (-> LayerNorm) -> transformer.
 
 With pre_ln=False, activation and layer_norm_eps from a Hugging Face config (and position_offset for
-RoBERTa) it computes exactly BERT, MiniLM or RoBERTa; with pre_ln=True, type_vocab_size=0,
-embedding_ln=False, causal=True and EOS pooling it is CLIP's text tower. mmjax.port fills it from their
-checkpoints.
+RoBERTa, type_vocab_size=0 for DistilBERT, embedding_dim for ELECTRA) it computes exactly BERT, MiniLM,
+RoBERTa, DistilBERT or ELECTRA; with pre_ln=True, type_vocab_size=0, embedding_ln=False, causal=True and
+EOS pooling it is CLIP's text tower. mmjax.port fills it from their checkpoints.
 """
 
 import jax
@@ -58,7 +58,7 @@ class TextEncoder(nn.Module):
     position_offset: int | None = None  # None: positions 0..L-1 (BERT); int: roberta_positions (RoBERTa: 1)
     pad_token_id: int = 0  # only read with position_offset
     embedding_ln: bool = True  # LayerNorm on the embeddings (BERT); CLIP has none
-    causal: bool = False  # tokens attend only to earlier ones (CLIP)
+    causal: bool = False  # tokens attend only to earlier ones (CLIP; BERT's is_decoder)
     pool: str = (
         "first"  # "first" ([CLS]), "last" (SigLIP), "eos" (first eos_token_id: CLIP), "max_id" (old CLIP)
     )

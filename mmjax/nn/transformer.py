@@ -46,15 +46,60 @@ def quick_gelu(x: jax.Array) -> jax.Array:
     return x * jax.nn.sigmoid(1.702 * x)
 
 
-# Activation name (Hugging Face `hidden_act` spelling) -> function.
+def clipped_gelu(x: jax.Array) -> jax.Array:
+    """Exact GELU clipped to [-10, 10] (HF gelu_10, for quantisation)."""
+    return jnp.clip(gelu(x), -10.0, 10.0)
+
+
+def laplace(x: jax.Array) -> jax.Array:
+    """MEGA's Laplace activation: the normal CDF at (x - 0.707107) / 0.282095."""
+    return 0.5 * (1.0 + jax.lax.erf((x - 0.707107) / np.float32(0.282095 * np.sqrt(2.0))))
+
+
+def mish(x: jax.Array) -> jax.Array:
+    """x * tanh(softplus(x))."""
+    return x * jnp.tanh(jax.nn.softplus(x))
+
+
+def relu_squared(x: jax.Array) -> jax.Array:
+    return jnp.square(nn.relu(x))
+
+
+def sqrt_softplus(x: jax.Array) -> jax.Array:
+    return jnp.sqrt(jax.nn.softplus(x))
+
+
+def linear(x: jax.Array) -> jax.Array:
+    return x
+
+
+gelu_tanh = partial(nn.gelu, approximate=True)  # 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
+
+# Activation name (Hugging Face `hidden_act` spelling, transformers' ACT2FN) -> function. HF's prelu and
+# xielu are left out: they hold learned weights.
 ACTIVATIONS = {
     "gelu": gelu,
-    "gelu_new": partial(nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": partial(nn.gelu, approximate=True),
+    "gelu_python": gelu,
+    "gelu_10": clipped_gelu,
+    "gelu_new": gelu_tanh,
+    "gelu_fast": gelu_tanh,
+    "gelu_accurate": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
+    "gelu_python_tanh": gelu_tanh,
+    "hardswish": jax.nn.hard_swish,
+    "laplace": laplace,
+    "leaky_relu": partial(jax.nn.leaky_relu, negative_slope=0.01),  # torch's default slope
+    "linear": linear,
+    "mish": mish,
     "relu": nn.relu,
+    "relu2": relu_squared,
+    "relu6": jax.nn.relu6,
     "quick_gelu": quick_gelu,
+    "sigmoid": jax.nn.sigmoid,
     "silu": nn.silu,
     "swish": nn.silu,
+    "sqrtsoftplus": sqrt_softplus,
+    "tanh": jnp.tanh,
 }
 
 

@@ -9,7 +9,21 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mmjax.port import ast, bert, clip, resnet, vit, whisper
+from mmjax.hf_cache import checkpoint_dir
+from mmjax.port import (
+    ast,
+    bert,
+    clip,
+    deberta,
+    dinov2,
+    distilbert,
+    electra,
+    resnet,
+    siglip,
+    vit,
+    wav2vec2,
+    whisper,
+)
 from mmjax.port.common import merge, read_config, read_state_dict, strip_prefix
 from mmjax.port.export import to_hf  # noqa: F401  (re-exported: mmjax.port.to_hf)
 
@@ -19,13 +33,28 @@ from mmjax.port.export import to_hf  # noqa: F401  (re-exported: mmjax.port.to_h
 FAMILIES = {
     "bert": bert,
     "roberta": bert,
+    "distilbert": distilbert,
+    "electra": electra,
+    "deberta": deberta,
+    "deberta-v2": deberta,
     "vit": vit,
     "audio-spectrogram-transformer": ast,
     "whisper": whisper,
     "clip": clip,
     "clip_text_model": clip.TEXT_MODEL,
     "clip_vision_model": clip.VISION_MODEL,
+    "siglip": siglip,
+    "siglip_text_model": siglip.TEXT_MODEL,
+    "siglip_vision_model": siglip.VISION_MODEL,
+    "siglip2": siglip,
+    "siglip2_text_model": siglip.TEXT_MODEL,
+    "siglip2_vision_model": siglip.VISION_MODEL,
+    "dinov2": dinov2,
+    "dinov2_with_registers": dinov2,
     "resnet": resnet,
+    "wav2vec2": wav2vec2,
+    "hubert": wav2vec2,
+    "wavlm": wav2vec2,
 }
 
 
@@ -49,7 +78,8 @@ def family_and_tower(
 def from_hf(
     path: str | Path, tower: str | None = None, dont_load: Iterable[str] = ()
 ) -> tuple[nn.Module, dict]:
-    """Builds the mmjax module for the HF checkpoint folder `path` and loads its weights strictly.
+    """Builds the mmjax module for the HF checkpoint folder `path` (or a model id `ORG/NAME[@REVISION]` in
+    the local Hugging Face cache: mmjax.hf_cache) and loads its weights strictly, one tensor at a time.
 
     Returns (module, params) for `module.apply({"params": params}, input_ids, attention_mask, ...)`
     (text) or `module.apply({"params": params}, pixel_values)` (image, [B, C, H, W] of the checkpoint's size).
@@ -60,18 +90,18 @@ def from_hf(
     `dont_load`: regexes over mmjax param paths (kept at their initial value) or HF keys (skipped);
     see mmjax.port.common.merge.
     """
+    path = checkpoint_dir(path)
     config = read_config(path)
-    family, tower = family_and_tower(config, tower, Path(path) / "config.json")
+    family, tower = family_and_tower(config, tower, path / "config.json")
     state_dict = read_state_dict(path)
     module = family.encoder_from_config(config, {strip_prefix(k) for k in state_dict}, tower)
     inputs = family.dummy_inputs(config, tower)
     dont_load = tuple(dont_load)
     if dont_load:
-        template = module.init(jax.random.key(0), *inputs)
+        template = jax.jit(module.init)(jax.random.key(0), *inputs)
     else:
         template = jax.eval_shape(module.init, jax.random.key(0), *inputs)
     if set(template) == {"params"}:
         template = template["params"]
     key_map = partial(family.key_map, module=module, tower=tower)
-    params = merge(template, state_dict, key_map, dont_load, source=str(path))
-    return module, jax.tree.map(jnp.asarray, params)
+    return module, merge(template, state_dict, key_map, dont_load, source=str(path), as_array=jnp.asarray)

@@ -1,10 +1,12 @@
-"""CLIP (HF CLIPModel, CLIPTextModel, CLIPVisionModel, *WithProjection) -> mmjax TextEncoder / ViTEncoder.
+"""CLIP (HF CLIPModel, CLIPTextModel, CLIPVisionModel, *WithProjection) <-> mmjax TextEncoder / ViTEncoder.
 
 A CLIPModel checkpoint holds both towers (`from_hf(path, tower="text" | "vision")`); CLIPTextModel and
 CLIPVisionModel checkpoints (model_type clip_text_model / clip_vision_model) hold one, see TEXT_MODEL and
-VISION_MODEL.
+VISION_MODEL. An mmjax module is one tower, so export writes a one-tower checkpoint: CLIPTextModel or
+CLIPVisionModel, or the *WithProjection model when the module has a projection.
 """
 
+import math
 import re
 from types import SimpleNamespace
 
@@ -14,7 +16,8 @@ from flax import linen as nn
 
 from mmjax.encoders.image import ViTEncoder
 from mmjax.encoders.text import TextEncoder
-from mmjax.port.common import Transform, conv_patch_kernel, identity, map_layer_key, transpose
+from mmjax.nn.transformer import ACTIVATIONS
+from mmjax.port.common import Transform, conv_patch_kernel, identity, layer_shapes, map_layer_key, transpose
 
 TOWERS = ("text", "vision")
 PREFIX = {"text": "text_model.", "vision": "vision_model."}  # v5 CLIPTextModel/CLIPVisionModel save none
@@ -88,10 +91,31 @@ def tower_config(hf_config: dict, tower: str) -> dict:
     return DEFAULTS[tower] | hf_config
 
 
+def check_config(config: dict, tower: str) -> None:
+    """Raises naming the field of a tower config that HF computes but mmjax cannot (or HF cannot either)."""
+    if config["hidden_act"] not in ACTIVATIONS:
+        raise ValueError(
+            f"config.json: hidden_act={config['hidden_act']!r} is not supported; known: {sorted(ACTIVATIONS)}"
+        )
+    if tower == "text" and not isinstance(config["eos_token_id"], int):
+        raise ValueError(
+            f"config.json: eos_token_id={config['eos_token_id']!r} is not an int (CLIP pools the first "
+            "eos_token_id; 2 marks old configs, which pool the highest id)"
+        )
+    if tower == "vision":
+        size, patch = config["image_size"], config["patch_size"]
+        if not (isinstance(size, int) and isinstance(patch, int)) or size % patch:
+            raise ValueError(
+                f"config.json: image_size={size!r} is not a multiple of patch_size={patch!r} (mmjax's "
+                "ViTEncoder cuts square images into whole patches)"
+            )
+
+
 def encoder_from_config(hf_config: dict, keys: set[str], tower: str) -> TextEncoder | ViTEncoder:
     """The pre-LN TextEncoder (text) or ViTEncoder on [B, C, H, W] `pixel_values` (vision) computing the CLIP
     tower `hf_config` describes, with the projection when `keys` hold it."""
     config = tower_config(hf_config, tower)
+    check_config(config, tower)
     common = dict(
         width=config["hidden_size"],
         depth=config["num_hidden_layers"],
@@ -151,6 +175,78 @@ def key_map(key: str, module: nn.Module, tower: str) -> tuple[str, Transform] | 
     if key in OUTSIDE_LAYERS[tower]:
         return OUTSIDE_LAYERS[tower][key]
     return map_layer_key(key, LAYER, module.num_heads)  # KeyError for unknown keys
+
+
+def hf_config(module: TextEncoder | ViTEncoder, params: dict, tower: str) -> dict:
+    """The HF config of a one-tower checkpoint of `module` (CLIPTextModel / CLIPVisionModel, *WithProjection
+    with a projection); image size and channels come from the param shapes. The inverse of
+    encoder_from_config; pool="max_id" is written as HF's marker of old configs, eos_token_id=2."""
+    projection = module.projection_dim is not None
+    name = "CLIPTextModel" if tower == "text" else "CLIPVisionModel"
+    config = {
+        "architectures": [name + ("WithProjection" if projection else "")],
+        "model_type": f"clip_{tower}_model",
+        "hidden_size": module.width,
+        "intermediate_size": module.mlp_dim,
+        "num_hidden_layers": module.depth,
+        "num_attention_heads": module.num_heads,
+        "hidden_act": module.activation,
+        "layer_norm_eps": module.layer_norm_eps,
+    } | ({"projection_dim": module.projection_dim} if projection else {})
+    if tower == "text":
+        if module.pool not in ("eos", "max_id"):
+            raise ValueError(
+                f"pool={module.pool!r}: CLIP's text tower pools the first eos_token_id (pool='eos') or, "
+                "in old configs, the highest id (pool='max_id')"
+            )
+        eos = 2 if module.pool == "max_id" else module.eos_token_id
+        return config | {
+            "vocab_size": module.vocab_size,
+            "max_position_embeddings": module.max_len,
+            "eos_token_id": eos,
+        }
+    patches = params["position_embedding"]["embedding"].shape[0] - 1
+    grid = math.isqrt(patches)
+    if grid * grid != patches:
+        raise ValueError(
+            f"position_embedding/embedding holds {patches} patches, not a square grid: "
+            "HF CLIP needs square images"
+        )
+    return config | {
+        "image_size": grid * module.patch_size,
+        "patch_size": module.patch_size,
+        "num_channels": params["patch_embedding"]["proj"]["kernel"].shape[0] // module.patch_size**2,
+    }
+
+
+def hf_shapes(hf_config: dict, module: TextEncoder | ViTEncoder, tower: str) -> dict[str, tuple[int, ...]]:
+    """Shapes of every key of the one-tower checkpoint (*WithProjection models prefix the tower's keys)."""
+    width = hf_config["hidden_size"]
+    if tower == "text":
+        shapes = {
+            "embeddings.token_embedding.weight": (hf_config["vocab_size"], width),
+            "embeddings.position_embedding.weight": (hf_config["max_position_embeddings"], width),
+            "final_layer_norm.weight": (width,),
+            "final_layer_norm.bias": (width,),
+        }
+    else:
+        patch, channels = hf_config["patch_size"], hf_config["num_channels"]
+        shapes = {
+            "embeddings.class_embedding": (width,),
+            "embeddings.patch_embedding.weight": (width, channels, patch, patch),
+            "embeddings.position_embedding.weight": (1 + (hf_config["image_size"] // patch) ** 2, width),
+        }
+        shapes |= {
+            f"{ln}.{leaf}": (width,)
+            for ln in ("pre_layrnorm", "post_layernorm")
+            for leaf in ("weight", "bias")
+        }
+    depth, mlp_dim = hf_config["num_hidden_layers"], hf_config["intermediate_size"]
+    shapes |= layer_shapes(LAYER, width, mlp_dim, depth, prefix="encoder.layers")
+    if "projection_dim" not in hf_config:
+        return shapes
+    prefixed = {PREFIX[tower] + key: shape for key, shape in shapes.items()}
+    return prefixed | {PROJECTION[tower]: (hf_config["projection_dim"], width)}
 
 
 # One-tower checkpoints: the same port with the tower fixed by the model_type (FAMILIES' entries).

@@ -3,16 +3,23 @@
 import json
 import pickle
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import jax
 import numpy as np
 from flax import traverse_util
-from safetensors import SafetensorError
-from safetensors.numpy import load_file
+from safetensors import SafetensorError, safe_open
 
-PREFIXES = ("bert.", "roberta.", "vit.", "model.", "audio_spectrogram_transformer.")  # task-model wrappers
+PREFIXES = (  # task-model wrappers
+    "bert.",
+    "roberta.",
+    "distilbert.",
+    "electra.",
+    "vit.",
+    "model.",
+    "audio_spectrogram_transformer.",
+)
 
 # A key map turns an HF key (prefix stripped) into (mmjax param path, transform), or None to
 # drop the key on purpose; it raises KeyError for a key it does not know.
@@ -111,29 +118,83 @@ def read_config(path: str | Path) -> dict:
     return json.loads(file.read_text())
 
 
-def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """The checkpoint folder's weights as numpy arrays: model.safetensors, else pytorch_model.bin."""
+class StateDict(Mapping):
+    """HF weights by key, each read from disk only when asked for (`read(key)`), so that porting holds
+    one tensor at a time on top of the params it has built."""
+
+    def __init__(self, keys: Iterable[str], read: Callable[[str], np.ndarray]):
+        self._keys, self._read = list(keys), read
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._read(key)
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def read_state_dict(path: str | Path) -> StateDict:
+    """The checkpoint folder's weights as numpy arrays, read lazily: model.safetensors (memory-mapped), a
+    sharded model.safetensors.index.json, else pytorch_model.bin (memory-mapped, float tensors as float32)."""
     folder = Path(path)
     if (folder / "model.safetensors").is_file():
-        file = folder / "model.safetensors"
+        return _safetensors(
+            {key: "model.safetensors" for key in _open(folder / "model.safetensors").keys()}, folder
+        )
+    if (folder / "model.safetensors.index.json").is_file():
+        index = folder / "model.safetensors.index.json"
         try:
-            return load_file(file)
-        except (SafetensorError, OSError) as e:
-            raise ValueError(f"cannot read {file}: {e}") from e
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"cannot read {index}: {e!r}") from e
+        return _safetensors(weight_map, folder)
     if (folder / "pytorch_model.bin").is_file():
         import torch  # optional (the `hf` extra); only old-style checkpoints need it
 
         file = folder / "pytorch_model.bin"
         try:  # weights_only: tensors and plain containers only; pickled code is never run
-            state = torch.load(file, weights_only=True, map_location="cpu")
+            state = torch.load(file, weights_only=True, map_location="cpu", mmap=True)
         except pickle.UnpicklingError as e:
             raise ValueError(f"refusing {file}: it holds more than tensors ({str(e).splitlines()[0]})") from e
-        return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
-    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {folder}")
+
+        def read(key: str) -> np.ndarray:
+            v = state[key]
+            return v.float().numpy() if v.is_floating_point() else v.numpy()
+
+        return StateDict(state, read)
+    raise FileNotFoundError(
+        f"no model.safetensors, model.safetensors.index.json or pytorch_model.bin in {folder}"
+    )
+
+
+def _open(file: Path):
+    """A memory-mapped safetensors file; a bad or missing one raises ValueError naming it."""
+    try:
+        return safe_open(file, framework="numpy")
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"cannot read {file}: {e}") from e
+
+
+def _safetensors(weight_map: dict[str, str], folder: Path) -> StateDict:
+    """The lazy StateDict of safetensors files in `folder`; weight_map: key -> file name."""
+    handles = {name: _open(folder / name) for name in sorted(set(weight_map.values()))}
+
+    def read(key: str) -> np.ndarray:
+        file = weight_map[key]
+        try:
+            return handles[file].get_tensor(key)
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"cannot read {key} from {folder / file}: {e}") from e
+
+    return StateDict(weight_map, read)
 
 
 def strip_prefix(key: str) -> str:
-    """Drops a leading `bert.`, `roberta.`, `vit.` or `model.` (task-model checkpoints)."""
+    """Drops a leading task-model prefix (PREFIXES: `bert.`, `electra.`, `model.`, ...)."""
     for prefix in PREFIXES:
         if key.startswith(prefix):
             return key[len(prefix) :]
@@ -142,10 +203,11 @@ def strip_prefix(key: str) -> str:
 
 def merge(
     template: dict,
-    state_dict: dict[str, np.ndarray],
+    state_dict: Mapping[str, np.ndarray],
     key_map: KeyMap,
     dont_load: Iterable[str] = (),
     source: str = "checkpoint",
+    as_array: Callable[[np.ndarray], object] = np.asarray,
 ) -> dict:
     """Fills the params pytree `template` from `state_dict` through `key_map`, strictly.
 
@@ -153,6 +215,7 @@ def merge(
     their value from `template` (so it must hold initialised arrays), or HF keys, which are skipped (the
     param they fill is then reported missing unless its path is matched too). Every missing, unexpected
     or mis-shaped weight and every pattern that matches nothing is collected into one ValueError.
+    `as_array` converts each param as soon as it is read (jnp.asarray: on the device, one tensor at a time).
     """
     patterns = [re.compile(p) for p in dont_load]
     used = set()
@@ -187,7 +250,8 @@ def merge(
             misshaped.append(f"{raw_key} {value.shape} -> {path} needs {targets[path].shape}")
             params[path] = None  # reported as mis-shaped, not also as missing
             continue
-        params[path] = array
+        params[path] = as_array(array)
+        del value, array  # the host copy goes before the next tensor is read
     missing = sorted(set(targets) - set(params) - kept)
     problems = [f"missing: {p}" for p in missing] + [f"unexpected: {k}" for k in unexpected]
     problems += [f"mis-shaped: {m}" for m in misshaped]
@@ -198,5 +262,5 @@ def merge(
         raise ValueError(
             f"{source} does not fit the model ({len(problems)} problems):\n" + "\n".join(problems)
         )
-    params |= {p: np.asarray(targets[p]) for p in kept}
+    params |= {p: as_array(np.asarray(targets[p])) for p in kept}
     return traverse_util.unflatten_dict({tuple(p.split("/")): v for p, v in params.items()})

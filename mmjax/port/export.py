@@ -3,7 +3,8 @@
 The import side is the spec; nothing is written twice. A family's port file exports with
 - `hf_config(module, params, tower)`: the HF config, the inverse of its `encoder_from_config` (ValueError
   when the params cannot fit the family);
-- `hf_shapes(hf_config, module, tower)`: every HF key the checkpoint holds and its shape.
+- `hf_shapes(hf_config, module, tower)`: every HF key the checkpoint holds and its shape (or, for a key
+  no param fills, a constant array written as is: BatchNorm's int64 step counters).
 `to_hf` takes the first family of the module's class whose config builds the module back (a field the
 checkpoint cannot hold, such as BERT with pre_ln=True, is reported by name for every family tried instead of
 being silently dropped), and inverts the
@@ -24,15 +25,43 @@ from flax import linen as nn
 from flax import traverse_util
 from safetensors.numpy import save_file
 
+from mmjax.encoders.audio import SpectrogramEncoder, WhisperEncoder
+from mmjax.encoders.deberta import DebertaEncoder
 from mmjax.encoders.image import ViTEncoder
+from mmjax.encoders.naflex import NaFlexEncoder
+from mmjax.encoders.resnet import ResNetEncoder
 from mmjax.encoders.text import TextEncoder
-from mmjax.port import bert, vit
+from mmjax.encoders.wav2vec2 import Wav2Vec2Encoder
+from mmjax.port import (
+    ast,
+    bert,
+    clip,
+    deberta,
+    dinov2,
+    distilbert,
+    electra,
+    resnet,
+    siglip,
+    vit,
+    wav2vec2,
+    whisper,
+)
 from mmjax.port.common import KeyMap, Transform
 
 # Module class -> (port file, tower) pairs tried in order: the first whose hf_config takes the module.
+# Post-LN TextEncoders: BERT (RoBERTa with position_offset) holds every one with token types and no
+# embedding_dim, with or without pooler (an ELECTRA whose embedding_size equals hidden_size is one: it is
+# written as a BertModel without pooler, the same function); ELECTRA is the only one with embedding_dim;
+# DistilBERT is the only one without token types (type_vocab_size=0; no pooler, layer_norm_eps=1e-12).
 FAMILIES: dict[type, tuple[tuple[ModuleType, str], ...]] = {
-    TextEncoder: ((bert, "text"),),
-    ViTEncoder: ((vit, "image"),),
+    TextEncoder: ((bert, "text"), (electra, "text"), (distilbert, "text"), (clip, "text"), (siglip, "text")),
+    ViTEncoder: ((vit, "image"), (clip, "vision"), (siglip, "vision"), (dinov2, "image")),
+    NaFlexEncoder: ((siglip, "vision"),),
+    DebertaEncoder: ((deberta, "text"),),
+    ResNetEncoder: ((resnet, "image"),),
+    SpectrogramEncoder: ((ast, "audio"),),
+    WhisperEncoder: ((whisper, "audio"),),
+    Wav2Vec2Encoder: ((wav2vec2, "audio"),),
 }
 # Fields that change neither the weights nor the function of an exported model.
 UNWRITTEN = ("parent", "name", "dropout_rate", "aux_prefix", "channels_first")
@@ -50,7 +79,9 @@ def invert(transform: Transform, shape: tuple[int, ...], value: np.ndarray) -> n
     return array.reshape(shape)
 
 
-def split(params: dict, shapes: dict[str, tuple[int, ...]], key_map: KeyMap) -> dict[str, np.ndarray]:
+def split(
+    params: dict, shapes: dict[str, tuple[int, ...] | np.ndarray], key_map: KeyMap
+) -> dict[str, np.ndarray]:
     """The inverse of mmjax.port.common.merge: the HF state dict (float32) of `params`, strictly.
 
     Every missing, unused or mis-shaped param is collected into one ValueError.
@@ -58,6 +89,9 @@ def split(params: dict, shapes: dict[str, tuple[int, ...]], key_map: KeyMap) -> 
     flat = {"/".join(k): np.asarray(v, np.float32) for k, v in traverse_util.flatten_dict(params).items()}
     state_dict, used, problems = {}, set(), []
     for key, shape in shapes.items():
+        if isinstance(shape, np.ndarray):  # a constant (BatchNorm's int64 step counter), written as is
+            state_dict[key] = shape
+            continue
         target = key_map(key)
         if target is None:  # dropped on import on purpose
             state_dict[key] = np.zeros(shape, np.float32)
@@ -116,9 +150,12 @@ def to_hf(module: nn.Module, params: dict, path: str | Path) -> None:
     """Writes `module` with `params` (as from_hf returns them) as an HF checkpoint folder at `path`.
 
     The family is the first of FAMILIES[type(module)] that can hold the module (TextEncoder: BertModel, or
-    RobertaModel with position_offset, ...; ViTEncoder: ViTModel on [B, C, H, W] whatever `channels_first`,
+    RobertaModel with position_offset, ElectraModel with embedding_dim, DistilBertModel with
+    type_vocab_size=0, ...; ViTEncoder: ViTModel on [B, C, H, W] whatever `channels_first`,
     ...); weights are written as float32, dropout keeps HF's defaults. A module without a pooler gets none,
-    so transformers initialises its pooler randomly.
+    so transformers initialises its pooler randomly. A CLIP tower is written as CLIPTextModel/CLIPVisionModel
+    (*WithProjection with a projection), ResNetEncoder (its variables, batch_stats included) as ResNetModel,
+    SpectrogramEncoder as ASTModel, WhisperEncoder as HF's lone WhisperEncoder.
     """
     family, tower, config, shapes = family_of(module, params)
     state_dict = split(params, shapes, partial(family.key_map, module=module, tower=tower))

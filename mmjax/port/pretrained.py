@@ -1,4 +1,5 @@
-"""Pretrained encoders for experiments, named by a spec: `hf:DIR` (a Hugging Face checkpoint folder) or
+"""Pretrained encoders for experiments, named by a spec: `hf:DIR` (a Hugging Face checkpoint folder, or a
+model id `hf:ORG/NAME[@REVISION]` in the local Hugging Face cache) or
 `CKPT`, a folder written by `python -m mmjax.port --hf DIR --out CKPT`: Orbax params, port.json (the HF
 config, tower and weight names the module is rebuilt from) and the checkpoint's tokenizer files.
 """
@@ -11,6 +12,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import linen as nn
 
+from mmjax.hf_cache import checkpoint_dir
 from mmjax.port import family_and_tower, from_hf
 from mmjax.port.common import read_config, read_state_dict, strip_prefix
 
@@ -27,7 +29,7 @@ TOKENIZER_FILES = (
 
 def save_ported(hf_dir: str | Path, out: str | Path, tower: str | None = None) -> tuple[nn.Module, dict]:
     """Ports the HF folder `hf_dir` (one tower) and writes it to the new folder `out`; returns the port."""
-    hf_dir, out = Path(hf_dir), Path(out).absolute()
+    hf_dir, out = checkpoint_dir(hf_dir), Path(out).absolute()
     if out.exists():
         raise FileExistsError(f"{out} already exists; pick a new --out folder")
     module, params = from_hf(hf_dir, tower)
@@ -69,4 +71,4 @@ def load_pretrained(spec: str, tower: str | None = None) -> tuple[nn.Module, dic
 
 def tokenizer_dir(spec: str) -> Path:
     """The folder holding the tokenizer files of `spec` (the HF folder, or the ported folder's copies)."""
-    return Path(spec[len("hf:") :] if spec.startswith("hf:") else spec)
+    return checkpoint_dir(spec[len("hf:") :]) if spec.startswith("hf:") else Path(spec)

@@ -121,5 +121,5 @@ def test_mlp_block_activation_matches_hand_computation(activation):
 
 def test_mlp_block_rejects_unknown_activation():
     x, _ = _inputs()
-    with pytest.raises(ValueError, match="'swish'"):
-        MlpBlock(mlp_dim=32, activation="swish").init(jax.random.key(0), x, deterministic=True)
+    with pytest.raises(ValueError, match="'prelu'"):  # an activation with weights of its own
+        MlpBlock(mlp_dim=32, activation="prelu").init(jax.random.key(0), x, deterministic=True)

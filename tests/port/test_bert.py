@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from transformers.activations import ACT2CLS, ACT2FN
 
-from mmjax.port import FAMILIES, from_hf
+from mmjax.nn.transformer import ACTIVATIONS
+from mmjax.port import FAMILIES, from_hf, to_hf
 
 pytestmark = pytest.mark.parity
 
@@ -35,10 +37,14 @@ def _tiny_config(cls, width, heads, layers, act, eps):
     )
 
 
-def _save(tmp_path, config, model_cls, safe=True, seed=0):
-    """Builds a random HF model; saves model.safetensors, or pytorch_model.bin when not `safe`."""
+def _save(tmp_path, config, model_cls, safe=True, seed=0, **model_kwargs):
+    """Builds a random HF model with every weight perturbed (so no LayerNorm scale is 1 and no bias 0);
+    saves model.safetensors, or pytorch_model.bin when not `safe`."""
     torch.manual_seed(seed)
-    model = model_cls(config).eval()
+    model = model_cls(config, **model_kwargs).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
     model.save_pretrained(tmp_path)
     if not safe:  # transformers 5 writes only safetensors: write the old format by hand
         (tmp_path / "model.safetensors").unlink()
@@ -73,7 +79,8 @@ def _assert_matches_hf(path, hf_model, ids, mask, types, dtype=np.float32):
     for ours, hf in zip(aux["hidden_states"], theirs.hidden_states, strict=True):
         np.testing.assert_allclose(ours, hf.numpy(), rtol=1e-5, atol=1e-5)  # padded positions too
     np.testing.assert_allclose(out, theirs.last_hidden_state.numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(aux["pooled"], theirs.pooler_output.numpy(), rtol=1e-5, atol=1e-5)
+    pooled = theirs.pooler_output if theirs.pooler_output is not None else theirs.last_hidden_state[:, 0]
+    np.testing.assert_allclose(aux["pooled"], pooled.numpy(), rtol=1e-5, atol=1e-5)  # no pooler: [CLS]
     return out, aux
 
 
@@ -239,3 +246,89 @@ def test_dont_load_hf_key_reports_its_param_missing_but_mmjax_path_keeps_init(ti
     assert not np.allclose(params["pooler"]["kernel"], loaded["pooler"]["kernel"])
     with pytest.raises(ValueError, match="dont_load pattern matches nothing: typo/.*"):
         from_hf(tiny_bert, dont_load=["typo/.*"])
+
+
+# BertConfig/RobertaConfig options that change weights or computation, beyond the tests above: token types
+# (1 or many), activations, epsilons, is_decoder (causal self-attention), RoBERTa's pad_token_id (positions
+# count from it), add_pooling_layer=False (pooled = [CLS]).
+SWEEP = [
+    ("bert", dict(type_vocab_size=1, hidden_act="silu", layer_norm_eps=1e-7), True),
+    ("bert", dict(type_vocab_size=5, hidden_act="gelu_fast", is_decoder=True), False),
+    ("bert", dict(type_vocab_size=2, hidden_act="mish", layer_norm_eps=1e-3), False),
+    ("roberta", dict(type_vocab_size=2, hidden_act="gelu_pytorch_tanh", pad_token_id=3), True),
+    ("roberta", dict(type_vocab_size=1, hidden_act="relu2", is_decoder=True, pad_token_id=0), False),
+]
+
+
+@pytest.mark.parametrize("model_type, options, pooler", SWEEP)
+def test_config_options_match_hf_and_export_back(tmp_path, model_type, options, pooler):
+    config_cls, model_cls = {
+        "bert": (transformers.BertConfig, transformers.BertModel),
+        "roberta": (transformers.RobertaConfig, transformers.RobertaModel),
+    }[model_type]
+    config = config_cls(
+        vocab_size=97,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=24,
+        **options,
+    )
+    hf_model = _save(tmp_path / "hf", config, model_cls, add_pooling_layer=pooler)
+    batch = _batch(config)
+    _assert_matches_hf(tmp_path / "hf", hf_model, *batch)
+    module, params = from_hf(tmp_path / "hf")
+    assert module.causal == options.get("is_decoder", False) and module.pooler == pooler
+    to_hf(module, params, tmp_path / "out")
+    exported, info = transformers.AutoModel.from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert type(exported) is model_cls
+    assert info["missing_keys"] == (set() if pooler else {"pooler.dense.weight", "pooler.dense.bias"})
+    assert not info["unexpected_keys"] and not info["mismatched_keys"]
+    for ours, theirs in zip(_hf_states(exported, batch), _hf_states(hf_model, batch), strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def _hf_states(model, batch):
+    """Every hidden state of the HF `model` on (ids, mask, types)."""
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    with torch.no_grad():
+        out = model.eval()(
+            **{k: torch.tensor(v) for k, v in zip(names, batch, strict=True)}, output_hidden_states=True
+        )
+    return [h.numpy() for h in out.hidden_states]
+
+
+def test_every_hf_activation_is_computed_or_refused_naming_hidden_act(tiny_bert):
+    """mmjax computes every activation of transformers' ACT2FN but prelu and xielu (they hold weights)."""
+    x = np.concatenate([np.linspace(-14, 14, 801), np.random.default_rng(0).normal(0, 3, 400)])
+    x = x.astype(np.float32)
+    assert set(ACT2CLS) - set(ACTIVATIONS) == {"prelu", "xielu"}
+    for name in set(ACT2CLS) & set(ACTIVATIONS):
+        theirs = ACT2FN[name](torch.tensor(x)).numpy()
+        np.testing.assert_allclose(ACTIVATIONS[name](x), theirs, rtol=1e-5, atol=1e-5, err_msg=name)
+    config = json.loads((tiny_bert / "config.json").read_text())
+    for name in ["prelu", "xielu"]:
+        (tiny_bert / "config.json").write_text(json.dumps(config | {"hidden_act": name}))
+        with pytest.raises(ValueError, match=f"hidden_act='{name}' is not supported"):
+            from_hf(tiny_bert)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"position_embedding_type": "relative_key"}, "position_embedding_type='relative_key'"),
+        ({"position_embedding_type": "relative_key_query"}, "position_embedding_type='relative_key_query'"),
+        ({"is_decoder": True, "add_cross_attention": True}, "add_cross_attention=True"),
+        ({"type_vocab_size": 0}, "type_vocab_size=0"),
+        ({"num_attention_heads": 5}, "hidden_size=32 is not a multiple of num_attention_heads=5"),
+        ({"model_type": "roberta", "pad_token_id": None}, "pad_token_id=None"),
+    ],
+)
+def test_options_transformers_5_does_not_compute_are_refused_by_name(tiny_bert, edit, message):
+    """Relative positions: transformers 5 dropped them (a checkpoint's distance_embedding would be ignored);
+    cross-attention: TextEncoder has no encoder input; type_vocab_size=0: transformers cannot run it."""
+    config = json.loads((tiny_bert / "config.json").read_text())
+    (tiny_bert / "config.json").write_text(json.dumps(config | edit))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        from_hf(tiny_bert)

@@ -9,9 +9,12 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
-from mmjax.port import from_hf
+from mmjax.encoders.image import ViTEncoder
+from mmjax.encoders.text import TextEncoder
+from mmjax.port import from_hf, to_hf
 
 pytestmark = pytest.mark.parity
+NO_PROBLEMS = {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set(), "error_msgs": []}
 
 
 def _text_config(width=32, heads=4, layers=2, act="quick_gelu", eps=1e-5, eos=7, pad=1, **extra):
@@ -205,3 +208,107 @@ def test_strict_merge_ignores_the_other_tower_and_old_buffers_but_lists_problems
     assert "mis-shaped: text_projection.weight (8, 5) -> projection/kernel needs (32, 8)" in message
     _, params = from_hf(path, tower="vision")  # text keys, logit_scale and buffers are dropped
     assert params["projection"]["kernel"].shape == (32, 8)
+
+
+def _tower_outputs(hf_tower, hf_projection, inputs):
+    """An HF tower's hidden states, output, pooled output and (with a projection) embeds, as numpy."""
+    with torch.no_grad():
+        out = hf_tower(**{k: torch.from_numpy(v) for k, v in inputs.items()}, output_hidden_states=True)
+        embeds = None if hf_projection is None else hf_projection(out.pooler_output).numpy()
+    states = [h.numpy() for h in out.hidden_states] + [
+        out.last_hidden_state.numpy(),
+        out.pooler_output.numpy(),
+    ]
+    return states, embeds
+
+
+def _hf_tower(model, tower):
+    """(tower, projection or None) of any CLIP model class."""
+    names = ("text_model", "text_projection") if tower == "text" else ("vision_model", "visual_projection")
+    return getattr(model, names[0], model), getattr(model, names[1], None)
+
+
+@pytest.mark.parametrize(
+    "model_cls, tower, architecture",
+    [
+        (transformers.CLIPModel, "text", "CLIPTextModelWithProjection"),  # an old config: pools the max id
+        (transformers.CLIPModel, "vision", "CLIPVisionModelWithProjection"),
+        (transformers.CLIPTextModel, "text", "CLIPTextModel"),
+        (transformers.CLIPVisionModel, "vision", "CLIPVisionModel"),
+    ],
+)
+def test_to_hf_writes_one_tower_that_loads_strictly_and_matches(tmp_path, model_cls, tower, architecture):
+    text, vision = (
+        _text_config(eos=2, act="gelu"),
+        _vision_config(24, 3, 2, image=12, patch=3, act="gelu_new"),
+    )
+    if model_cls is transformers.CLIPModel:
+        config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=12)
+    elif tower == "text":
+        config = transformers.CLIPTextConfig(**text)
+    else:
+        config = transformers.CLIPVisionConfig(**vision)
+    original = _save(tmp_path / "hf", model_cls, config)
+    module, params = from_hf(tmp_path / "hf", tower=tower)
+    to_hf(module, params, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["architectures"] == [architecture]
+    model_cls = getattr(transformers, architecture)  # AutoModel gives the class without projection
+    exported, info = model_cls.from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert info == NO_PROBLEMS
+    tower_config = getattr(original.config, f"{tower}_config", original.config)
+    inputs = _text_inputs(tower_config) if tower == "text" else _vision_inputs(tower_config)
+    ours, ours_embeds = _tower_outputs(*_hf_tower(exported.eval(), tower), inputs)
+    theirs, their_embeds = _tower_outputs(*_hf_tower(original, tower), inputs)
+    for mine, hf in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(mine, hf, rtol=1e-5, atol=1e-5)
+    assert (ours_embeds is None) == (their_embeds is None)
+    if their_embeds is not None:
+        np.testing.assert_allclose(ours_embeds, their_embeds, rtol=1e-5, atol=1e-5)
+    module_again, params_again = from_hf(tmp_path / "out")
+    assert module_again == module
+    jax.tree.map(np.testing.assert_array_equal, params_again, params)
+
+
+def test_modules_clip_cannot_hold_are_refused_naming_the_field(tmp_path):
+    text = dict(vocab_size=11, max_len=8, width=8, depth=1, num_heads=2, mlp_dim=16, type_vocab_size=0)
+    clip_text = dict(text, embedding_ln=False, causal=True, pool="eos", eos_token_id=3)
+    vision = dict(patch_size=4, width=8, depth=1, num_heads=2, mlp_dim=16)
+    clip_vision = dict(vision, patch_bias=False, embedding_ln=True, final_ln=False, pooled_ln=True)
+    ids, image = np.zeros((1, 3), np.int32), np.zeros((1, 8, 8, 3), np.float32)
+    cases = [
+        (TextEncoder(**clip_text | dict(pool="first")), ids, r"pool='first': CLIP's text tower pools"),
+        (
+            TextEncoder(**clip_text | dict(pool="eos", eos_token_id=2)),
+            ids,
+            r"pool='eos' \(a clip_text_model .* 'max_id'\)",
+        ),
+        (TextEncoder(**clip_text | dict(causal=False)), ids, r"clip_text_model checkpoint: causal=False"),
+        (
+            ViTEncoder(**clip_vision | dict(qkv_bias=False)),
+            image,
+            r"clip_vision_model checkpoint: qkv_bias=False",
+        ),
+        (ViTEncoder(**clip_vision | dict(pooler=True)), image, r"clip_vision_model checkpoint: pooler=True"),
+    ]
+    for module, inputs, message in cases:  # shapes suffice: modules are refused before weights are read
+        params = jax.eval_shape(module.init, jax.random.key(0), inputs)["params"]
+        with pytest.raises(ValueError, match=message):
+            to_hf(module, params, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "tower, field, message",
+    [
+        ("text", {"hidden_act": "prelu"}, r"hidden_act='prelu' is not supported"),
+        ("text", {"eos_token_id": [7, 8]}, r"eos_token_id=\[7, 8\] is not an int"),
+        ("vision", {"image_size": 18}, r"image_size=18 is not a multiple of patch_size=4"),
+    ],
+)
+def test_configs_mmjax_cannot_compute_are_refused_naming_the_field(tiny_clip, tower, field, message):
+    path, _ = tiny_clip
+    config = json.loads((path / "config.json").read_text())
+    config[f"{tower}_config"] |= field
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config\.json: " + message):
+        from_hf(path, tower=tower)

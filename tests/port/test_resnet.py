@@ -1,5 +1,9 @@
-"""ResNet ports match Hugging Face ResNetModel stage by stage at 1e-5, in eval and train mode."""
+"""ResNet ports match Hugging Face ResNetModel stage by stage at 1e-5, in eval and train mode, and export
+back to ResNetModel checkpoints."""
 
+import json
+
+import jax
 import numpy as np
 import pytest
 import torch
@@ -7,9 +11,11 @@ import transformers
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
-from mmjax.port import from_hf, resnet
+from mmjax.encoders.resnet import ResNetEncoder
+from mmjax.port import from_hf, resnet, to_hf
 
 pytestmark = pytest.mark.parity
+NO_PROBLEMS = {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set(), "error_msgs": []}
 
 
 def _save(tmp_path, task_model=False, **config):
@@ -56,7 +62,7 @@ def test_resnet_matches_hf_every_stage(
     pixels = _pixels(channels, *image)
     module, variables = from_hf(tmp_path)
     assert set(variables) == {"params", "batch_stats"}
-    out, aux = module.apply(variables, pixels)
+    out, aux = jax.jit(module.apply)(variables, pixels)
     with torch.no_grad():
         theirs = hf_model(torch.tensor(pixels), output_hidden_states=True)
     assert len(aux["hidden_states"]) == len(theirs.hidden_states) == len(depths) + 1
@@ -70,7 +76,7 @@ def test_resnet_matches_hf_every_stage(
     np.testing.assert_array_equal(out[:, 0], aux["pooled"])  # the [CLS] slot holds the pooled vector
     assert aux["mask"].shape == out.shape[:2] and aux["mask"].all()
     channels_last = module.clone(channels_first=False)
-    np.testing.assert_array_equal(channels_last.apply(variables, np.moveaxis(pixels, 1, -1))[0], out)
+    np.testing.assert_array_equal(jax.jit(channels_last.apply)(variables, np.moveaxis(pixels, 1, -1))[0], out)
 
 
 def test_train_mode_normalises_by_batch_and_updates_running_stats(tmp_path):
@@ -109,7 +115,9 @@ def test_task_model_prefix_and_classifier_are_dropped(tmp_path):
     pixels = _pixels(3, 20, 20)
     with torch.no_grad():
         theirs = classifier.resnet(torch.tensor(pixels)).pooler_output.numpy()[:, :, 0, 0]
-    np.testing.assert_allclose(module.apply(variables, pixels)[1]["pooled"], theirs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        jax.jit(module.apply)(variables, pixels)[1]["pooled"], theirs, rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize(
@@ -140,3 +148,54 @@ def test_bad_checkpoints_name_the_key(tmp_path, edit, message):
     save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match=message):
         from_hf(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(layer_type="basic", depths=[2, 1], hidden_sizes=[8, 16], downsample_in_first_stage=True),
+        dict(layer_type="bottleneck", depths=[1, 2], hidden_sizes=[16, 24], downsample_in_bottleneck=True),
+    ],
+)
+def test_to_hf_round_trip_loads_strictly_and_matches(tmp_path, config):
+    """from_hf's variables (params and BatchNorm statistics) go back as they came, step counters as int64."""
+    original = _save(
+        tmp_path / "hf", task_model=True, embedding_size=8, num_channels=2, hidden_act="gelu", **config
+    )
+    module, variables = from_hf(tmp_path / "hf")
+    to_hf(module, variables, tmp_path / "out")
+    written, saved = (load_file(tmp_path / d / "model.safetensors") for d in ("out", "hf"))
+    backbone = {k.removeprefix("resnet."): v for k, v in saved.items() if k.startswith("resnet.")}
+    assert {k: (v.shape, v.dtype) for k, v in written.items()} == {
+        k: (v.shape, v.dtype) for k, v in backbone.items()
+    }
+    exported, info = transformers.AutoModel.from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert type(exported) is transformers.ResNetModel and info == NO_PROBLEMS
+    pixels = torch.tensor(_pixels(2, 27, 30))
+    with torch.no_grad():
+        ours = exported.eval()(pixels, output_hidden_states=True)
+        theirs = original.resnet(pixels, output_hidden_states=True)
+    for mine, hf in zip(
+        (*ours.hidden_states, ours.pooler_output), (*theirs.hidden_states, theirs.pooler_output), strict=True
+    ):
+        np.testing.assert_allclose(mine.numpy(), hf.numpy(), rtol=1e-5, atol=1e-5)
+    module_again, variables_again = from_hf(tmp_path / "out")
+    assert module_again == module
+    jax.tree.map(np.testing.assert_array_equal, variables_again, variables)
+
+
+def test_modules_and_configs_hf_cannot_hold_are_refused_naming_the_field(tmp_path):
+    module = ResNetEncoder(embedding_size=8, hidden_sizes=(16,), depths=(1,), reduction=2)
+    variables = jax.eval_shape(module.init, jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32))
+    with pytest.raises(ValueError, match=r"resnet checkpoint: reduction=2 \(a resnet checkpoint gives 4\)"):
+        to_hf(module, variables, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    _save(tmp_path / "hf", layer_type="basic", depths=[1], hidden_sizes=[8], embedding_size=8)
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    for field, message in [
+        ("hidden_act", "hidden_act='prelu' is not supported"),
+        ("layer_type", "layer_type='prelu' is not one of"),
+    ]:
+        (tmp_path / "hf" / "config.json").write_text(json.dumps(config | {field: "prelu"}))
+        with pytest.raises(ValueError, match=r"config\.json: " + message):
+            from_hf(tmp_path / "hf")
