@@ -154,11 +154,14 @@ def stream_preprocess(config: ml_collections.ConfigDict, streams: dict, tasks: d
 
 def media_settings(config: ml_collections.ConfigDict) -> dict:
     """How images and audio are decoded and stored (folder.FolderConfig fields): config.data.image_size
-    (square), image_channels, sample_rate, n_mels, max_audio_seconds, and the audio frontend."""
+    (square), image_channels, image_resize, image_resample, sample_rate, n_mels, max_audio_seconds, and the
+    audio frontend."""
     d = config.data
     return dict(
         image_size=(d.image_size, d.image_size),
         image_channels=d.image_channels,
+        image_resize=d.get("image_resize", 0),
+        image_resample=d.get("image_resample", "bilinear"),
         sample_rate=d.sample_rate,
         n_mels=d.n_mels,
         max_audio_seconds=d.max_audio_seconds,
@@ -257,7 +260,8 @@ def folder_inputs(given: Mapping[str, object], schema: folder.Schema, settings: 
             size, channels = settings.image_size, settings.image_channels
             example[stream] = np.zeros((*size, channels), np.uint8)
             if value is not None:
-                example[stream] = inputs.read_image(value, size, channels)
+                fit = settings.image_resize, settings.image_resample
+                example[stream] = inputs.read_image(value, size, channels, *fit)
         elif kind == "audio":
             example[stream] = folder_decode.empty_audio(settings)
             if value is not None:

@@ -180,13 +180,16 @@ def _write_atomic(path: pathlib.Path, text: str) -> None:
 
 def cache_key(config: FolderConfig, files: dict[str, pathlib.Path] | None = None) -> str:
     """Short sha256 of every metadata file's bytes, the config (root made absolute), SHARD_ROWS and
-    FORMAT_VERSION. A log-mel build leaves the frontend out: its key is the one it had before waveforms."""
+    FORMAT_VERSION. Settings at their defaults that came later (frontend, image_resize, image_resample) are
+    left out, so a build keeps the key it had before them."""
     files = files or split_files(config.root)
     digest = hashlib.sha256(f"mmjax-folder format {FORMAT_VERSION} shard_rows {SHARD_ROWS}\n".encode())
     settings = json.loads(config.to_json())
     settings["root"] = str(pathlib.Path(config.root).resolve())
-    if settings["frontend"] == "log_mel":
-        del settings["frontend"]
+    defaults = {"frontend": "log_mel", "image_resize": 0, "image_resample": "bilinear"}
+    for name, value in defaults.items():  # so builds from before these settings keep their keys
+        if settings[name] == value:
+            del settings[name]
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for split, path in sorted(files.items()):
         digest.update(f"\n{split}/{path.name}\n".encode())

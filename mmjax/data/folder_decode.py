@@ -22,6 +22,7 @@ from mmjax.data.folder_schema import (
     is_number,
     stream_cell,
 )
+from mmjax.data.inputs import fit_image
 
 # --- Features and decoding ---
 
@@ -82,15 +83,16 @@ def _resolve(split_dir: pathlib.Path, column: str, raw, kind: str) -> pathlib.Pa
     return real
 
 
-def decode_image(path: pathlib.Path, size: tuple[int, int], channels: int) -> np.ndarray:
-    """An image file -> uint8 [height, width, channels] (RGB or grey, bilinear resize); ValueError if
-    undecodable."""
+def decode_image(
+    path: pathlib.Path, size: tuple[int, int], channels: int, resize: int = 0, resample: str = "bilinear"
+) -> np.ndarray:
+    """An image file -> uint8 [height, width, channels] (RGB or grey, fitted by inputs.fit_image); ValueError
+    if undecodable."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB" if channels == 3 else "L")
-            image = image.resize((size[1], size[0]), Image.BILINEAR)
+            image = fit_image(image.convert("RGB" if channels == 3 else "L"), size, resize, resample)
     except Exception as err:  # PIL raises many types for truncated or foreign files
         raise ValueError(f"cannot decode image: {type(err).__name__}: {err}") from err
     pixels = np.asarray(image, dtype=np.uint8)
@@ -201,7 +203,9 @@ def stored_example(row: dict | None, number: int, source_split: str, typed: bool
         column = column_name(schema.streams[stream])
         try:
             if schema.streams[stream]["kind"] == "image":
-                example[stream] = decode_image(path, config.image_size, config.image_channels)
+                example[stream] = decode_image(
+                    path, config.image_size, config.image_channels, config.image_resize, config.image_resample
+                )
             else:
                 example[stream] = audio_features(path, config)
         except ValueError as err:

@@ -36,6 +36,8 @@ class FolderConfig:
     ignore: tuple[str, ...] = ()  # string columns that are not text inputs (kept as metadata)
     image_size: tuple[int, int] = (64, 64)  # (height, width) after resizing
     image_channels: int = 3  # 3: RGB, 1: grey
+    image_resize: int = 0  # > 0: the shorter edge resized to this, then the centre image_size cropped
+    image_resample: str = "bilinear"  # the PIL filter of the resize (mmjax.data.inputs.RESAMPLE)
     sample_rate: int = 16000  # audio resampled to this
     n_mels: int = 64  # normalised log-mel bands, 25 ms windows every 10 ms
     max_audio_seconds: float = 10.0  # longer clips are cropped (features of the first N s)

@@ -104,7 +104,9 @@ def encode(row: Mapping, columns: Mapping[str, str], tasks: Mapping[str, Task], 
             if value is not None:
                 if not isinstance(value, str | os.PathLike | np.ndarray):
                     value = np.asarray(value)  # a PIL image
-                example[stream] = inputs.read_image(value, settings.image_size, settings.image_channels)
+                size, channels = settings.image_size, settings.image_channels
+                fit = settings.image_resize, settings.image_resample
+                example[stream] = inputs.read_image(value, size, channels, *fit)
         elif kind == "audio":
             example[stream] = folder_decode.empty_audio(settings)
             if value is not None:

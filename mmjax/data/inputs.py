@@ -12,9 +12,33 @@ ImageInput = str | os.PathLike | np.ndarray
 AudioInput = str | os.PathLike | tuple[np.ndarray, int]
 
 
-def read_image(image: ImageInput, size: tuple[int, int], channels: int) -> np.ndarray:
+RESAMPLE = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")  # PIL's resampling filters
+
+
+def fit_image(picture: PIL.Image.Image, size: tuple[int, int], resize: int = 0, resample: str = "bilinear"):
+    """`picture` resized to `size` (height, width) with the PIL filter `resample`; with `resize` > 0 its
+    shorter edge is first resized to `resize` (aspect kept) and the centre `size` cropped, as image
+    processors with a centre crop do."""
+    if resample not in RESAMPLE:
+        raise ValueError(f"image_resample={resample!r} is not one of {RESAMPLE}")
+    method = PIL.Image.Resampling[resample.upper()]
+    if resize:
+        width, height = picture.size
+        scale = resize / min(width, height)
+        shape = (max(size[1], int(width * scale)), max(size[0], int(height * scale)))
+        picture = picture.resize(shape, method)
+        left, top = (shape[0] - size[1]) // 2, (shape[1] - size[0]) // 2
+        return picture.crop((left, top, left + size[1], top + size[0]))
+    if picture.size != (size[1], size[0]):
+        picture = picture.resize((size[1], size[0]), method)
+    return picture
+
+
+def read_image(
+    image: ImageInput, size: tuple[int, int], channels: int, resize: int = 0, resample: str = "bilinear"
+) -> np.ndarray:
     """A file or a pixel array ([H, W] or [H, W, C], 0..255) -> uint8 [height, width, channels]: RGB (3) or
-    grey (1), resized bilinearly to `size` (height, width)."""
+    grey (1), fitted to `size` (height, width) by fit_image (`resize`, `resample`)."""
     mode = "RGB" if channels == 3 else "L"
     if isinstance(image, np.ndarray):
         pixels = np.clip(np.asarray(image, np.float32), 0, 255).astype(np.uint8)
@@ -31,9 +55,7 @@ def read_image(image: ImageInput, size: tuple[int, int], channels: int) -> np.nd
                 picture = opened.convert(mode)
         except (OSError, PIL.UnidentifiedImageError) as err:
             raise ValueError(f"cannot read image file {image}: {err}") from err
-    if picture.size != (size[1], size[0]):
-        picture = picture.resize((size[1], size[0]), PIL.Image.Resampling.BILINEAR)
-    pixels = np.asarray(picture, np.uint8)
+    pixels = np.asarray(fit_image(picture, size, resize, resample), np.uint8)
     return pixels[..., None] if channels == 1 else pixels
 
 

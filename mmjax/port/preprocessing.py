@@ -33,15 +33,18 @@ def _edge(size: int | dict | None) -> int | None:
 
 
 def image_settings(processor: dict, hf_config: dict) -> dict[str, object]:
-    """Config values of an HF image processor: the image side after resize (and center crop), channels,
-    mean/std (when it normalises) and the resampling filter."""
-    side = _edge(processor.get("crop_size")) if processor.get("do_center_crop") else None
-    side = side or _edge(processor.get("size"))
+    """Config values of an HF image processor: the image side after resize (and center crop), the shorter
+    edge it resizes to before a center crop (0: none), channels, mean/std (when it normalises) and the
+    resampling filter."""
+    crop = _edge(processor.get("crop_size")) if processor.get("do_center_crop") else None
+    side = crop or _edge(processor.get("size"))
     vision = hf_config.get("vision_config") or hf_config
     channels = vision.get("num_channels", 3)
     settings = {"data.image_channels": channels, "model.image.channels": channels}
     if side:
         settings |= {"data.image_size": side, "model.image.size": side}
+    resize = (processor.get("size") or {}) if crop else {}
+    settings["data.image_resize"] = resize.get("shortest_edge", 0) if isinstance(resize, dict) else resize
     if processor.get("do_normalize", True) and "image_mean" in processor:
         settings |= {
             "data.image_mean": tuple(processor["image_mean"]),

@@ -1,11 +1,13 @@
 """A ported checkpoint's preprocessor_config.json sets the experiment's data path unless the command line
 overrides it, with a log line for each decision."""
 
+import numpy as np
 import pytest
 import torch
 import transformers
 
 from mmjax.config import load_config
+from mmjax.data.inputs import read_image
 from mmjax.port.preprocessing import apply_checkpoint_preprocessing, checkpoint_settings
 
 pytestmark = pytest.mark.parity
@@ -54,10 +56,12 @@ def test_center_crop_and_shortest_edge(tmp_path):
     processor.save_pretrained(tmp_path)
     settings = checkpoint_settings(str(tmp_path))
     assert settings["data.image_size"] == 32 and settings["data.image_resample"] == "bicubic"
+    assert settings["data.image_resize"] == 40  # the shorter edge to 40, then the centre 32 x 32
     transformers.CLIPImageProcessor(size={"shortest_edge": 40}, do_center_crop=False).save_pretrained(
         tmp_path
     )
-    assert checkpoint_settings(str(tmp_path))["data.image_size"] == 40
+    settings = checkpoint_settings(str(tmp_path))
+    assert settings["data.image_size"] == 40 and settings["data.image_resize"] == 0
     transformers.ViTImageProcessor(size={"height": 24, "width": 32}).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"preprocessor_config.json: size .* is not square"):
         checkpoint_settings(str(tmp_path))
@@ -85,3 +89,14 @@ def test_feature_extractors_set_the_audio_frontend(tmp_path, vit_dir):
     assert applied["data.n_mels"] == 80 and config.data.n_mels == config.model.audio.mels == 80
     assert any("data.n_mels=80" in line for line in lines)
     assert checkpoint_settings(str(tmp_path)) == {}  # no preprocessor_config.json: nothing to apply
+
+
+def test_shorter_edge_resize_then_centre_crop():
+    """read_image with resize: the shorter edge to `resize` (aspect kept), then the centre crop."""
+    columns = np.tile(np.arange(40, dtype=np.uint8) * 6, (20, 1))  # 20 x 40, each column its own value
+    out = read_image(columns, (10, 10), 1, resize=10, resample="nearest")[..., 0]
+    assert out.shape == (10, 10)
+    # halved to 10 x 20 (nearest takes the second of each pair of columns), resized columns 5..14 kept
+    np.testing.assert_array_equal(out[0], columns[0, 11:31:2])
+    with pytest.raises(ValueError, match="image_resample='cubic'"):
+        read_image(columns, (10, 10), 1, resample="cubic")
