@@ -123,7 +123,7 @@ class StateDict(Mapping):
     one tensor at a time on top of the params it has built."""
 
     def __init__(self, keys: Iterable[str], read: Callable[[str], np.ndarray]):
-        self._keys, self._read = list(keys), read
+        self._keys, self._read = dict.fromkeys(keys), read  # ordered, O(1) membership
 
     def __getitem__(self, key: str) -> np.ndarray:
         if key not in self._keys:
