@@ -2,11 +2,12 @@
 
   python -m mmjax.evaluate --workdir DIR [--split test] [--checkpoint best|latest] [--max-batches N]
       [--drop STREAM] [--image-noise STD] [--audio-snr DB] [--questions FILE] [--explain N]
-Writes DIR/eval_<split><condition>.json (metrics, confusion matrices of classification tasks, per-class
-reports) and prints a table. Classification tasks get accuracy and macro-F1, multi-label tasks mAP and
-micro/macro F1, regression MAE, RMSE and R^2; with config.eval.group_by, the tasks are also scored per group
-(e.g. per question type). Robustness conditions: a stream marked absent (--drop), Gaussian noise on the
-normalised images (--image-noise); the data set may add its own (AV-Digits: --audio-snr, --questions).
+Writes DIR/eval_<split><condition>.json (`_questions-<stem>` added under --questions FILE): metrics,
+confusion matrices of classification tasks, per-class reports; and prints a table. Classification tasks get
+accuracy and macro-F1, multi-label tasks mAP and micro/macro F1, regression MAE, RMSE and R^2; with
+config.eval.group_by, the tasks are also scored per group (e.g. per question type). Robustness conditions:
+a stream marked absent (--drop), Gaussian noise on the normalised images (--image-noise); the data set may
+add its own (AV-Digits: --audio-snr, --questions).
 --explain N also draws the attention maps of N examples into DIR/explain/ (mmjax.explain).
 """
 
@@ -215,6 +216,13 @@ def read_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads(config_path.read_text()))
 
 
+def eval_file_name(split: str, corruption: pipeline.Corruption, questions: str = "") -> str:
+    """eval_<split><condition>.json; other question phrasings add `_questions-<file stem>`, so results under
+    them never overwrite those under the training phrasings."""
+    phrasings = f"_questions-{pathlib.Path(questions).stem}" if questions else ""
+    return f"eval_{split}{corruption.suffix}{phrasings}.json"
+
+
 def conditioned_preprocess(data: DataSet, corruption: pipeline.Corruption, questions: str = ""):
     """The data set's preprocessing under a robustness condition (clean: data.preprocess)."""
     if corruption == pipeline.Corruption() and not questions:
@@ -237,7 +245,7 @@ def main(
     max_batches: int = 0,
     data: DataSet | None = None,
 ) -> dict:
-    """Evaluate the best (or latest) checkpoint of `workdir` on `split`; writes eval_<split><condition>.json.
+    """Evaluate the best (or latest) checkpoint of `workdir` on `split`; writes eval_file_name(...).
 
     Robustness conditions: `drop` a stream (e.g. "image") in every example, Gaussian noise of std
     `image_noise` on the normalised images; AV-Digits also has white noise at `audio_snr` dB on the
@@ -262,7 +270,7 @@ def main(
     report["reports"] = data.reports(split, results) if data.reports else {}
     report["condition"] = {k: v for k, v in dataclasses.asdict(corruption).items() if k != "recordings_dir"}
     if jax.process_index() == 0:
-        (workdir / f"eval_{split}{corruption.suffix}.json").write_text(json.dumps(report, indent=2))
+        (workdir / eval_file_name(split, corruption, questions)).write_text(json.dumps(report, indent=2))
     for task, table in report["reports"].items():
         print(f"{task} on the {split} split:\n{metrics.format_classification_report(table)}\n")
     print(f"{split} split{corruption.suffix.replace('_', ' ')}, checkpoint of step {run.step} ({which}):")
