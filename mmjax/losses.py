@@ -25,16 +25,20 @@ def _example_weights(batch_size: int, weights: jax.Array | None) -> jax.Array:
 
 
 def softmax_cross_entropy(
-    logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None
+    logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None, smoothing: float = 0.0
 ) -> jax.Array:
     """Mean cross-entropy of logits [B, K] against int labels [B], weighted by `weights` [B].
 
     The weighted mean sum(w * nll) / sum(w): with 0/1 weights, the mean over examples with weight > 0.
-    Returns 0 (no NaN) when every weight is 0. Computed in float32.
+    Returns 0 (no NaN) when every weight is 0. Computed in float32. `smoothing` > 0: against the labels
+    smoothed as optax.smooth_labels does (1 - smoothing on the label, smoothing / K spread over all K).
     """
-    nll = optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.float32), labels.astype(jnp.int32)
-    )
+    logits, labels = logits.astype(jnp.float32), labels.astype(jnp.int32)
+    if smoothing:
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
+        nll = optax.softmax_cross_entropy(logits, targets)
+    else:
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return _weighted_mean(nll, _example_weights(nll.shape[0], weights))
 
 

@@ -11,10 +11,11 @@ import ml_collections
 from flax import linen as nn
 from flax import traverse_util
 
+from mmjax.data import text_cache
 from mmjax.encoders.audio import SpectrogramEncoder
 from mmjax.encoders.image import ViTEncoder
 from mmjax.encoders.resnet import ResNetEncoder
-from mmjax.encoders.text import TextEncoder
+from mmjax.encoders.text import CachedTextEncoder, TextEncoder
 from mmjax.encoders.wav2vec2 import Wav2Vec2Encoder
 from mmjax.fusion import build_fusion
 from mmjax.heads import ClassificationHead, EmbeddingHead, LogitScale, SpanHead, TokenClassificationHead
@@ -129,6 +130,8 @@ def encode(encoder: nn.Module, stream: str, batch, deterministic: bool):
     """(tokens, aux) of one stream's encoder on its batch arrays (text and audio also take their masks)."""
     if stream_kind(stream) == "image":
         return encoder(batch[stream], deterministic=deterministic)
+    if isinstance(encoder, CachedTextEncoder):
+        return encoder(batch[f"{stream}{text_cache.FEATURES}"], batch[f"{stream}_mask"])
     return encoder(batch[stream], batch[f"{stream}_mask"], deterministic=deterministic)
 
 
@@ -242,7 +245,9 @@ def build_model(
         **levers,
     )
     by_kind = {}  # kind -> an encoder (every stream of the kind gets its own copy, with its own params)
-    if "text" in kinds:
+    if "text" in kinds and cfg.text.get("cache", False):
+        by_kind["text"] = CachedTextEncoder()
+    elif "text" in kinds:
         vocab_size = text_vocab_size or cfg.text.vocab_size
         by_kind["text"] = TextEncoder(vocab_size=vocab_size, max_len=cfg.text.max_len, **common)
     if "image" in kinds:
@@ -341,14 +346,17 @@ def _check_frontend(encoder: nn.Module, frontend: str) -> None:
 
 
 def resnet_encoder(cfg: ml_collections.ConfigDict) -> ResNetEncoder:
-    """A ResNetEncoder from `model.image.resnet` (embedding_size, hidden_sizes, depths, layer_type)."""
+    """A ResNetEncoder from `model.image.resnet` (embedding_size, hidden_sizes, depths, layer_type and, when
+    set, stem_kernel, stem_stride, stem_pool)."""
     r = cfg.resnet
+    stem = {k: r[k] for k in ("stem_kernel", "stem_stride", "stem_pool") if k in r}
     return ResNetEncoder(
         embedding_size=r.embedding_size,
         hidden_sizes=tuple(r.hidden_sizes),
         depths=tuple(r.depths),
         layer_type=r.layer_type,
         aux_prefix=AUX_PREFIXES["image"],
+        **stem,
     )
 
 
@@ -404,7 +412,8 @@ def _pretrained_specs(cfg: ml_collections.ConfigDict) -> dict[str, tuple[str, st
     specs = {
         m: (cfg[m].get("init_from", ""), cfg[m].get("tower", "") or None) for m in AUX_PREFIXES if m in cfg
     }
-    return {m: spec for m, spec in specs.items() if spec[0]}
+    cached = {"text"} if cfg.get("text", {}).get("cache", False) else set()  # its tower runs in the data path
+    return {m: spec for m, spec in specs.items() if spec[0] and m not in cached}
 
 
 def pretrained_params(cfg: ml_collections.ConfigDict, streams: Mapping[str, str] = THREE_STREAMS) -> dict:
@@ -462,6 +471,9 @@ def dummy_batch(
         if kind == "text":
             batch[m] = jnp.zeros((b, cfg.text.max_len), jnp.int32)
             batch[f"{m}_mask"] = jnp.ones((b, cfg.text.max_len), bool)
+            if cfg.text.get("cache", False):
+                width = text_cache.tower_width(cfg.text.init_from, cfg.text.get("tower", "") or None)
+                batch[f"{m}{text_cache.FEATURES}"] = jnp.zeros((b, cfg.text.max_len, width), jnp.float32)
         elif kind == "image":
             batch[m] = jnp.zeros((b, cfg.image.size, cfg.image.size, cfg.image.channels), jnp.float32)
         elif cfg.audio.get("frontend", "log_mel") == "waveform":  # any length fixes the params: 10 ms frames

@@ -3,8 +3,9 @@
   python -m mmjax.sweep experiments/fusion_ablation.py[:arg] --workdir DIR [--only REGEX] [--report]
       [--config.key=value ...]
 Each run trains in DIR/runs/<name> (name = its grid values, e.g. `fusion=late,seed=1`) and records
-DIR/runs/<name>/results.json; DIR gets results.csv, results.md, accuracy.png (the headline metric per run)
-and robustness.png (if the sweep has robustness conditions). Any data set: the headline metric is the runs'
+DIR/runs/<name>/results.json; DIR gets results.csv, results.md, accuracy.png (the headline metric per run),
+curves.png (its validation value during training: learning curves) and robustness.png (if the sweep has
+robustness conditions). Any data set: the headline metric is the runs'
 config.train.best_metric; the tables show it first, then every other task's main metric. Rerunning
 resumes: complete runs are skipped, an interrupted one continues from its checkpoint, failed ones are retried.
 `--config.key=value` overrides every run (e.g. a data path); `--report` only rewrites the tables and plots.
@@ -410,7 +411,53 @@ def robustness_table(records: Sequence[Mapping], condition_names: Sequence[str],
     return markdown_table(["run", *condition_names], rows)
 
 
-def markdown_report(sweep: Mapping, records: Sequence[Mapping]) -> str:
+def validation_curves(
+    records: Sequence[Mapping], workdir: pathlib.Path, key: str
+) -> dict[str, dict[int, tuple[float, float, int]]]:
+    """{group: {step: (mean, std, n) over seeds}} of the validation `key` each complete run logged while
+    training (its metrics.jsonl): the learning curves that show whether a budget has converged."""
+    per_group: dict[str, dict[int, list[float]]] = {}
+    for record in records:
+        run_dir = workdir / "runs" / record["name"]
+        if record["status"] != "complete" or not (run_dir / "metrics.jsonl").is_file():
+            continue
+        steps = per_group.setdefault(group_name(record["values"]), {})
+        for row in read_metrics(run_dir):
+            if f"val/{key}" in row:
+                steps.setdefault(row["step"], []).append(row[f"val/{key}"])
+    return {group: {s: mean_std(v) for s, v in sorted(steps.items())} for group, steps in per_group.items()}
+
+
+def curves_table(curves: Mapping[str, Mapping[int, tuple[float, float, int]]]) -> str:
+    """The validation curves as a table: one column per evaluation step, and the step of each group's best."""
+    steps = sorted({step for curve in curves.values() for step in curve})
+    rows = []
+    for group, curve in curves.items():
+        best = max(curve, key=lambda step: curve[step][0])
+        cells = [format_mean_std(curve[s]) if s in curve else "–" for s in steps]
+        rows.append([group, *cells, str(best)])
+    return markdown_table(["run", *(f"step {s}" for s in steps), "best at step"], rows)
+
+
+def plot_curves(curves: Mapping[str, Mapping[int, tuple]], key: str, path: pathlib.Path) -> None:
+    """Validation `key` vs training step per group, mean over seeds with a ±1 std band."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for group, curve in curves.items():
+        steps = list(curve)
+        means = np.array([curve[s][0] for s in steps])
+        stds = np.array([curve[s][1] for s in steps])
+        (line,) = ax.plot(steps, means, marker="o", markersize=3, label=group)
+        ax.fill_between(steps, means - stds, means + stds, alpha=0.2, color=line.get_color())
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"validation {key}")
+    if curves:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def markdown_report(sweep: Mapping, records: Sequence[Mapping], curves: Mapping | None = None) -> str:
     names = list(conditions(sweep))
     complete = [r for r in records if r["status"] == "complete"]
     failed = [r for r in records if r["status"] == "failed"]
@@ -430,6 +477,8 @@ def markdown_report(sweep: Mapping, records: Sequence[Mapping]) -> str:
     if len(names) > 1:
         robustness = robustness_table(complete, names, key)
         lines += ["", f"## Robustness: {key} per test condition", "", robustness]
+    if curves:
+        lines += ["", f"## Validation {key} during training (learning curves)", "", curves_table(curves)]
     if failed:
         lines += ["", "## Failed runs", ""] + [f"- `{r['name']}`: {r['error']}" for r in failed]
     return "\n".join(lines) + "\n"
@@ -536,9 +585,12 @@ def write_report(sweep: Mapping, workdir: str | pathlib.Path) -> list[dict]:
     header, rows = csv_rows(records, list(sweep["grid"]))
     with open(workdir / "results.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *rows])
-    (workdir / "results.md").write_text(markdown_report(sweep, records))
     complete = [r for r in records if r["status"] == "complete"]
     key = headline(complete)
+    curves = validation_curves(complete, workdir, key)
+    (workdir / "results.md").write_text(markdown_report(sweep, records, curves))
+    if curves:
+        plot_curves(curves, key, workdir / "curves.png")
     plot_metric(complete, key, sweep["split"], workdir / "accuracy.png")
     if sweep["robustness"]:
         plot_robustness(sweep, complete, key, workdir / "robustness.png")

@@ -26,6 +26,7 @@ import tqdm
 from mmjax import checkpoint, evaluate, losses, metrics, multitask, optim, parallel
 from mmjax.config import load_config
 from mmjax.data import datasets, pipeline
+from mmjax.data.augment import augment_settings, make_augment
 from mmjax.data.spec import ALIGN, DataSet, align_label_keys
 from mmjax.model import align_fields, build_model, dummy_batch, pretrained_params, with_pretrained
 from mmjax.nn import lora
@@ -39,10 +40,15 @@ class TrainState:
     task_state: Any  # the task weighting's state (mmjax.multitask.init_state)
     rng: jax.Array  # base key; each step folds in its step number
     batch_stats: Any = dataclasses.field(default_factory=dict)  # BatchNorm running statistics (ResNet)
+    ema_params: Any = dataclasses.field(
+        default_factory=dict
+    )  # optim.ema_decay > 0: the params' moving average
 
     def variables(self) -> dict:
-        """The model variables for `model.apply`: params, and batch_stats when the model has them."""
-        return {"params": self.params} | ({"batch_stats": self.batch_stats} if self.batch_stats else {})
+        """The model variables that evaluation applies: the params (their moving average when kept), and
+        batch_stats when the model has them."""
+        params = self.ema_params or self.params
+        return {"params": params} | ({"batch_stats": self.batch_stats} if self.batch_stats else {})
 
 
 class NonFiniteLossError(RuntimeError):
@@ -66,6 +72,8 @@ class Objective:
     align_loss: str = "info_nce"  # the `align` task's contrastive loss: info_nce | siglip
     align_positives: tuple[str, str] | None = None  # the label keys whose equality marks positives
     lr_rules: str = ""  # config.optim.lr_rules: the frozen params' gradients are never computed
+    label_smoothing: float = 0.0  # config.train.label_smoothing, on the `classes` tasks
+    ema_decay: float = 0.0  # config.optim.ema_decay: > 0 keeps a moving average of the params (evaluated)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -78,6 +86,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config.train.best_metric={config.train.best_metric!r} needs config.tasks.{metric_task} > 0"
         )
+    for name, value in (
+        ("train.label_smoothing", config.train.get("label_smoothing", 0.0)),
+        ("optim.ema_decay", config.optim.get("ema_decay", 0.0)),
+    ):
+        if not 0 <= value < 1:
+            raise ValueError(f"config.{name}={value} must be in [0, 1) (0: off)")
     if "audio" not in config.model:
         return
     frames, model_frames = config.data.audio_frames, config.model.audio.frames
@@ -123,6 +137,8 @@ def make_objective(config: ml_collections.ConfigDict, data: DataSet | None = Non
         align_loss=align.get("loss", "info_nce"),
         align_positives=positives,
         lr_rules=config.optim.get("lr_rules", ""),
+        label_smoothing=config.train.get("label_smoothing", 0.0),
+        ema_decay=config.optim.get("ema_decay", 0.0),
     )
 
 
@@ -132,11 +148,16 @@ def objective_kind(task) -> str:
 
 
 def task_loss(
-    kind: str, outputs: jax.Array, labels: jax.Array, weights: jax.Array | None = None
+    kind: str,
+    outputs: jax.Array,
+    labels: jax.Array,
+    weights: jax.Array | None = None,
+    smoothing: float = 0.0,
 ) -> jax.Array:
-    """One task's loss by its kind: cross-entropy per example (classes, -1 unlabelled) or per token (tokens,
-    span: labels [B, L] or [B, 2], -1 ignored), sigmoid cross-entropy (multilabel, rows of -1 unlabelled),
-    MSE or Huber (regression, NaN unlabelled). "" picks by the labels' shape (per token if [B, L])."""
+    """One task's loss by its kind: cross-entropy per example (classes, -1 unlabelled; label `smoothing`) or
+    per token (tokens, span: labels [B, L] or [B, 2], -1 ignored), sigmoid cross-entropy (multilabel, rows
+    of -1 unlabelled), MSE or Huber (regression, NaN unlabelled). "" picks by the labels' shape (per token
+    if [B, L])."""
     if kind in ("tokens", "span") or (not kind and labels.ndim == 2):
         return losses.token_cross_entropy(outputs, labels)
     if kind == "multilabel":
@@ -146,7 +167,7 @@ def task_loss(
         return losses.regression_loss(outputs[..., 0], labels, loss_kind, weights=weights)
     labelled = labels >= 0
     weights = labelled if weights is None else weights & labelled
-    return losses.softmax_cross_entropy(outputs, jnp.maximum(labels, 0), weights)
+    return losses.softmax_cross_entropy(outputs, jnp.maximum(labels, 0), weights, smoothing)
 
 
 def task_losses(outputs: dict, batch: dict, objective: Objective) -> jax.Array:
@@ -160,9 +181,10 @@ def task_losses(outputs: dict, batch: dict, objective: Objective) -> jax.Array:
             values.append(align_loss(outputs[task], batch, objective))
             continue
         labels = batch[f"labels/{task}"]
-        loss = task_loss(kind, outputs[task], labels)
+        smoothing = objective.label_smoothing
+        loss = task_loss(kind, outputs[task], labels, smoothing=smoothing)
         for m, logits in outputs.get("modality_heads", {}).get(task, {}).items():
-            loss += task_loss(kind, logits, labels, outputs["present"][m])
+            loss += task_loss(kind, logits, labels, outputs["present"][m], smoothing)
         values.append(loss)
     return jnp.stack(values)
 
@@ -222,6 +244,7 @@ def init_state(
         task_state=task_state,
         rng=train_rng,
         batch_stats=batch_stats,
+        ema_params=jax.tree.map(jnp.copy, params) if objective.ema_decay else {},  # own buffers: donated
     )
 
 
@@ -307,9 +330,24 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, objective: O
         (state.params, state.opt_state, state.task_state, state.batch_stats),
     )
     new_state = state.replace(
-        step=state.step + 1, params=kept[0], opt_state=kept[1], task_state=kept[2], batch_stats=kept[3]
+        step=state.step + 1,
+        params=kept[0],
+        opt_state=kept[1],
+        task_state=kept[2],
+        batch_stats=kept[3],
+        ema_params=moving_average(state.ema_params, kept[0], state.step, objective.ema_decay),
     )
     return new_state, scalars
+
+
+def moving_average(average, params, step: jax.Array, decay: float):
+    """The params' exponential moving average after one more step (`average` unchanged when decay is 0).
+    The decay warms up as min(decay, (1 + step) / (10 + step)), so early averages do not hold on to the
+    random init."""
+    if not decay:
+        return average
+    rate = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+    return optax.incremental_update(params, average, 1.0 - rate)
 
 
 def make_train_step(model, optimizer, objective: Objective, mesh):
@@ -437,8 +475,8 @@ def main(
                 + (f", fewer than data.batch_size={config.data.batch_size}" if split == "train" else "")
             )
     preprocess = data.preprocess
-    shift = config.data.get("image_shift", 0)
-    augment = functools.partial(pipeline.random_shift, max_shift=shift) if shift else None
+    waveform = datasets.audio_frontend(config) == "waveform"
+    augment = make_augment(augment_settings(config), data.streams, waveform)
     train_iter = pipeline.train_iterator(
         sources["train"],
         batch_size=config.data.batch_size,
@@ -553,7 +591,10 @@ def main(
     if best is None:
         return val_metrics
     if best != int(state.step) or not val_metrics:  # the best is an earlier checkpoint: evaluate it
-        val_metrics = validate(checkpoint.restore_variables(manager, best, abstract_state.variables()))
+        variables = checkpoint.restore_variables(
+            manager, best, abstract_state.variables(), checkpoint.params_key(config)
+        )
+        val_metrics = validate(variables)
     print(f"validation of the best checkpoint (step {best} of {int(state.step)}):")
     print(evaluate.format_table(val_metrics, data.tasks))
     return val_metrics

@@ -9,3 +9,4 @@ workdir="${MMJAX_DEMO_WORKDIR:-runs/av_digits}"
 .venv/bin/python -m mmjax.train --config experiments/av_digits.py --workdir "$workdir" "$@"
 .venv/bin/python -m mmjax.evaluate --workdir "$workdir" --split test --explain 6
 .venv/bin/python -m mmjax.report "$workdir"
+.venv/bin/python scripts/vs_baseline.py "$workdir"

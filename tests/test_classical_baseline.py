@@ -12,6 +12,7 @@ ROOT = pathlib.Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import classical_baseline  # noqa: E402
+import vs_baseline  # noqa: E402
 
 from mmjax.data.av_digits import QUESTION_TYPES  # noqa: E402
 
@@ -33,3 +34,19 @@ def test_mfcc_statistics_are_four_summaries_of_twenty_coefficients():
     features = classical_baseline.mfcc_statistics(wave)
     assert features.shape == (80,) and np.isfinite(features).all()
     np.testing.assert_allclose((features[40:60] + features[60:80]) / 2, features[:20], rtol=0.05, atol=0.5)
+
+
+def test_a_run_is_printed_beside_the_committed_baseline_with_a_verdict_per_row(tmp_path, capsys):
+    baseline = json.loads(vs_baseline.BASELINE.read_text())
+    per_type = baseline["answer_by_question_type"]
+    run = {"answer/accuracy": baseline["answer"] + 0.01}
+    run |= {f"answer/accuracy/{q}": min(v + 0.01, 1.0) for q, v in per_type.items()}
+    run["answer/accuracy/sum"] = per_type["sum"] - 0.02
+    (tmp_path / "eval_test.json").write_text(json.dumps({"metrics": run}))
+    vs_baseline.main([str(tmp_path)])
+    lines = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines()[1:] if line[0] != "a")
+    assert lines["sum"].endswith("BELOW") and lines["spoken_digit"].endswith("above")
+    assert lines["speaker"].endswith("level (both perfect)") == (per_type["speaker"] == 1.0)
+    (tmp_path / "eval_test.json").write_text(json.dumps({"metrics": {"answer/accuracy": 0.5}}))
+    with pytest.raises(ValueError, match="answer/accuracy/spoken_digit"):
+        vs_baseline.main([str(tmp_path)])

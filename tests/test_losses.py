@@ -46,6 +46,14 @@ def test_cross_entropy_weights():
     np.testing.assert_allclose(weighted, (3 * NLL[0] + NLL[1]) / 4, rtol=1e-6)
 
 
+def test_label_smoothing_matches_hand_computed_values():
+    # targets: 1 - 0.3 + 0.3 / 3 on the label, 0.3 / 3 elsewhere; -log softmax of row 0 is (2, 1, 0) + TAIL
+    row0 = 0.8 * (2.0 + TAIL) + 0.1 * (1.0 + TAIL) + 0.1 * (0.0 + TAIL)
+    row1 = 0.1 * (0.0 + TAIL) + 0.8 * (1.0 + TAIL) + 0.1 * (2.0 + TAIL)
+    smoothed = softmax_cross_entropy(LOGITS, LABELS, jnp.array([1.0, 3.0]), smoothing=0.3)
+    np.testing.assert_allclose(smoothed, (row0 + 3 * row1) / 4, rtol=1e-6)
+
+
 def test_cross_entropy_all_weights_zero_is_zero_with_finite_grad():
     zeros = jnp.zeros(2)
     assert softmax_cross_entropy(LOGITS, LABELS, zeros) == 0.0

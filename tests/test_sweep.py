@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 from matplotlib.figure import Figure
@@ -156,6 +157,35 @@ def test_aggregation_is_mean_and_sample_std_over_seeds_of_complete_runs():
     assert sweep.mean_std([])[2] == 0 and sweep.mean_std([float("nan"), 1.0]) == (1.0, 0.0, 1)
 
 
+def test_learning_curves_average_the_seeds_validation_logs_and_mark_the_best_step(tmp_path):
+    logged = {  # (fusion, seed): validation accuracy at steps 100, 200, 300
+        ("late", 0): [0.5, 0.7, 0.8],
+        ("late", 1): [0.7, 0.9, 0.8],
+        ("film", 0): [0.6, 0.65, 0.7],
+    }
+    records = [fake_record(f, s, curve[-1]) for (f, s), curve in logged.items()]
+    records.append(fake_record("film", 1, 0.0, status="failed"))
+    for record, curve in zip(records, logged.values(), strict=False):
+        run_dir = tmp_path / "runs" / record["name"]
+        run_dir.mkdir(parents=True)
+        lines = [{"step": 50, "loss": 1.0}]
+        lines += [
+            {"step": 100 * (i + 1), "val/answer/accuracy": v, "val/speaker/accuracy": 0.1}
+            for i, v in enumerate(curve)
+        ]
+        (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    curves = sweep.validation_curves(records, tmp_path, "answer/accuracy")
+    assert list(curves) == ["fusion=late", "fusion=film"] and list(curves["fusion=late"]) == [100, 200, 300]
+    mean, std, n = curves["fusion=late"][200]
+    assert (round(mean, 6), round(std, 6), n) == (0.8, round(np.std([0.7, 0.9], ddof=1), 6), 2)
+    assert curves["fusion=film"][300] == (0.7, 0.0, 1)  # the failed seed is left out
+    table = sweep.curves_table(curves)
+    assert "| step 100 | step 200 | step 300 | best at step |" in table
+    assert table.splitlines()[2].endswith("| 200 |") and table.splitlines()[3].endswith("| 300 |")
+    sweep.plot_curves(curves, "answer/accuracy", tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
 def test_tables_format_mean_and_std():
     assert sweep.format_mean_std((0.61234, 0.1, 3)) == "0.612 ± 0.100"
     assert sweep.format_mean_std((0.9, 0.0, 1)) == "0.900"
@@ -278,7 +308,10 @@ def test_smoke_sweep_trains_tests_reports_and_resumes(av_digits_dir, tmp_path, m
     assert rows[0]["num_params"] != rows[2]["num_params"]  # different fusions, different sizes
     report = (tmp_path / "results.md").read_text()
     assert "| fusion=late | 2 |" in report and "| fusion=cross_attention | 2 |" in report
-    assert all((tmp_path / name).stat().st_size > 0 for name in ("accuracy.png", "robustness.png"))
+    assert all(
+        (tmp_path / name).stat().st_size > 0 for name in ("accuracy.png", "robustness.png", "curves.png")
+    )
+    assert "## Validation answer/accuracy during training (learning curves)" in report
     assert not (tmp_path / "jax_cache").exists()  # the test run's cache (tests/conftest.py) was used
 
     monkeypatch.setattr(sweep.train, "main", lambda *a: pytest.fail("a complete run trained again"))

@@ -121,6 +121,48 @@ def test_one_and_eight_devices_give_the_same_step(av_digits_dir):
     assert losses_1[0] != losses_1[1]
 
 
+def test_ema_of_the_params_follows_its_recurrence_and_is_what_evaluation_restores(av_digits_dir, tmp_path):
+    config = smoke_config(av_digits_dir, **{"optim.ema_decay": 0.5, "train.label_smoothing": 0.1})
+    tasks = av_digits.task_classes(config.tasks)
+    source = av_digits.load("train", tfds_dir=av_digits_dir)
+    batches = pipeline.train_iterator(
+        source, batch_size=16, seed=0, preprocess_fn=av_digits.make_preprocess(config)
+    )
+    model, objective = build_model(config.model, tasks), train.make_objective(config)
+    assert objective.label_smoothing == 0.1 and objective.ema_decay == 0.5
+    optimizer = optim.make_optimizer(config.optim, total_steps=config.train.steps)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    batch = next(batches)
+    state = train.init_state(model, optimizer, objective, batch, 0)
+    step = train.make_train_step(model, optimizer, objective, mesh)
+    params = [jax.device_get(state.params)]
+    averages = [jax.device_get(state.ema_params)]
+    for _ in range(3):
+        state, _ = step(state, parallel.to_global(next(batches), mesh))
+        params.append(jax.device_get(state.params))
+        averages.append(jax.device_get(state.ema_params))
+    expected = params[0]
+    for t, new in enumerate(params[1:]):
+        rate = min(0.5, (1 + t) / (10 + t))  # 0.1, 2/11, 3/12: the warm-up, then at most 0.5
+        expected = jax.tree.map(lambda e, p, r=rate: r * e + (1 - r) * p, expected, new)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), averages[t + 1], expected
+        )
+    assert state.variables()["params"] is state.ema_params
+
+    train.main(config, tmp_path)
+    manager = checkpoint.make_manager(
+        tmp_path / "checkpoints", keep=9, keep_best=1, best_metric=config.train.best_metric, read_only=True
+    )
+    saved = manager.restore(manager.best_step(), args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))[
+        "state"
+    ]
+    restored = evaluate.restore_run(tmp_path).variables["params"]
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), saved["ema_params"])
+    differs = jax.tree.map(lambda a, b: not np.array_equal(a, b), saved["ema_params"], saved["params"])
+    assert all(jax.tree.leaves(differs))
+
+
 class Crash(Exception):
     pass
 
@@ -498,6 +540,8 @@ def test_objective_errors_name_the_fields(av_digits_dir):
         ("tasks.answer=-1.0", "config.tasks.answer=-1.0 is negative"),
         ("tasks.answer=0.0", "config.train.best_metric='answer/accuracy' needs config.tasks.answer > 0"),
         ("train.on_nonfinite=bogus", "config.train.on_nonfinite='bogus' is not one of"),
+        ("train.label_smoothing=1.0", "config.train.label_smoothing=1.0 must be in [0, 1)"),
+        ("optim.ema_decay=-0.1", "config.optim.ema_decay=-0.1 must be in [0, 1)"),
     ],
 )
 def test_config_errors_name_the_field_before_anything_compiles(

@@ -47,37 +47,104 @@ ON_BAD = ("skip", "stop")  # data.on_bad_example
 BAD_INPUTS = "bad_inputs.json"  # the skipped raw files of a build, beside the built data
 N_MELS = 64
 
-# Training phrasings; evaluation can swap in others (experiments/av_digits_questions.json).
+# Training phrasings, varied in wording and word order; evaluation can swap in others
+# (experiments/av_digits_questions.json, av_digits_paraphrases.json, av_digits_reworded.json).
 PHRASINGS = {
     "spoken_digit": [
         "what digit is spoken?",
         "which number does the speaker say?",
         "what number do you hear?",
+        "tell me the digit that is said",
+        "the digit you hear is which one?",
+        "the speaker says a number. which one?",
+        "which digit is said out loud?",
+        "what number is being said?",
+        "what does the speaker say?",
+        "name the spoken digit",
+        "which number can you hear?",
+        "give the digit that the speaker says",
+        "what is the digit said by the speaker?",
+        "out loud, which digit is said?",
     ],
     "written_digit": [
         "what digit is written?",
         "which number is shown in the image?",
         "what number do you see?",
+        "tell me the digit that is written down",
+        "look at the image: which digit is it?",
+        "the image shows a number. which one?",
+        "which digit can be read in the image?",
+        "what number is in the image?",
+        "what does the image show?",
+        "name the written digit",
+        "which number can you see?",
+        "give the digit that is written in the image",
+        "what is the digit shown in the image?",
+        "in the image, which digit is written?",
     ],
     "same": [
         "are the spoken and written digits the same?",
         "does the speaker say the number shown in the image?",
         "is the digit you hear the digit you see?",
+        "do the two digits match?",
+        "is the written number also the number that is said?",
+        "do you see and hear the same digit?",
+        "tell me whether both digits are the same",
+        "the image and the speaker: same number or not?",
+        "is the number in the image the one the speaker says?",
+        "do the image and the speaker give the same digit?",
+        "are both numbers the same?",
+        "is what you see what you hear?",
+        "does the written digit match the spoken digit?",
+        "same digit in the image and from the speaker?",
     ],
     "sum": [
         "what is the sum of the written and spoken digits?",
         "what is the written digit plus the spoken digit?",
         "what do you get when you add the number you see to the number you hear?",
+        "add the two digits: what is the result?",
+        "how much is the digit you see plus the digit you hear?",
+        "tell me the sum of both numbers",
+        "if you add the spoken number to the written one, what do you get?",
+        "what do the two digits add up to?",
+        "what is the sum of the two digits?",
+        "add the written digit and the spoken digit",
+        "how much do the digits make together?",
+        "the spoken digit plus the written digit is what?",
+        "what number is the sum of what you see and what you hear?",
+        "sum the two digits",
     ],
     "larger": [
         "which is larger, the written or the spoken digit?",
         "is the written digit or the spoken digit bigger?",
         "which number is greater, the written one or the spoken one?",
+        "which digit is more, the one you see or the one you hear?",
+        "tell me which of the two digits is larger",
+        "of the digit in the image and the digit that is said, which is greater?",
+        "compare the two digits: which one is bigger?",
+        "is the spoken number bigger than the written number, smaller, or the same?",
+        "which one is bigger?",
+        "which of the digits is the larger one?",
+        "is the digit you hear more than the digit you see?",
+        "bigger digit: the written one or the spoken one?",
+        "which is greater: what you see or what you hear?",
+        "does the image or the speaker have the larger number?",
     ],
     "speaker": [
         "who is speaking?",
         "which speaker says the digit?",
         "whose voice do you hear?",
+        "tell me the name of the speaker",
+        "who do you hear?",
+        "who said this number?",
+        "which of the speakers is it?",
+        "the digit is said by whom?",
+        "who says it?",
+        "name the speaker",
+        "which speaker is this?",
+        "who is the speaker?",
+        "who says the number you hear?",
+        "the speaker is who?",
     ],
 }
 
@@ -260,8 +327,11 @@ def plan_pairs(
 class AvDigits(tfds.core.GeneratorBasedBuilder):
     """AV-Digits question answering over one spoken and one written digit."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "FSDD x MNIST-5k pairs with six question types."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "FSDD x MNIST-5k pairs with six question types.",
+        "1.1.0": "Fourteen training phrasings per question type (three before).",
+    }
 
     def __init__(self, *, raw_dir: str | os.PathLike | None = None, on_bad: str = "skip", **kwargs):
         if on_bad not in ON_BAD:

@@ -17,7 +17,18 @@ import ml_collections
 import numpy as np
 
 from mmjax.config import load_config
-from mmjax.data import av_digits, folder, folder_decode, inputs, mixture, pipeline, text, text_tasks, waveform
+from mmjax.data import (
+    av_digits,
+    folder,
+    folder_decode,
+    inputs,
+    mixture,
+    pipeline,
+    text,
+    text_cache,
+    text_tasks,
+    waveform,
+)
 from mmjax.data.spec import DataSet, Task, summarizer, target_scale, trained_tasks
 from mmjax.data.text import WordTokenizer, build_vocab, experiment_tokenizer
 
@@ -29,14 +40,16 @@ def from_config(config: ml_collections.ConfigDict) -> DataSet:
     folder data set, which is built, once, here)."""
     name = config.data.get("dataset", "av_digits")
     if name == "av_digits":
-        return av_digits.data_set(config, waveform_settings(config))
-    if name in text_tasks.DATASETS:
-        return text_data(config)
-    if name == "folder":
-        return folder_data(config)
-    if name == "mix":
-        return mixed_data(config)
-    raise ValueError(f"config.data.dataset={name!r} is not one of {DATASETS}")
+        data = av_digits.data_set(config, waveform_settings(config))
+    elif name in text_tasks.DATASETS:
+        data = text_data(config)
+    elif name == "folder":
+        data = folder_data(config)
+    elif name == "mix":
+        return mixed_data(config)  # each member keeps its own text cache
+    else:
+        raise ValueError(f"config.data.dataset={name!r} is not one of {DATASETS}")
+    return text_cache.with_text_cache(data, config) if text_cache.enabled(config) else data
 
 
 def task_specs(config: ml_collections.ConfigDict) -> tuple[dict[str, Task], dict[str, str]]:

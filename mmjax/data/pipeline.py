@@ -135,19 +135,6 @@ def condition_streams(
     return conditioned
 
 
-def random_shift(example: dict, rng: np.random.Generator, *, max_shift: int) -> dict:
-    """Training augmentation: shift the image by up to max_shift pixels per axis, filling with background."""
-    image = example["image"]
-    dy, dx = rng.integers(-max_shift, max_shift + 1, size=2)
-    background = float(image.min())
-    padded = np.pad(
-        image, ((max_shift, max_shift), (max_shift, max_shift), (0, 0)), constant_values=background
-    )
-    height, width = image.shape[:2]
-    top, left = max_shift - dy, max_shift - dx
-    return {**example, "image": padded[top : top + height, left : left + width]}
-
-
 def train_iterator(
     source: Sequence,
     *,

@@ -1,4 +1,5 @@
-"""ResNet image encoder (HF ResNetModel): 7x7/2 conv stem + 3x3/2 max-pool -> stages of residual layers.
+"""ResNet image encoder (HF ResNetModel): 7x7/2 conv stem + 3x3/2 max-pool (or a small-image stem) -> stages
+of residual layers.
 
 BatchNorm running statistics live in the `batch_stats` collection: apply with `deterministic=False` and
 `mutable=["batch_stats"]` to train (batch statistics, running averages updated with torch's momentum 0.1).
@@ -90,6 +91,11 @@ class ResNetEncoder(nn.Module):
     downsample_in_bottleneck: bool = False  # bottleneck: stride on the first 1x1 conv instead of the 3x3
     reduction: int = 4  # bottleneck: inner width = features // reduction
     channels_first: bool = False  # True: images are [B, C, H, W] (HF `pixel_values`)
+    # The stem (HF's: a 7x7 stride-2 conv, then a 3x3 stride-2 max-pool). Small images (28x28 digits) keep
+    # more resolution with a 3x3 stride-1 conv and no pool; only HF's stem exports to HF (mmjax.port.resnet).
+    stem_kernel: int = 7
+    stem_stride: int = 2
+    stem_pool: bool = True
     aux_prefix: str = "img/"
 
     @nn.compact
@@ -101,9 +107,10 @@ class ResNetEncoder(nn.Module):
         if len(self.hidden_sizes) != len(self.depths):
             raise ValueError(f"hidden_sizes={self.hidden_sizes} and depths={self.depths} differ in length")
         x = jnp.moveaxis(pixel_values, 1, -1) if self.channels_first else pixel_values
-        x = ConvNorm(self.embedding_size, 7, 2, name="embedder")(x, deterministic=deterministic)
-        x = ACTIVATIONS[self.activation](x)
-        x = nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+        stem = ConvNorm(self.embedding_size, self.stem_kernel, self.stem_stride, name="embedder")
+        x = ACTIVATIONS[self.activation](stem(x, deterministic=deterministic))
+        if self.stem_pool:
+            x = nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
         hidden_states = [x]
         for s, (features, depth) in enumerate(zip(self.hidden_sizes, self.depths, strict=True)):
             for i in range(depth):

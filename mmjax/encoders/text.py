@@ -117,3 +117,21 @@ class TextEncoder(nn.Module):
             projection = nn.Dense(self.projection_dim, use_bias=self.projection_bias, name="projection")
             aux["embeds"] = projection(pooled)
         return x, {self.aux_prefix + k: v for k, v in aux.items()}
+
+
+class CachedTextEncoder(nn.Module):
+    """The text tower of `model.text.cache=True`: token outputs a frozen tower computed ahead, per distinct
+    text (mmjax.data.text_cache), [B, L, D] -> (tokens, aux). No params: the model projects D to its width.
+    aux keys (after `aux_prefix`): `tokens`, `mask`, `pooled` (the mean over real tokens, as
+    sentence-transformers pool)."""
+
+    aux_prefix: str = "txt/"
+
+    @nn.compact
+    def __call__(self, features: jax.Array, mask: jax.Array, *, deterministic: bool = True):
+        del deterministic  # nothing random: the tower was run deterministically
+        mask = mask.astype(bool)
+        weights = mask[..., None].astype(features.dtype)
+        pooled = jnp.sum(features * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+        p = self.aux_prefix
+        return features, {f"{p}tokens": features, f"{p}mask": mask, f"{p}pooled": pooled}

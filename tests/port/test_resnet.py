@@ -190,6 +190,12 @@ def test_modules_and_configs_hf_cannot_hold_are_refused_naming_the_field(tmp_pat
     with pytest.raises(ValueError, match=r"resnet checkpoint: reduction=2 \(a resnet checkpoint gives 4\)"):
         to_hf(module, variables, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    small_stem = ResNetEncoder(
+        embedding_size=8, hidden_sizes=(16,), depths=(1,), stem_kernel=3, stem_pool=False
+    )
+    variables = jax.eval_shape(small_stem.init, jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32))
+    with pytest.raises(ValueError, match=r"stem_kernel=3 \(a resnet checkpoint gives 7\)"):
+        to_hf(small_stem, variables, tmp_path / "out")
     _save(tmp_path / "hf", layer_type="basic", depths=[1], hidden_sizes=[8], embedding_size=8)
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     for field, message in [
@@ -199,3 +205,25 @@ def test_modules_and_configs_hf_cannot_hold_are_refused_naming_the_field(tmp_pat
         (tmp_path / "hf" / "config.json").write_text(json.dumps(config | {field: "prelu"}))
         with pytest.raises(ValueError, match=r"config\.json: " + message):
             from_hf(tmp_path / "hf")
+
+
+@pytest.mark.parametrize("stride, pool, side", [(2, True, 4), (1, True, 7), (1, False, 14)])
+def test_a_small_image_stem_keeps_the_resolution_it_is_asked_to(stride, pool, side):
+    module = ResNetEncoder(
+        embedding_size=4,
+        hidden_sizes=(4, 8),
+        depths=(1, 1),
+        stem_kernel=3,
+        stem_stride=stride,
+        stem_pool=pool,
+    )
+    images = np.random.default_rng(0).normal(size=(2, 28, 28, 1)).astype(np.float32)
+    variables = module.init(jax.random.key(0), images)
+    tokens, aux = module.apply(variables, images)
+    assert variables["params"]["embedder"]["conv"]["kernel"].shape == (3, 3, 1, 4)
+    assert tokens.shape == (2, 1 + side * side, 8) and aux["img/hidden_states"][-1].shape == (
+        2,
+        side,
+        side,
+        8,
+    )

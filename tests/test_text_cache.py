@@ -1,0 +1,120 @@
+"""model.text.cache: a frozen text tower run once per distinct question, in the data path."""
+
+import functools
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from mmjax import evaluate, train
+from mmjax.config import load_config
+from mmjax.data import av_digits, datasets, text_cache
+from mmjax.model import build_model, dummy_batch, pretrained_params, with_pretrained
+from mmjax.port.pretrained import load_pretrained
+
+ROOT = pathlib.Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def tower(tmp_path_factory):
+    """A tiny random BERT over the AV-Digits words, ported (its vocab.txt is the word vocabulary)."""
+    import torch
+    import transformers
+
+    from mmjax.port.pretrained import save_ported
+
+    root = tmp_path_factory.mktemp("tower")
+    torch.manual_seed(0)
+    vocab = av_digits.make_tokenizer().vocab
+    config = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    transformers.BertModel(config).save_pretrained(root / "hf")
+    (root / "hf" / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    save_ported(root / "hf", root / "ported")
+    return str(root / "ported")
+
+
+def cached_config(tfds_dir, tower, cache=True, **overrides):
+    settings = {"model.text.init_from": tower, "model.text.cache": cache} | overrides
+    config = load_config(
+        str(ROOT / "experiments/av_digits.py:smoke"), [f"{k}={v}" for k, v in settings.items()]
+    )
+    config.data.tfds_dir = str(tfds_dir)
+    return config
+
+
+def stacked(examples):
+    return jax.tree.map(lambda *xs: np.stack(xs), *examples)
+
+
+def test_features_are_the_towers_outputs_computed_once_per_distinct_question(av_digits_dir, tower):
+    cache = text_cache.TextCache(tower)
+    calls = []
+    encode = cache._encode
+    cache._encode = lambda *args: calls.append(1) or encode(*args)
+    data = datasets.from_config(cached_config(av_digits_dir, tower, cache=False))  # ids only
+    source = data.load("validation")
+    examples = [data.preprocess(source[i]) for i in range(60)]
+    module, params = load_pretrained(tower)
+    for example in examples:
+        features = cache.features(example["text"], example["text_mask"])
+        mask = example["text_mask"]
+        reference = module.apply({"params": params}, example["text"][None], mask[None], deterministic=True)[0]
+        np.testing.assert_allclose(features[mask], reference[0][mask], rtol=1e-5, atol=1e-6)
+        assert not features[~mask].any()
+    distinct = {e["text"].tobytes() for e in examples}
+    assert 1 < len(distinct) < len(examples)
+    assert len(calls) == len(cache) == len(distinct)
+
+
+def test_a_cached_tower_gives_the_outputs_of_the_same_frozen_tower_inside_the_model(av_digits_dir, tower):
+    inside, cached = (cached_config(av_digits_dir, tower, cache=c) for c in (False, True))
+    data = datasets.from_config(cached)
+    source = data.load("validation")
+    batch = stacked([data.preprocess(source[i]) for i in range(8)])
+    assert batch["text_features"].shape == (8, cached.data.text_len, 48)
+    tasks = data.head_sizes()
+    model_in = build_model(inside.model, tasks, data.streams)
+    variables = model_in.init(jax.random.key(0), dummy_batch(inside.model, tasks), train=False)
+    params_in = with_pretrained(variables["params"], pretrained_params(inside.model))
+    model_cached = build_model(cached.model, tasks, data.streams)
+    params_cached = {k: v for k, v in params_in.items() if k != "text"}  # the tower's params stay outside
+    init = functools.partial(model_cached.init, train=False)
+    expected = jax.eval_shape(init, jax.random.key(0), dummy_batch(cached.model, tasks))
+    assert jax.tree.structure(expected["params"]) == jax.tree.structure(params_cached)
+    assert pretrained_params(cached.model) == {}
+    out_in, _ = model_in.apply({"params": params_in}, batch, train=False)
+    out_cached, _ = model_cached.apply({"params": params_cached}, batch, train=False)
+    for task in tasks:
+        np.testing.assert_allclose(out_cached[task], out_in[task], rtol=1e-5, atol=1e-5)
+
+
+def test_a_cached_run_trains_without_the_tower_and_evaluates_new_phrasings(av_digits_dir, tower, tmp_path):
+    config = cached_config(av_digits_dir, tower)
+    train.main(config, tmp_path)
+    run = evaluate.restore_run(tmp_path)
+    assert "text" not in run.variables["params"] and "text_proj" in run.variables["params"]
+    reworded = ROOT / "experiments/av_digits_reworded.json"
+    metrics = evaluate.main(tmp_path, split="test", questions=str(reworded), max_batches=1)
+    assert 0.0 <= metrics["answer/accuracy"] <= 1.0
+    written = json.loads((tmp_path / "eval_test_questions-av_digits_reworded.json").read_text())
+    assert written["metrics"]["answer/accuracy"] == metrics["answer/accuracy"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"model.text.init_from": ""}, "model.text.cache=True needs model.text.init_from"),
+        ({"data.workers": 2}, "model.text.cache=True needs data.workers=0"),
+    ],
+)
+def test_cache_errors_name_the_field(av_digits_dir, tower, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        datasets.from_config(cached_config(av_digits_dir, tower, **overrides))
