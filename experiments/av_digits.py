@@ -78,6 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.dropout = 0.1
     c.model.pre_ln = True
     c.model.head_dropout = 0.0
+    c.model.head_hidden = 0  # > 0: classification heads get a GELU hidden layer this wide (0: linear heads)
     # Speed levers (mmjax/nn/transformer.py; defaults = the plain model; each changes results only within
     # float tolerance): scan the encoder layers (params stacked in encoder/layers); remat "" | full | dots |
     # dots_saveable; compute dtype float32 | bfloat16 (params and logits stay float32); attention xla | fused

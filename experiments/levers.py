@@ -27,6 +27,7 @@ OLD_DEFAULT = {  # before issue 21: every lever off
     "train.epochs": 10.0,
     "tasks.image_digit": 0.5,
     "tasks.audio_digit": 0.5,
+    "model.head_hidden": 0,
 }
 RESNET = OLD_DEFAULT | {"model.image.encoder": "resnet"}
 VARIANTS = {
@@ -35,10 +36,11 @@ VARIANTS = {
     "shift": RESNET | {"data.image_shift": 2},
     "specaugment": RESNET | {"data.time_mask": 12, "data.freq_mask": 8},
     "text_cached": RESNET | {"model.text.init_from": MINILM, "model.text.cache": True},
-    "ema": RESNET | {"optim.ema_decay": 0.998},
-    "smoothing": RESNET | {"train.label_smoothing": 0.1},
+    "mlp_head": RESNET | {"model.head_hidden": 256},
     "aux_weights": RESNET | {"tasks.image_digit": 1.0, "tasks.audio_digit": 1.0},
     "epochs_15": RESNET | {"train.epochs": 15.0},
+    "ema": RESNET | {"optim.ema_decay": 0.998},
+    "smoothing": RESNET | {"train.label_smoothing": 0.1},
     "vit": OLD_DEFAULT,
 }
 

@@ -51,6 +51,7 @@ class MultimodalModel(nn.Module):
     tasks: tuple[tuple[str, int], ...]  # (task name, head outputs)
     width: int  # the fusion's token width
     head_dropout: float = 0.0
+    head_hidden: int = 0  # > 0: every classification head has a GELU hidden layer this wide (0: linear)
     modality_dropout: float = 0.0
     align: tuple[str, ...] = ()  # () or two streams aligned contrastively
     align_dim: int = 64
@@ -83,7 +84,7 @@ class MultimodalModel(nn.Module):
         fused, fusion_aux = self.fusion(tokens, masks, present, deterministic=det)
         outputs = {}
         for task, n in self.tasks:
-            head = partial(ClassificationHead, n, dropout_rate=self.head_dropout)
+            head = partial(ClassificationHead, n, self.head_hidden or None, self.head_dropout)
             if "per_modality" in fused:  # late_logits: weighted mean of per-modality logits
                 per_modality = [
                     head(name=f"head_{task}_{i}")(fused["per_modality"][:, i], deterministic=det)
@@ -95,9 +96,9 @@ class MultimodalModel(nn.Module):
         if self.modality_heads:
             outputs["modality_heads"] = {
                 task: {
-                    m: ClassificationHead(n, dropout_rate=self.head_dropout, name=f"head_{task}_{m}")(
-                        pooled[m], deterministic=det
-                    )
+                    m: ClassificationHead(
+                        n, self.head_hidden or None, self.head_dropout, name=f"head_{task}_{m}"
+                    )(pooled[m], deterministic=det)
                     for m in pooled
                 }
                 for task, n in self.tasks
@@ -283,6 +284,7 @@ def build_model(
         tasks=tuple(tasks.items()),
         width=size["width"],
         head_dropout=cfg.head_dropout,
+        head_hidden=cfg.get("head_hidden", 0),
         modality_dropout=cfg.get("modality_dropout", 0.0),
         **align_fields(cfg.get("align", {})),
         peft=peft_fields(cfg.get("peft", {})),

@@ -322,3 +322,19 @@ def test_pretrained_weights_fill_an_encoder_with_lora_and_keep_the_lora_init():
         with_pretrained(ours, {"text": {"q": {"kernel": np.zeros((4, 5))}}})
     with pytest.raises(ValueError, match="q/other"):  # only PEFT's own params may be missing
         with_pretrained({"text": {"q": {"kernel": np.zeros((4, 4)), "other": np.zeros(3)}}}, theirs)
+
+
+def test_head_hidden_gives_every_classification_head_a_hidden_layer():
+    cfg = _config(head_hidden=24, modality_heads=True)
+    model = build_model(cfg, TASKS)
+    batch = _batch(cfg)
+    variables = model.init(jax.random.key(0), batch, train=False)
+    params = variables["params"]
+    for task, classes in TASKS.items():
+        for name in (f"head_{task}", f"head_{task}_image"):
+            assert params[name]["hidden"]["kernel"].shape[1] == 24
+            assert params[name]["logits"]["kernel"].shape == (24, classes)
+    outputs, _ = model.apply(variables, batch, train=False)
+    assert outputs["answer"].shape == (2, TASKS["answer"])
+    linear = build_model(_config(), TASKS).init(jax.random.key(0), batch, train=False)["params"]
+    assert "hidden" not in linear["head_answer"]
