@@ -456,6 +456,7 @@ def test_every_task_weighting_method_trains_and_logs_weights_and_grad_norms(av_d
     config, model, batches = _multitask_setup(av_digits_dir)
     config = ml_collections.ConfigDict(config.to_dict())
     config.multitask.method = method
+    config.multitask.grad_norms = True  # logged every log_every steps by every method
     objective = train.make_objective(config)
     assert objective.tasks == ("align", "answer", "audio_digit", "image_digit", "match", "speaker")
     mesh = parallel.make_mesh(jax.devices()[:1])  # 8 devices: the pcgrad-vs-static test below

@@ -49,6 +49,7 @@ class TextCache:
 
     def __init__(self, spec: str, tower: str | None = None):
         module, params = load_pretrained(spec, tower)
+        self._module = module
         self._params = jax.device_put(params, jax.local_devices(backend="cpu")[0])
         self._encode = jax.jit(
             lambda p, ids, mask: module.apply({"params": p}, ids, mask, deterministic=True)[0]
@@ -57,6 +58,21 @@ class TextCache:
 
     def __len__(self) -> int:
         return len(self._seen)
+
+    @property
+    def width(self) -> int:
+        """The width D of the features (the tower's token outputs' last axis)."""
+        ids = jax.ShapeDtypeStruct((1, 4), np.int32)
+        mask = jax.ShapeDtypeStruct((1, 4), bool)
+        apply = lambda p, i, m: self._module.apply({"params": p}, i, m, deterministic=True)[0]  # noqa: E731
+        return int(jax.eval_shape(apply, self._params, ids, mask).shape[-1])
+
+
+@functools.cache
+def shared(spec: str, tower: str | None = None) -> TextCache:
+    """The process's one cache of a tower: the data sets, evaluations and models of a run share its
+    weights, its compiled forward pass and the features it has computed."""
+    return TextCache(spec, tower)
 
     def features(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """The tower's outputs [L, D] float32 for one example's ids [L] (padding rows zero)."""
@@ -85,7 +101,7 @@ def with_text_cache(data: DataSet, config: ml_collections.ConfigDict) -> DataSet
     if not streams:
         raise ValueError(f"model.text.cache=True, but the {data.name} data set has no text stream")
     text = config.model.text
-    cache = TextCache(text.init_from, text.get("tower", "") or None)
+    cache = shared(text.init_from, text.get("tower", "") or None)
     condition = data.condition
     if condition is not None:
         condition = functools.partial(_cached_condition, condition, cache=cache, streams=streams)
@@ -94,15 +110,3 @@ def with_text_cache(data: DataSet, config: ml_collections.ConfigDict) -> DataSet
 
 def _cached_condition(condition: Callable, *args, cache: TextCache, streams: tuple[str, ...], **kwargs):
     return cached(condition(*args, **kwargs), cache, streams)
-
-
-@functools.cache
-def tower_width(spec: str, tower: str | None = None) -> int:
-    """The width D of the features a tower's cache holds (its token outputs' last axis)."""
-    module, params = load_pretrained(spec, tower)
-    ids = jax.ShapeDtypeStruct((1, 4), np.int32)
-    mask = jax.ShapeDtypeStruct((1, 4), bool)
-    out = jax.eval_shape(
-        lambda p, i, m: module.apply({"params": p}, i, m, deterministic=True)[0], params, ids, mask
-    )
-    return int(out.shape[-1])
