@@ -90,8 +90,9 @@ def test_a_cached_tower_gives_the_outputs_of_the_same_frozen_tower_inside_the_mo
     expected = jax.eval_shape(init, jax.random.key(0), dummy_batch(cached.model, tasks))
     assert jax.tree.structure(expected["params"]) == jax.tree.structure(params_cached)
     assert pretrained_params(cached.model) == {}
-    out_in, _ = model_in.apply({"params": params_in}, batch, train=False)
-    out_cached, _ = model_cached.apply({"params": params_cached}, batch, train=False)
+    stats = {"batch_stats": variables["batch_stats"]} if "batch_stats" in variables else {}  # ResNet
+    out_in, _ = model_in.apply({"params": params_in, **stats}, batch, train=False)
+    out_cached, _ = model_cached.apply({"params": params_cached, **stats}, batch, train=False)
     for task in tasks:
         np.testing.assert_allclose(out_cached[task], out_in[task], rtol=1e-5, atol=1e-5)
 

@@ -67,13 +67,6 @@ class TextCache:
         apply = lambda p, i, m: self._module.apply({"params": p}, i, m, deterministic=True)[0]  # noqa: E731
         return int(jax.eval_shape(apply, self._params, ids, mask).shape[-1])
 
-
-@functools.cache
-def shared(spec: str, tower: str | None = None) -> TextCache:
-    """The process's one cache of a tower: the data sets, evaluations and models of a run share its
-    weights, its compiled forward pass and the features it has computed."""
-    return TextCache(spec, tower)
-
     def features(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """The tower's outputs [L, D] float32 for one example's ids [L] (padding rows zero)."""
         ids, mask = np.asarray(ids, np.int32), np.asarray(mask, bool)
@@ -82,6 +75,13 @@ def shared(spec: str, tower: str | None = None) -> TextCache:
             tokens = self._encode(self._params, ids[None], mask[None])[0]
             self._seen[key] = np.where(mask[:, None], np.asarray(tokens, np.float32), 0.0)
         return self._seen[key]
+
+
+@functools.cache
+def shared(spec: str, tower: str | None = None) -> TextCache:
+    """The process's one cache of a tower: the data sets, evaluations and models of a run share its
+    weights, its compiled forward pass and the features it has computed."""
+    return TextCache(spec, tower)
 
 
 def add_features(example: dict, *, cache: TextCache, streams: tuple[str, ...]) -> dict:
