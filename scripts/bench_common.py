@@ -204,7 +204,8 @@ def mmjax_config(s: Shapes, hf_dirs: Mapping[str, str] | None, switches: Mapping
     from mmjax.config import load_config
     from mmjax.data import av_digits
 
-    cfg = load_config(EXPERIMENT + (f":{arg}" if arg else ""))
+    # The text tower is trained here (a batch holds token ids, not a frozen tower's cached outputs).
+    cfg = load_config(EXPERIMENT + ":" + ",".join(filter(None, ["text=scratch", arg])))
     m = cfg.model
     if hf_dirs is not None:
         m.width, m.depth, m.num_heads, m.mlp_dim = s.fusion_width, s.fusion_depth, s.heads, s.mlp

@@ -176,7 +176,10 @@ def test_a_folder_and_av_digits_train_as_one_mix_and_are_scored_apart(example, a
         f"experiments/folder.py:dir={root},labels={LABELS},image_size=28,channels=1,smoke "
         + " ".join(f"--config.{o}" for o in folder_overrides(cache))
     )
-    av_member = f"experiments/av_digits.py:smoke --config.data.tfds_dir={av_digits_dir}"
+    av_member = (  # the members' text streams must have one length: the folder's 16 tokens
+        f"experiments/av_digits.py:smoke --config.data.tfds_dir={av_digits_dir} "
+        "--config.data.text_len=16 --config.model.text.max_len=16"
+    )
     config = load_config(
         f"{ROOT}/experiments/mix.py:{av_member};{folder_member}", ["data.mix_method=round_robin"]
     )

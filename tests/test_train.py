@@ -536,7 +536,7 @@ def test_objective_errors_name_the_fields(av_digits_dir):
         ("data.audio_frames=104", "at most config.model.audio.frames=96"),
         ("model.fusion.name=foo", "model.fusion.name='foo' is not one of"),
         ("model.remat=bogus", "model.remat='bogus' is not one of"),
-        ("model.image.patch_size=5", "model.image.size=28 is not divisible by model.image.patch_size=5"),
+        ("model.image.encoder=bogus", "model.image.encoder='bogus' is not one of"),
         ("model.align.modalities=text", "model.align.modalities='text' must name two of"),
         ("tasks.answer=-1.0", "config.tasks.answer=-1.0 is negative"),
         ("tasks.answer=0.0", "config.train.best_metric='answer/accuracy' needs config.tasks.answer > 0"),
@@ -572,6 +572,9 @@ def test_early_stopping_stops_resumes_stopped_and_reports_the_best_checkpoint(
         "train.checkpoint_every": 2,
         "train.early_stop_patience": 1,
         "train.early_stop_min_delta": 1.0,  # no accuracy improves by more than 1: stop at the 2nd evaluation
+        # Compared for equality below: the untrained smoke model's answers are near ties, and the ResNet's
+        # CPU convolutions on a restored (differently placed) state can flip one; the ViT's never did.
+        "model.image.encoder": "vit",
     }
     config = smoke_config(av_digits_dir, **overrides)
     val = train.main(config, tmp_path)

@@ -114,7 +114,7 @@ def test_av_digits_waveform_batches(source):
     batch = next(pipeline.eval_batches(source, batch_size=4, preprocess_fn=data.preprocess))
     assert batch["audio"].shape == batch["audio_mask"].shape == (4, SAMPLES)
     assert batch["audio"].dtype == np.float32 and batch["audio_mask"].dtype == np.bool_
-    assert batch["image"].shape == (4, 28, 28, 1) and batch["text"].shape == (4, 16)
+    assert batch["image"].shape == (4, 28, 28, 1) and batch["text"].shape == (4, 24)
     lengths = [min(len(recording_16k(name)), SAMPLES) for name in NAMES]
     assert batch["audio_mask"].sum(axis=1).tolist() == lengths and lengths[0] == SAMPLES
     for row, length in zip(batch["audio"], lengths, strict=True):
