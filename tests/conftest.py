@@ -59,3 +59,29 @@ def smoke_run(av_digits_dir, tmp_path_factory):
     train.main(smoke_config(av_digits_dir, **{"train.steps": 8}), workdir)
     evaluate.main(workdir, split="test", max_batches=2)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def word_bert(tmp_path_factory) -> str:
+    """A tiny random BERT over the AV-Digits words (its vocab.txt is the word vocabulary), ported to an mmjax
+    folder: a pretrained text tower for the AV-Digits experiments."""
+    import torch
+    import transformers
+
+    from mmjax.data import av_digits
+    from mmjax.port.pretrained import save_ported
+
+    root = tmp_path_factory.mktemp("word_bert")
+    torch.manual_seed(0)
+    vocab = av_digits.make_tokenizer().vocab  # as a WordPiece vocab.txt: whole words, same specials
+    config = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    transformers.BertModel(config).save_pretrained(root / "hf")
+    (root / "hf" / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    save_ported(root / "hf", root / "ported")
+    return str(root / "ported")

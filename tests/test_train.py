@@ -373,29 +373,14 @@ def test_nan_batch_is_skipped_and_counted_or_stops_the_run_with_the_batch_saved(
 
 
 @pytest.mark.parity
-def test_text_encoder_from_a_port_starts_pretrained_and_a_rule_freezes_it(av_digits_dir, tmp_path):
-    import torch
-    import transformers
+def test_text_encoder_from_a_port_starts_pretrained_and_a_rule_freezes_it(av_digits_dir, tmp_path, word_bert):
+    from mmjax.port.pretrained import load_pretrained
 
-    from mmjax.port.pretrained import load_pretrained, save_ported
-
-    torch.manual_seed(0)
-    vocab = av_digits.make_tokenizer().vocab  # as a WordPiece vocab.txt: whole words, same specials
-    config = transformers.BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=48,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
-    transformers.BertModel(config).save_pretrained(tmp_path / "hf")
-    (tmp_path / "hf" / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    save_ported(tmp_path / "hf", tmp_path / "ported")
-    overrides = {"model.text.init_from": str(tmp_path / "ported"), "optim.lr_rules": "text/.*=0"}
+    overrides = {"model.text.init_from": word_bert, "optim.lr_rules": "text/.*=0"}
     config = smoke_config(av_digits_dir, **overrides)
     train.main(config, tmp_path / "run")
     _, params = final_params(tmp_path / "run", config)
-    _, pretrained = load_pretrained(str(tmp_path / "ported"))
+    _, pretrained = load_pretrained(word_bert)
     jax.tree.map(np.testing.assert_array_equal, params["text"], jax.device_get(pretrained))
     assert params["text_proj"]["kernel"].shape == (48, 32)  # BERT width -> the tiny fusion width
     assert "answer/accuracy" in evaluate.main(tmp_path / "run", max_batches=1)  # rebuilds the architecture

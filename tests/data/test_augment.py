@@ -3,19 +3,8 @@ import functools
 import numpy as np
 import pytest
 
-from mmjax.data import av_digits as avd
 from mmjax.data import pipeline
 from mmjax.data.augment import Augment, make_augment, random_shift, spec_augment
-
-
-@pytest.fixture(scope="module")
-def source(av_digits_dir):
-    return avd.load("validation", tfds_dir=av_digits_dir)
-
-
-@pytest.fixture(scope="module")
-def preprocess_fn():
-    return functools.partial(avd.preprocess, tokenizer=avd.make_tokenizer(), text_len=24, audio_frames=96)
 
 
 def test_random_shift_moves_the_image_and_keeps_everything_else():

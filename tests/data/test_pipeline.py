@@ -14,16 +14,6 @@ from mmjax.data.text import split_words
 QUESTIONS_FILE = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "av_digits_questions.json"
 
 
-@pytest.fixture(scope="module")
-def source(av_digits_dir):
-    return avd.load("validation", tfds_dir=av_digits_dir)
-
-
-@pytest.fixture(scope="module")
-def preprocess_fn():
-    return functools.partial(avd.preprocess, tokenizer=avd.make_tokenizer(), text_len=24, audio_frames=96)
-
-
 def _index_fn(i):
     return {"i": np.int64(i)}
 
