@@ -81,7 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.dropout = 0.1
     c.model.pre_ln = True
     c.model.head_dropout = 0.0
-    c.model.head_hidden = 0  # > 0: classification heads get a GELU hidden layer this wide (0: linear heads)
+    c.model.head_hidden = 256  # > 0: classification heads get a GELU hidden layer this wide (0: linear heads)
     # Speed levers (mmjax/nn/transformer.py; defaults = the plain model; each changes results only within
     # float tolerance): scan the encoder layers (params stacked in encoder/layers); remat "" | full | dots |
     # dots_saveable; compute dtype float32 | bfloat16 (params and logits stay float32); attention xla | fused
@@ -96,6 +96,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         vocab_size=av_digits.make_tokenizer().vocab_size,
         max_len=c.data.text_len,
         cache=False,  # True: a frozen init_from tower, run once per distinct question (data/text_cache.py)
+        pool="",  # "mean": the fusion sees one text token, the mean of the tower's (a sentence embedding)
         **pretrained,
     )
     c.model.image = dict(
@@ -119,7 +120,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.audio = dict(
         frames=c.data.audio_frames,
         mels=64,
-        patch_time=8,
+        patch_time=16,  # 160 ms x 16 mel bands per patch: 24 audio tokens
         patch_freq=16,
         frontend="log_mel",  # log_mel: features [B, T, F] | waveform: samples [B, S] (wav2vec2, HuBERT...)
         **pretrained,
@@ -171,7 +172,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.ema_decay = 0.0  # > 0: keep a moving average of the params; validation and evaluation use it
 
     c.train = ml_collections.ConfigDict()
-    c.train.epochs = 10.0
+    c.train.epochs = 14.0
     c.train.steps = 0  # if > 0, overrides epochs
     c.train.label_smoothing = 0.0  # on every `classes` task's cross-entropy
     c.train.log_every = 25
@@ -188,6 +189,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if args.text in ("minilm", "cached"):
         c.data.text_len = c.model.text.max_len = 24  # WordPiece splits the longest phrasing into 19 tokens
         c.model.text.init_from = f"hf:{minilm_path()}"
+        c.model.text.pool = "mean"  # MiniLM's own sentence embedding: it reads new wordings better
     if args.text == "minilm":
         c.optim.lr_rules = "text/.*=0.1"
     c.model.text.cache = args.text == "cached"

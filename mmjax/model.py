@@ -18,6 +18,7 @@ from mmjax.encoders.resnet import ResNetEncoder
 from mmjax.encoders.text import CachedTextEncoder, TextEncoder
 from mmjax.encoders.wav2vec2 import Wav2Vec2Encoder
 from mmjax.fusion import build_fusion
+from mmjax.fusion.common import masked_mean
 from mmjax.heads import ClassificationHead, EmbeddingHead, LogitScale, SpanHead, TokenClassificationHead
 from mmjax.nn import lora
 from mmjax.nn.attention import DTYPES, IMPLEMENTATIONS
@@ -58,6 +59,7 @@ class MultimodalModel(nn.Module):
     align_bias: bool = False  # SigLIP's learnable logit bias
     peft: tuple[tuple[str, object], ...] = ()  # mmjax.nn.lora.interceptor keyword arguments
     modality_heads: bool = False  # also one head per task and stream on the encoders' pooled vectors
+    text_pool: str = ""  # "mean": each text stream reaches the fusion as one token, its tokens' masked mean
 
     def __call__(
         self, batch: Mapping[str, jax.Array | Mapping[str, jax.Array]], *, train: bool
@@ -75,6 +77,8 @@ class MultimodalModel(nn.Module):
         for m, encoder in self.encoders:
             x, enc_aux = encode(encoder.clone(name=m, parent=self), m, batch, det)
             prefix = aux_prefix(m)
+            if self.text_pool and stream_kind(m) == "text":
+                x, enc_aux[f"{prefix}mask"] = mean_token(x, enc_aux[f"{prefix}mask"])
             aux |= enc_aux
             if x.shape[-1] != self.width:
                 x = nn.Dense(self.width, name=f"{m}_proj")(x)
@@ -125,6 +129,13 @@ def aux_prefix(stream: str) -> str:
     """The aux-key prefix of a stream's encoder: `txt/`, `img/`, `aud/`; `img_2/` for a second image."""
     kind, _, number = stream.partition("_")
     return AUX_PREFIXES[kind].rstrip("/") + (f"_{number}/" if number else "/")
+
+
+def mean_token(tokens: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Tokens [B, L, D] and mask [B, L] -> one token [B, 1, D], their masked mean (the sentence embedding of
+    sentence-transformers such as all-MiniLM-L6-v2), and its mask [B, 1] (False where no token is real)."""
+    mask = mask.astype(bool)
+    return masked_mean(tokens, mask)[:, None], jnp.any(mask, axis=1, keepdims=True)
 
 
 def encode(encoder: nn.Module, stream: str, batch, deterministic: bool):
@@ -289,7 +300,19 @@ def build_model(
         **align_fields(cfg.get("align", {})),
         peft=peft_fields(cfg.get("peft", {})),
         modality_heads=bool(cfg.get("modality_heads", False)),
+        text_pool=text_pool(cfg),
     )
+
+
+TEXT_POOLS = ("", "mean")
+
+
+def text_pool(cfg: ml_collections.ConfigDict) -> str:
+    """model.text.pool, checked: "" (every text token reaches the fusion) or "mean" (one pooled token)."""
+    pool = cfg.get("text", {}).get("pool", "")
+    if pool not in TEXT_POOLS:
+        raise ValueError(f"model.text.pool={pool!r} is not one of {TEXT_POOLS}")
+    return pool
 
 
 IMAGE_ENCODERS = ("vit", "resnet")

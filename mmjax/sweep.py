@@ -41,6 +41,7 @@ from mmjax.results import CommandParser, condition_name, headline_metric, main_m
 
 SEED_AXIS = "seed"  # the grid axis that tables average over
 SWEEP_KEYS = ("base", "grid", "overrides", "robustness", "split", "eval_max_batches")
+OPTIONAL_KEYS = ("references",)  # {row label: {metric key: value}}: known results (a baseline) as table rows
 
 
 def is_lead() -> bool:
@@ -80,8 +81,13 @@ def load_sweep(spec: str) -> dict:
 
 def check_sweep(sweep: dict, source: str = "sweep") -> dict:
     """The sweep itself, after checking its keys, grid and robustness conditions (errors name them)."""
-    if set(sweep) != set(SWEEP_KEYS):
-        raise ValueError(f"{source}: a sweep has the keys {SWEEP_KEYS}, got {sorted(sweep)}")
+    if not set(SWEEP_KEYS) <= set(sweep) <= set(SWEEP_KEYS + OPTIONAL_KEYS):
+        raise ValueError(
+            f"{source}: a sweep has the keys {SWEEP_KEYS} (optional: {OPTIONAL_KEYS}), got {sorted(sweep)}"
+        )
+    for label, values in sweep.get("references", {}).items():
+        if not isinstance(values, Mapping) or not all(isinstance(v, (int, float)) for v in values.values()):
+            raise ValueError(f"{source}: reference {label!r} needs {{metric key: number}}, got {values!r}")
     for key, values in sweep["grid"].items():
         if isinstance(values, Mapping):  # a variant axis: {label: {config key: value}}
             bad = [label for label, overrides in values.items() if not isinstance(overrides, Mapping)]
@@ -384,8 +390,11 @@ def metric_columns(records: Sequence[Mapping], first: str = "") -> list[str]:
     return main_metric_keys(keys, first=first) if keys or first else []
 
 
-def main_table(records: Sequence[Mapping], first: str = "") -> str:
-    """Clean test metrics (the headline first), size, cost and speed per group, mean ± std over seeds."""
+def main_table(
+    records: Sequence[Mapping], first: str = "", references: Mapping[str, Mapping[str, float]] | None = None
+) -> str:
+    """Clean test metrics (the headline first), size, cost and speed per group, mean ± std over seeds; then
+    one row per reference ({label: {metric key: value}}, e.g. a classical baseline; "–" where it has none)."""
     keys = metric_columns(records, first)
     columns = [aggregate(records, metric("clean", key)) for key in keys]
     params, flops = aggregate(records, field("num_params")), aggregate(records, field("flops_per_example"))
@@ -400,6 +409,9 @@ def main_table(records: Sequence[Mapping], first: str = "") -> str:
             + [format_count(params[group]), format_count(trainable.get(group, (0.0, 0.0, 0)))]
             + [format_count(flops[group]), format_mean_std(speed[group], 1)]
         )
+    for label, values in (references or {}).items():
+        cells = [f"{values[key]:.3f}" if key in values else "–" for key in keys]
+        rows.append([label, "–", *cells, "–", "–", "–", "–"])
     return markdown_table(header, rows)
 
 
@@ -473,7 +485,8 @@ def markdown_report(sweep: Mapping, records: Sequence[Mapping], curves: Mapping 
     ]
     if differ:
         lines.append(f"Some runs rank checkpoints by another metric: {', '.join(differ)}.")
-    lines += ["", f"## Clean {sweep['split']} metrics, size and cost", "", main_table(complete, key)]
+    table = main_table(complete, key, sweep.get("references"))
+    lines += ["", f"## Clean {sweep['split']} metrics, size and cost", "", table]
     if len(names) > 1:
         robustness = robustness_table(complete, names, key)
         lines += ["", f"## Robustness: {key} per test condition", "", robustness]
@@ -509,8 +522,15 @@ def bounded(values: Sequence[float]) -> bool:
     return all(0.0 <= v <= 1.0 for v in finite)
 
 
-def plot_metric(records: Sequence[Mapping], key: str, split: str, path: pathlib.Path) -> None:
-    """The clean metric `key` (the headline) per group, error bars = std over seeds."""
+def plot_metric(
+    records: Sequence[Mapping],
+    key: str,
+    split: str,
+    path: pathlib.Path,
+    references: Mapping[str, Mapping[str, float]] | None = None,
+) -> None:
+    """The clean metric `key` (the headline) per group, error bars = std over seeds; a dashed line per
+    reference that has `key`."""
     stats = aggregate(records, metric("clean", key))
     groups = list(stats)
     fig = Figure(figsize=(max(4.0, 0.8 * len(groups) + 2), 4))
@@ -518,7 +538,11 @@ def plot_metric(records: Sequence[Mapping], key: str, split: str, path: pathlib.
     ax.bar(range(len(groups)), [stats[g][0] for g in groups], yerr=[stats[g][1] for g in groups], capsize=4)
     ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
     ax.set_ylabel(f"{key} ({split})")
-    if bounded([stats[g][0] for g in groups]):
+    lines = {label: values[key] for label, values in (references or {}).items() if key in values}
+    for label, value in lines.items():
+        ax.axhline(value, linestyle="--", color="gray", linewidth=1)
+        ax.annotate(label, (len(groups) - 0.5, value), ha="right", va="bottom", fontsize="small")
+    if bounded([stats[g][0] for g in groups] + list(lines.values())):
         ax.set_ylim(0, 1)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -591,7 +615,7 @@ def write_report(sweep: Mapping, workdir: str | pathlib.Path) -> list[dict]:
     (workdir / "results.md").write_text(markdown_report(sweep, records, curves))
     if curves:
         plot_curves(curves, key, workdir / "curves.png")
-    plot_metric(complete, key, sweep["split"], workdir / "accuracy.png")
+    plot_metric(complete, key, sweep["split"], workdir / "accuracy.png", sweep.get("references"))
     if sweep["robustness"]:
         plot_robustness(sweep, complete, key, workdir / "robustness.png")
     failed = [r["name"] for r in records if r["status"] == "failed"]

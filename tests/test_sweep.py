@@ -109,6 +109,10 @@ def test_bad_grids_and_conditions_are_named():
         "image-noise-0.5",
     ]
     assert list(sweep.conditions(fake_sweep()))[0] == "clean"
+    with pytest.raises(ValueError, match="optional: \\('references',\\)"):
+        fake_sweep(refs={})
+    with pytest.raises(ValueError, match="reference 'svc' needs {metric key: number}"):
+        fake_sweep(references={"svc": {"answer/accuracy": "high"}})
 
 
 def test_unknown_config_key_in_the_grid_stops_before_any_training(tmp_path, monkeypatch):
@@ -207,6 +211,10 @@ def test_tables_format_mean_and_std():
     assert robust[0] == "| run | clean | drop-image |" and robust[2].count("0.600 ± 0.100") == 2
     report = sweep.markdown_report(fake_sweep(), records)
     assert "3 complete, 1 failed, 0 not run" in report
+    baseline = {"classical": {"answer/accuracy": 0.97}}
+    with_reference = sweep.markdown_report(fake_sweep(references=baseline), records)
+    assert "| classical | – | 0.970 | – | – | – | – | – |" in with_reference
+    assert "| classical |" not in report
     assert "- `fusion=film,seed=0`: NonFiniteLossError: loss is nan at step 3" in report
     header, rows = sweep.csv_rows(records, ["model.fusion.name", "seed"])
     assert header[:4] == ["name", "status", "model.fusion.name", "seed"] and header[-1] == "error"

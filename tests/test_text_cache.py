@@ -89,6 +89,33 @@ def test_a_cached_run_trains_without_the_tower_and_evaluates_new_phrasings(av_di
     assert written["metrics"]["answer/accuracy"] == metrics["answer/accuracy"]
 
 
+@pytest.mark.parametrize("pool", ["", "mean"])
+def test_mean_pooled_text_reaches_the_fusion_as_one_token(av_digits_dir, tower, pool):
+    config = cached_config(av_digits_dir, tower, **{"model.text.pool": pool})
+    data = datasets.from_config(config)
+    source = data.load("validation")
+    batch = stacked([data.preprocess(source[i]) for i in range(8)])
+    tasks = data.head_sizes()
+    model = build_model(config.model, tasks, data.streams)
+    variables = model.init(jax.random.key(0), dummy_batch(config.model, tasks), train=False)
+    mask = batch["text_mask"].astype(bool)
+    mean = (batch["text_features"] * mask[..., None]).sum(1) / mask.sum(1)[:, None]
+    flat = dict(batch, text_features=np.where(mask[..., None], mean[:, None], 0.0).astype(np.float32))
+    (out, aux), (out_flat, _) = (model.apply(variables, b, train=False) for b in (batch, flat))
+    same = all(np.allclose(out[t], out_flat[t], rtol=1e-5, atol=1e-5) for t in tasks)
+    if pool == "mean":  # the fusion sees only the masked mean: features with the same mean, same outputs
+        assert aux["txt/mask"].shape == (8, 1) and aux["txt/mask"].all()
+        assert same
+    else:
+        assert aux["txt/mask"].shape == mask.shape and not same
+
+
+def test_an_unknown_text_pool_is_an_error_naming_the_field(av_digits_dir, tower):
+    config = cached_config(av_digits_dir, tower, **{"model.text.pool": "max"})
+    with pytest.raises(ValueError, match="model.text.pool='max' is not one of"):
+        build_model(config.model, {"answer": 3}, {"text": "text"})
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

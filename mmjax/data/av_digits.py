@@ -47,8 +47,9 @@ ON_BAD = ("skip", "stop")  # data.on_bad_example
 BAD_INPUTS = "bad_inputs.json"  # the skipped raw files of a build, beside the built data
 N_MELS = 64
 
-# Training phrasings, varied in wording and word order; evaluation can swap in others
-# (experiments/av_digits_questions.json, av_digits_paraphrases.json, av_digits_reworded.json).
+# Training phrasings, varied in wording and word order; each modality's words (voice, speaker, image, hear,
+# see...) also appear in other question types, so that no single word gives the type away. Evaluation can
+# swap in others (experiments/av_digits_questions.json, av_digits_paraphrases.json, av_digits_reworded.json).
 PHRASINGS = {
     "spoken_digit": [
         "what digit is spoken?",
@@ -65,6 +66,16 @@ PHRASINGS = {
         "give the digit that the speaker says",
         "what is the digit said by the speaker?",
         "out loud, which digit is said?",
+        "which digit does the voice say?",
+        "what number does the voice say?",
+        "the speaker said a digit: which digit?",
+        "what digit do you hear the speaker say?",
+        "repeat the digit you hear",
+        "what is the number that the voice says?",
+        "which of the ten digits is spoken?",
+        "which number comes from the speaker?",
+        "what digit is heard?",
+        "the voice says which digit?",
     ],
     "written_digit": [
         "what digit is written?",
@@ -81,6 +92,16 @@ PHRASINGS = {
         "give the digit that is written in the image",
         "what is the digit shown in the image?",
         "in the image, which digit is written?",
+        "which digit does the image show?",
+        "what number is written in the image?",
+        "what digit can you see written down?",
+        "a digit is written in the image. which one?",
+        "read the digit in the image",
+        "which of the ten digits is written?",
+        "what number do you read?",
+        "what is seen in the image?",
+        "which number is shown?",
+        "name the digit that you see",
     ],
     "same": [
         "are the spoken and written digits the same?",
@@ -97,6 +118,16 @@ PHRASINGS = {
         "is what you see what you hear?",
         "does the written digit match the spoken digit?",
         "same digit in the image and from the speaker?",
+        "is the spoken digit the same as the written digit?",
+        "does the voice say the digit in the image?",
+        "do you hear the number you see?",
+        "are the digit in the image and the digit that is said the same?",
+        "is the number shown the number said?",
+        "do the written and spoken numbers match?",
+        "does what the speaker says match the image?",
+        "is it the same number twice?",
+        "is the heard digit also the seen digit?",
+        "is the digit said out loud the one in the image?",
     ],
     "sum": [
         "what is the sum of the written and spoken digits?",
@@ -113,6 +144,16 @@ PHRASINGS = {
         "the spoken digit plus the written digit is what?",
         "what number is the sum of what you see and what you hear?",
         "sum the two digits",
+        "what do the spoken digit and the written digit add up to?",
+        "add the number you hear to the number you see",
+        "what is the spoken number plus the written number?",
+        "how much is the image digit plus the voice digit?",
+        "the sum of the digit in the image and the digit the speaker says?",
+        "the written digit and the spoken digit together make what?",
+        "give the sum of the two numbers",
+        "what do you get if you add the two digits?",
+        "what result do the two digits give when added?",
+        "tell me what the two numbers sum to",
     ],
     "larger": [
         "which is larger, the written or the spoken digit?",
@@ -129,6 +170,16 @@ PHRASINGS = {
         "bigger digit: the written one or the spoken one?",
         "which is greater: what you see or what you hear?",
         "does the image or the speaker have the larger number?",
+        "which digit is bigger: the one in the image or the one the speaker says?",
+        "is the written number larger than the spoken number?",
+        "which is more, the number you hear or the number you see?",
+        "does the speaker say a larger number than the image shows?",
+        "which of the two numbers is greater?",
+        "compare the spoken and written digits: which is larger?",
+        "is the image digit bigger or smaller than the voice digit?",
+        "which number is larger, if either?",
+        "larger digit: image or speaker?",
+        "tell me whether the written or the spoken digit is greater",
     ],
     "speaker": [
         "who is speaking?",
@@ -145,6 +196,16 @@ PHRASINGS = {
         "who is the speaker?",
         "who says the number you hear?",
         "the speaker is who?",
+        "whose voice says the digit?",
+        "which speaker is speaking?",
+        "who is saying the number?",
+        "tell me who the speaker is",
+        "the voice belongs to whom?",
+        "which of the speakers says this digit?",
+        "whose is the voice you hear?",
+        "name the one who is speaking",
+        "who do you hear say the digit?",
+        "which voice is it?",
     ],
 }
 
@@ -327,10 +388,11 @@ def plan_pairs(
 class AvDigits(tfds.core.GeneratorBasedBuilder):
     """AV-Digits question answering over one spoken and one written digit."""
 
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {
         "1.0.0": "FSDD x MNIST-5k pairs with six question types.",
         "1.1.0": "Fourteen training phrasings per question type (three before).",
+        "1.2.0": "24 training phrasings per type; each modality's words also appear in other types' questions.",
     }
 
     def __init__(self, *, raw_dir: str | os.PathLike | None = None, on_bad: str = "skip", **kwargs):

@@ -4,6 +4,7 @@ import collections
 import gzip
 import json
 import pathlib
+import re
 import shutil
 
 import numpy as np
@@ -11,6 +12,8 @@ import pytest
 import soundfile
 
 from mmjax.data import av_digits as avd
+
+ROOT = pathlib.Path(__file__).parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +230,19 @@ def test_tokenizer_knows_every_training_phrasing():
         for phrasing in phrasings:
             ids, _ = tokenizer.encode(phrasing, 32)
             assert unknown not in ids
+
+
+@pytest.mark.parametrize("name", ["av_digits_paraphrases", "av_digits_reworded"])
+def test_paraphrase_files_are_unseen_wordings(name):
+    """Every phrasing of a paraphrase file is not a training phrasing and has a word no training phrasing
+    has (a new word, not only new order), so the files measure reading questions, not recalling them."""
+    words = lambda phrasing: set(re.findall(r"[a-z]+", phrasing.lower()))  # noqa: E731
+    seen = set().union(*(words(p) for phrasings in avd.PHRASINGS.values() for p in phrasings))
+    questions = avd.load_questions(ROOT / "experiments" / f"{name}.json")
+    assert set(questions) == set(avd.QUESTION_TYPES)
+    for qtype, phrasings in questions.items():
+        for phrasing in phrasings:
+            assert phrasing not in avd.PHRASINGS[qtype] and words(phrasing) - seen, phrasing
 
 
 def test_built_data_loads_without_raw_data(av_digits_dir, tmp_path):
