@@ -120,8 +120,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.audio = dict(
         frames=c.data.audio_frames,
         mels=64,
-        patch_time=16,  # 160 ms x 16 mel bands per patch: 24 audio tokens
-        patch_freq=16,
+        patch_time=4,  # 40 ms of all 64 mel bands per patch: 24 audio tokens
+        patch_freq=64,
         frontend="log_mel",  # log_mel: features [B, T, F] | waveform: samples [B, S] (wav2vec2, HuBERT...)
         **pretrained,
     )

@@ -1,5 +1,6 @@
-"""Fusion ablation on AV-Digits: every fusion x 3 seeds (5 epochs each), tested clean, without a modality
-and with noise.
+"""Fusion ablation on AV-Digits: every fusion x 3 seeds on the default recipe and schedule (its learning
+curves, in the report, show whether the budget has converged), tested clean, without a modality and with
+noise; the classical baseline (scripts/classical_baseline.py) is a row of the table.
 
   python -m mmjax.sweep experiments/fusion_ablation.py --workdir runs/fusion_ablation [--only 'fusion=late,']
   python -m mmjax.sweep experiments/fusion_ablation.py --workdir runs/fusion_ablation --report
@@ -12,14 +13,23 @@ Argument `smoke`: the base experiment's smoke config, 2 fusions x 2 seeds, 3 cor
   robustness  [evaluate.main keyword arguments]: one test condition each, besides the clean one
   split       the split the runs are tested on
   eval_max_batches  test only this many batches per condition (0: the whole split)
+  references  (optional) {row label: {metric key: value}}: known results shown beside the runs
 """
 
+import json
 import pathlib
 
 from mmjax.config import parse_arg
 from mmjax.fusion import FUSIONS
 
 BASE = str(pathlib.Path(__file__).with_name("av_digits.py"))
+BASELINE = pathlib.Path(__file__).with_name("results") / "classical_baseline.json"
+
+
+def baseline_metrics(path: pathlib.Path = BASELINE) -> dict[str, float]:
+    """The classical baseline's test accuracies under the sweep's metric keys (`answer/accuracy`, ...)."""
+    results = json.loads(path.read_text())
+    return {f"{task}/accuracy": results[task] for task in ("answer", "image_digit", "audio_digit", "speaker")}
 
 
 def get_sweep(arg: str | None = None) -> dict:
@@ -30,10 +40,11 @@ def get_sweep(arg: str | None = None) -> dict:
     sweep = dict(
         base=BASE,
         grid={"model.fusion.name": list(FUSIONS), "seed": [0, 1, 2]},
-        overrides={"train.epochs": 5.0},  # half the default budget: 33 runs fit in about 2.5 h on 2 CPU cores
+        overrides={},
         robustness=missing + snr + image_noise,
         split="test",
         eval_max_batches=0,
+        references={"classical baseline (SVCs + rules)": baseline_metrics()},
     )
     if args.smoke:
         sweep["base"] = f"{BASE}:smoke"

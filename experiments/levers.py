@@ -17,7 +17,8 @@ UNDO = {  # the default without one of its levers
     "no_shift": {"data.image_shift": 0},
     "text_scratch": {"model.text.init_from": "", "model.text.cache": False, "model.text.pool": ""},
     "text_tokens": {"model.text.pool": ""},
-    "audio_patch8": {"model.audio.patch_time": 8},
+    "audio_patch8x16": {"model.audio.patch_time": 8, "model.audio.patch_freq": 16},  # the old patches
+    "audio_patch16x16": {"model.audio.patch_time": 16, "model.audio.patch_freq": 16},
     "linear_heads": {"model.head_hidden": 0},
     "epochs_10": {"train.epochs": 10.0},
 }

@@ -143,6 +143,9 @@ def test_fusion_ablation_covers_every_fusion_and_seed():
     for values in sweep.expand_grid(full["grid"]):
         config = sweep.run_config(full, values)
         assert (config.model.fusion.name, config.seed) == (values["model.fusion.name"], values["seed"])
+    baseline = json.loads((ROOT / "experiments/results/classical_baseline.json").read_text())
+    [reference] = full["references"].values()  # the classical baseline as a table row
+    assert reference["answer/accuracy"] == baseline["answer"] and len(reference) == 4
     smoke = sweep.load_sweep(f"{ABLATION}:smoke")
     assert len(sweep.expand_grid(smoke["grid"])) == 4
     assert sweep.run_config(smoke, {"seed": 1}, ["data.tfds_dir=/data"]).data.tfds_dir == "/data"
