@@ -172,7 +172,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.ema_decay = 0.0  # > 0: keep a moving average of the params; validation and evaluation use it
 
     c.train = ml_collections.ConfigDict()
-    c.train.epochs = 14.0
+    c.train.epochs = 12.0
     c.train.steps = 0  # if > 0, overrides epochs
     c.train.label_smoothing = 0.0  # on every `classes` task's cross-entropy
     c.train.log_every = 25

@@ -392,7 +392,7 @@ class AvDigits(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {
         "1.0.0": "FSDD x MNIST-5k pairs with six question types.",
         "1.1.0": "Fourteen training phrasings per question type (three before).",
-        "1.2.0": "24 training phrasings per type; each modality's words also appear in other types' questions.",
+        "1.2.0": "24 training phrasings per type; each modality's words also appear in other types.",
     }
 
     def __init__(self, *, raw_dir: str | os.PathLike | None = None, on_bad: str = "skip", **kwargs):
