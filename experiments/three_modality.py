@@ -15,13 +15,13 @@ import ml_collections
 from mmjax.config import load_config, parse_arg
 
 BASE = str(pathlib.Path(__file__).with_name("av_digits.py"))
-N_MFCC = 32  # two frequency patches of model.audio.patch_freq=16
+N_MFCC = 32
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = parse_arg(arg, smoke=False)
     c = load_config(f"{BASE}:smoke" if args.smoke else BASE)
     c.experiment = "three_modality"
-    c.data.n_mfcc = c.model.audio.mels = N_MFCC
+    c.data.n_mfcc = c.model.audio.mels = c.model.audio.patch_freq = N_MFCC  # a patch: every MFCC of 4 frames
     c.model.modality_heads = True
     return c

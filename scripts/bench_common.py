@@ -212,6 +212,7 @@ def mmjax_config(s: Shapes, hf_dirs: Mapping[str, str] | None, switches: Mapping
         m.fusion.name = "cross_attention"
         m.fusion.depth = s.fusion_depth
         m.dropout = s.dropout
+        m.head_hidden = 0  # the PyTorch twin's heads are linear
         m.text.max_len = cfg.data.text_len = s.text_len
         m.text.vocab_size = s.vocab
         m.image.size, m.image.channels, m.image.patch_size = s.image_size, s.channels, s.image_patch

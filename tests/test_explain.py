@@ -285,13 +285,15 @@ def test_maps_of_the_smoke_run(smoke_run, tmp_path):
     batch = jax.tree.map(lambda *xs: np.stack(xs), *[run.data.preprocess(source[i]) for i in range(4)])
     outputs, maps = explain.attention_maps(run.model, run.variables, batch, config.model.to_dict())
     assert list(maps) == ["image", "audio"]  # the context streams in the data set's order
-    assert maps["image"].shape == (4, 4, 4) and maps["audio"].shape == (4, 12, 4)
+    audio = config.model.audio
+    rows, columns = audio.frames // audio.patch_time, audio.mels // audio.patch_freq  # default: 24 x 1
+    assert maps["image"].shape == (4, 4, 4) and maps["audio"].shape == (4, rows, columns)
     # Softmax rows: patch shares plus the two [CLS] tokens' shares make 1, so the patches get less.
     total = maps["image"].sum(axis=(1, 2)) + maps["audio"].sum(axis=(1, 2))
     assert np.all(total < 1.0) and np.all(total > 0.5)
     # Padded audio frames get no attention; an absent stream gets none at all.
-    valid_patches = batch["audio_mask"].reshape(4, 12, 8).any(-1)
-    assert np.all(maps["audio"][~valid_patches] == 0.0)
+    valid_patches = batch["audio_mask"].reshape(4, rows, audio.patch_time).any(-1)
+    assert not valid_patches.all() and np.all(maps["audio"][~valid_patches] == 0.0)
     no_audio = dict(batch, present=dict(batch["present"], audio=np.zeros(4, bool)))
     _, dropped = explain.attention_maps(run.model, run.variables, no_audio, config.model.to_dict())
     assert np.all(dropped["audio"] == 0.0) and np.all(dropped["image"].sum(axis=(1, 2)) > total * 0.5)

@@ -516,7 +516,7 @@ def test_objective_errors_name_the_fields(av_digits_dir):
         ("data.shards=3", "data.batch_size=16 is not divisible by 3 data shards"),
         (
             "data.audio_frames=90",
-            "data.audio_frames=90 must be a multiple of config.model.audio.patch_time=8",
+            "data.audio_frames=90 must be a multiple of config.model.audio.patch_time=4",
         ),
         ("data.audio_frames=104", "at most config.model.audio.frames=96"),
         ("model.fusion.name=foo", "model.fusion.name='foo' is not one of"),

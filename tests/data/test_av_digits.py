@@ -87,7 +87,9 @@ def test_pairs_and_questions_are_balanced(records, split):
     per_cell = collections.Counter((r["question_type"], r["match"]) for r in rows)
     assert set(per_cell.values()) == {len(rows) // 12}
     phrasings = collections.Counter(r["question"] for r in rows)
-    assert len(phrasings) == sum(len(p) for p in avd.PHRASINGS.values())
+    total = sum(len(p) for p in avd.PHRASINGS.values())
+    if len(rows) >= 5 * total:  # every phrasing is drawn where each expects 5 draws or more (not validation)
+        assert len(phrasings) == total
     mismatched = collections.Counter(r["image_digit"] for r in rows if not r["match"])
     assert len(mismatched) == 10
 
