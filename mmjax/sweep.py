@@ -423,6 +423,17 @@ def robustness_table(records: Sequence[Mapping], condition_names: Sequence[str],
     return markdown_table(["run", *condition_names], rows)
 
 
+def by_group_table(records: Sequence[Mapping], key: str) -> str:
+    """The clean `key` per example group the data set reports (`<key>/<group>`, e.g. AV-Digits' answer
+    accuracy per question type), one column per group, mean ± std over seeds; "" if no run has groups."""
+    keys = dict.fromkeys(k for r in records for k in r["metrics"].get("clean", {}) if k.startswith(f"{key}/"))
+    if not keys:
+        return ""
+    columns = [aggregate(records, metric("clean", k)) for k in keys]
+    rows = [[group] + [format_mean_std(column[group]) for column in columns] for group in columns[0]]
+    return markdown_table(["run", *(k.removeprefix(f"{key}/") for k in keys)], rows)
+
+
 def validation_curves(
     records: Sequence[Mapping], workdir: pathlib.Path, key: str
 ) -> dict[str, dict[int, tuple[float, float, int]]]:
@@ -487,6 +498,9 @@ def markdown_report(sweep: Mapping, records: Sequence[Mapping], curves: Mapping 
         lines.append(f"Some runs rank checkpoints by another metric: {', '.join(differ)}.")
     table = main_table(complete, key, sweep.get("references"))
     lines += ["", f"## Clean {sweep['split']} metrics, size and cost", "", table]
+    groups = by_group_table(complete, key)
+    if groups:
+        lines += ["", f"## Clean {sweep['split']} {key} per example group", "", groups]
     if len(names) > 1:
         robustness = robustness_table(complete, names, key)
         lines += ["", f"## Robustness: {key} per test condition", "", robustness]

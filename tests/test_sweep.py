@@ -214,6 +214,14 @@ def test_tables_format_mean_and_std():
     assert robust[0] == "| run | clean | drop-image |" and robust[2].count("0.600 ± 0.100") == 2
     report = sweep.markdown_report(fake_sweep(), records)
     assert "3 complete, 1 failed, 0 not run" in report
+    assert "per example group" not in report  # no run reported groups
+    grouped = [
+        dict(r, metrics={"clean": r["metrics"]["clean"] | {"answer/accuracy/sum": 0.1 * r["values"]["seed"]}})
+        for r in records[:3]
+    ]
+    groups = sweep.by_group_table(grouped, "answer/accuracy").splitlines()
+    assert groups[0] == "| run | sum |" and groups[2] == "| fusion=late | 0.100 ± 0.100 |"
+    assert "## Clean test answer/accuracy per example group" in sweep.markdown_report(fake_sweep(), grouped)
     baseline = {"classical": {"answer/accuracy": 0.97}}
     with_reference = sweep.markdown_report(fake_sweep(references=baseline), records)
     assert "| classical | – | 0.970 | – | – | – | – | – |" in with_reference
