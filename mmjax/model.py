@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
-from flax import traverse_util
 
 from mmjax.data import text_cache
 from mmjax.encoders.audio import SpectrogramEncoder
@@ -18,10 +17,10 @@ from mmjax.encoders.resnet import ResNetEncoder
 from mmjax.encoders.text import CachedTextEncoder, TextEncoder
 from mmjax.encoders.wav2vec2 import Wav2Vec2Encoder
 from mmjax.fusion import build_fusion
-from mmjax.fusion.common import masked_mean
 from mmjax.heads import ClassificationHead, EmbeddingHead, LogitScale, SpanHead, TokenClassificationHead
 from mmjax.nn import lora
 from mmjax.nn.attention import DTYPES, IMPLEMENTATIONS
+from mmjax.nn.pooling import mean_token
 from mmjax.nn.transformer import REMAT_POLICIES, SIZES, stack_layers
 from mmjax.port.pretrained import load_pretrained
 
@@ -129,13 +128,6 @@ def aux_prefix(stream: str) -> str:
     """The aux-key prefix of a stream's encoder: `txt/`, `img/`, `aud/`; `img_2/` for a second image."""
     kind, _, number = stream.partition("_")
     return AUX_PREFIXES[kind].rstrip("/") + (f"_{number}/" if number else "/")
-
-
-def mean_token(tokens: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Tokens [B, L, D] and mask [B, L] -> one token [B, 1, D], their masked mean (the sentence embedding of
-    sentence-transformers such as all-MiniLM-L6-v2), and its mask [B, 1] (False where no token is real)."""
-    mask = mask.astype(bool)
-    return masked_mean(tokens, mask)[:, None], jnp.any(mask, axis=1, keepdims=True)
 
 
 def encode(encoder: nn.Module, stream: str, batch, deterministic: bool):
@@ -454,28 +446,6 @@ def pretrained_params(cfg: ml_collections.ConfigDict, streams: Mapping[str, str]
             tree = tree | {"encoder": stack_layers(tree["encoder"], module.depth)}
         by_kind[kind] = tree
     return {m: by_kind[kind] for m, kind in streams.items() if kind in by_kind}
-
-
-def with_pretrained(params: dict, pretrained: Mapping[str, dict]) -> dict:
-    """`params` with each pretrained modality's subtree swapped in. Structures and shapes must agree, except
-    for the LoRA and adapter params PEFT adds (mmjax.nn.lora), which keep their initial values."""
-    params = dict(params)
-    peft_names = set(lora.LORA_PARAMS + lora.ADAPTER_PARAMS)
-    for m, tree in pretrained.items():
-        ours, theirs = _shapes(params[m]), _shapes(tree)
-        added_by_peft = {path for path in set(ours) - set(theirs) if path.rsplit("/", 1)[-1] in peft_names}
-        if {k: v for k, v in ours.items() if k not in added_by_peft} != theirs:
-            diff = sorted((set(ours.items()) ^ set(theirs.items())) - {(p, ours[p]) for p in added_by_peft})
-            raise ValueError(
-                f"pretrained {m} params do not fit the {m} encoder; differing (path, shape): {diff}"
-            )
-        merged = traverse_util.flatten_dict(params[m], sep="/") | traverse_util.flatten_dict(tree, sep="/")
-        params[m] = traverse_util.unflatten_dict(merged, sep="/")
-    return params
-
-
-def _shapes(tree: dict) -> dict[str, tuple[int, ...]]:
-    return {"/".join(path): tuple(x.shape) for path, x in traverse_util.flatten_dict(tree).items()}
 
 
 def dummy_batch(

@@ -28,8 +28,9 @@ from mmjax.config import load_config
 from mmjax.data import datasets, pipeline
 from mmjax.data.augment import augment_settings, make_augment
 from mmjax.data.spec import ALIGN, DataSet, align_label_keys
-from mmjax.model import align_fields, build_model, dummy_batch, pretrained_params, with_pretrained
+from mmjax.model import align_fields, build_model, dummy_batch, pretrained_params
 from mmjax.nn import lora
+from mmjax.port.pretrained import with_pretrained
 
 
 @flax.struct.dataclass

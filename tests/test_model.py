@@ -307,7 +307,7 @@ def test_modality_heads_are_scored_where_their_modality_is_present():
 
 
 def test_pretrained_weights_fill_an_encoder_with_lora_and_keep_the_lora_init():
-    from mmjax.model import with_pretrained
+    from mmjax.port.pretrained import with_pretrained
 
     ours = {
         "text": {"q": {"kernel": np.zeros((4, 4)), "lora_a": np.ones((4, 2)), "lora_b": np.zeros((2, 4))}}

@@ -11,8 +11,8 @@ import pytest
 from mmjax import evaluate, train
 from mmjax.config import load_config
 from mmjax.data import datasets, text_cache
-from mmjax.model import build_model, dummy_batch, pretrained_params, with_pretrained
-from mmjax.port.pretrained import load_pretrained
+from mmjax.model import build_model, dummy_batch, pretrained_params
+from mmjax.port.pretrained import load_pretrained, with_pretrained
 
 ROOT = pathlib.Path(__file__).parents[1]
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mmjax.nn.embeddings import INIT, PositionEmbedding
+from mmjax.nn.pooling import masked_mean
 from mmjax.nn.transformer import encoder_stack
 
 
@@ -131,7 +132,6 @@ class CachedTextEncoder(nn.Module):
     def __call__(self, features: jax.Array, mask: jax.Array, *, deterministic: bool = True):
         del deterministic  # nothing random: the tower was run deterministically
         mask = mask.astype(bool)
-        weights = mask[..., None].astype(features.dtype)
-        pooled = jnp.sum(features * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+        pooled = masked_mean(features, mask)
         p = self.aux_prefix
         return features, {f"{p}tokens": features, f"{p}mask": mask, f"{p}pooled": pooled}

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mmjax.nn.embeddings import INIT
+from mmjax.nn.pooling import masked_mean
 
 
 def stream_names(
@@ -55,12 +56,6 @@ def project(
     if embedding:
         x = x + module.param(f"{m}_embedding", INIT, (module.width,))
     return x, valid
-
-
-def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean of x [B, L, D] over the positions where mask [B, L] is True; zeros where none is."""
-    total = jnp.where(mask[..., None], x, 0.0).sum(axis=1)
-    return total / jnp.maximum(mask.sum(axis=1, keepdims=True), 1)
 
 
 def tokens_and_summaries(

@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mmjax.fusion.common import masked_mean, project, stream_names
+from mmjax.fusion.common import project, stream_names
+from mmjax.nn.pooling import masked_mean
 
 
 class FiLMFusion(nn.Module):

@@ -1,4 +1,5 @@
-"""Multi-head attention pooling (MAP): a learned probe attends over the tokens (SigLIP's vision head)."""
+"""Pooling tokens: masked means, and multi-head attention pooling (MAP: a learned probe attends over the
+tokens, SigLIP's vision head)."""
 
 import math
 
@@ -12,6 +13,19 @@ from mmjax.nn.transformer import MlpBlock
 IN_PROJ_INIT = nn.initializers.variance_scaling(
     1.0, "fan_in", "truncated_normal", in_axis=0, out_axis=(2, 3), batch_axis=(1,)
 )
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of x [B, L, D] over the positions where mask [B, L] is True; zeros where none is."""
+    total = jnp.where(mask[..., None], x, 0.0).sum(axis=1)
+    return total / jnp.maximum(mask.sum(axis=1, keepdims=True), 1)
+
+
+def mean_token(tokens: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Tokens [B, L, D] and mask [B, L] -> one token [B, 1, D], their masked mean (the sentence embedding of
+    sentence-transformers such as all-MiniLM-L6-v2), and its mask [B, 1] (False where no token is real)."""
+    mask = mask.astype(bool)
+    return masked_mean(tokens, mask)[:, None], jnp.any(mask, axis=1, keepdims=True)
 
 
 class AttentionPool(nn.Module):

@@ -6,13 +6,16 @@ config, tower and weight names the module is rebuilt from) and the checkpoint's 
 
 import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 from flax import linen as nn
+from flax import traverse_util
 
 from mmjax.hf_cache import checkpoint_dir
+from mmjax.nn import lora
 from mmjax.port import family_and_tower, from_hf
 from mmjax.port.common import read_config, read_state_dict, strip_prefix
 
@@ -72,3 +75,25 @@ def load_pretrained(spec: str, tower: str | None = None) -> tuple[nn.Module, dic
 def tokenizer_dir(spec: str) -> Path:
     """The folder holding the tokenizer files of `spec` (the HF folder, or the ported folder's copies)."""
     return checkpoint_dir(spec[len("hf:") :]) if spec.startswith("hf:") else Path(spec)
+
+
+def with_pretrained(params: dict, pretrained: Mapping[str, dict]) -> dict:
+    """`params` with each pretrained modality's subtree swapped in. Structures and shapes must agree, except
+    for the LoRA and adapter params PEFT adds (mmjax.nn.lora), which keep their initial values."""
+    params = dict(params)
+    peft_names = set(lora.LORA_PARAMS + lora.ADAPTER_PARAMS)
+    for m, tree in pretrained.items():
+        ours, theirs = _shapes(params[m]), _shapes(tree)
+        added_by_peft = {path for path in set(ours) - set(theirs) if path.rsplit("/", 1)[-1] in peft_names}
+        if {k: v for k, v in ours.items() if k not in added_by_peft} != theirs:
+            diff = sorted((set(ours.items()) ^ set(theirs.items())) - {(p, ours[p]) for p in added_by_peft})
+            raise ValueError(
+                f"pretrained {m} params do not fit the {m} encoder; differing (path, shape): {diff}"
+            )
+        merged = traverse_util.flatten_dict(params[m], sep="/") | traverse_util.flatten_dict(tree, sep="/")
+        params[m] = traverse_util.unflatten_dict(merged, sep="/")
+    return params
+
+
+def _shapes(tree: dict) -> dict[str, tuple[int, ...]]:
+    return {"/".join(path): tuple(x.shape) for path, x in traverse_util.flatten_dict(tree).items()}

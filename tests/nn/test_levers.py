@@ -8,9 +8,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mmjax.model import build_model, dummy_batch, lever_fields, pretrained_params, with_pretrained
+from mmjax.model import build_model, dummy_batch, lever_fields, pretrained_params
 from mmjax.nn.attention import MultiHeadAttention
 from mmjax.nn.transformer import Encoder, TransformerBlock, stack_layers, unstack_layers
+from mmjax.port.pretrained import with_pretrained
 
 B, L, D, HEADS, MLP = 2, 6, 16, 2, 32
 

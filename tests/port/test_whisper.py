@@ -15,8 +15,9 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhi
 
 from mmjax.data.audio import whisper_log_mel
 from mmjax.encoders.audio import WhisperEncoder
-from mmjax.model import build_model, dummy_batch, pretrained_params, with_pretrained
+from mmjax.model import build_model, dummy_batch, pretrained_params
 from mmjax.port import from_hf, to_hf
+from mmjax.port.pretrained import with_pretrained
 
 pytestmark = pytest.mark.parity
 NO_PROBLEMS = {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set(), "error_msgs": []}
