@@ -81,13 +81,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def shapes(args: argparse.Namespace) -> bc.Shapes:
-    from mmjax.data import av_digits
+    from mmjax.data import av_digits_questions
 
     s = bc.shapes_from_args(argparse.Namespace(**(vars(args) | {"quick": False})), DEFAULTS)
     if args.quick:
         s = bc.dataclasses.replace(s, **{k: v for k, v in QUICK.items() if getattr(args, k) is None})
     if not s.vocab:
-        s = bc.dataclasses.replace(s, vocab=av_digits.make_tokenizer().vocab_size)
+        s = bc.dataclasses.replace(s, vocab=av_digits_questions.make_tokenizer().vocab_size)
     return s
 
 

@@ -4,8 +4,8 @@ own splits, and rules that answer each test question from their two predictions.
 - written digit: an RBF SVC on the raw MNIST pixels (0..1) of the training rows (i % 5 in {2, 3, 4});
 - spoken digit and speaker: RBF SVCs on MFCC statistics of the 16 kHz recordings (20 MFCCs: per coefficient
   the mean, the standard deviation and the means of each half of the clip; standardised), FSDD takes 10-49;
-- answers: mmjax.data.av_digits.answer_index applied to the predicted digits and speaker, on the real test
-  pairs (question types as built), so the per-type accuracies are the neural models' per-type accuracies.
+- answers: mmjax.data.av_digits_questions.answer_index applied to the predicted digits and speaker,
+  on the real test pairs (question types as built): per-type accuracies that compare with the neural models'.
 
     .venv/bin/python scripts/classical_baseline.py [--out experiments/results/classical_baseline.json]
 
@@ -28,10 +28,7 @@ from sklearn.svm import SVC
 from mmjax.data import audio
 from mmjax.data.av_digits import (
     FSDD_SAMPLE_RATE,
-    QUESTION_TYPES,
     SAMPLE_RATE,
-    SPEAKERS,
-    answer_index,
     image_split,
     list_recordings,
     load,
@@ -41,6 +38,7 @@ from mmjax.data.av_digits import (
     recording_split,
     resolve_data_dir,
 )
+from mmjax.data.av_digits_questions import QUESTION_TYPES, SPEAKERS, answer_index
 
 N_MFCC = 20
 

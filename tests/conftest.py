@@ -68,12 +68,12 @@ def word_bert(tmp_path_factory) -> str:
     import torch
     import transformers
 
-    from mmjax.data import av_digits
+    from mmjax.data import av_digits_questions
     from mmjax.port.pretrained import save_ported
 
     root = tmp_path_factory.mktemp("word_bert")
     torch.manual_seed(0)
-    vocab = av_digits.make_tokenizer().vocab  # as a WordPiece vocab.txt: whole words, same specials
+    vocab = av_digits_questions.make_tokenizer().vocab  # as a WordPiece vocab.txt: whole words, same specials
     config = transformers.BertConfig(
         vocab_size=len(vocab),
         hidden_size=48,

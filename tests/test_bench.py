@@ -143,12 +143,12 @@ def test_bench_infer_quick(tmp_path):
 def test_bench_infer_times_a_trained_run_through_the_predictor(smoke_run):
     import bench_infer
 
-    from mmjax.data import av_digits
+    from mmjax.data import av_digits_questions
 
     timing = bench_infer.predictor_latency(argparse.Namespace(workdir=str(smoke_run), warmup=1, calls=5))
     assert 0 < timing["model_p50_ms"] <= timing["model_p99_ms"]
     assert timing["call_p50_ms"] > timing["model_p50_ms"]  # decoding, features and tokenising come on top
-    assert timing["restore_and_compile_s"] > 0 and timing["prediction"] in av_digits.ANSWERS
+    assert timing["restore_and_compile_s"] > 0 and timing["prediction"] in av_digits_questions.ANSWERS
 
 
 @pytest.mark.slow

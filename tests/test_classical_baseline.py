@@ -1,5 +1,5 @@
 """scripts/classical_baseline.py: SVCs on the project's own splits and answers by rule on the real test pairs;
-the answers it scores are the ones mmjax.data.av_digits.answer_index gives for its predictions."""
+the answers it scores are the ones mmjax.data.av_digits_questions.answer_index gives for its predictions."""
 
 import json
 import pathlib
@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import classical_baseline  # noqa: E402
 import vs_baseline  # noqa: E402
 
-from mmjax.data.av_digits import QUESTION_TYPES  # noqa: E402
+from mmjax.data.av_digits_questions import QUESTION_TYPES  # noqa: E402
 
 
 def test_baseline_scores_every_question_type_of_the_test_pairs(av_digits_dir, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from mmjax import predict
-from mmjax.data import av_digits
+from mmjax.data import av_digits, av_digits_questions
 from tests.test_train import ROOT
 
 # One pytest-xdist worker runs every test of the smoke_run fixture, so it is trained once.
@@ -83,7 +83,7 @@ def test_printed_main_task_top5_and_every_task(predictor, files):
     top = result["tasks"]["answer"]["top"]
     assert lines[0] == f"answer: {top[0][0]} ({top[0][1]:.3f})"
     assert [line.split() for line in lines[1:6]] == [[name, f"{p:.3f}"] for name, p in top]
-    assert all(name in av_digits.ANSWERS for name, _ in top)
+    assert all(name in av_digits_questions.ANSWERS for name, _ in top)
     speaker = result["tasks"]["speaker"]["top"][0]
     assert f"speaker: {speaker[0]} ({speaker[1]:.3f})" in lines[6:]
     assert lines[-1] == "streams given: text, audio"

@@ -5,6 +5,7 @@ import functools
 import pytest
 
 from mmjax.data import av_digits as avd
+from mmjax.data import av_digits_questions as avq
 
 
 @pytest.fixture(scope="module")
@@ -14,4 +15,4 @@ def source(av_digits_dir):
 
 @pytest.fixture(scope="module")
 def preprocess_fn():
-    return functools.partial(avd.preprocess, tokenizer=avd.make_tokenizer(), text_len=24, audio_frames=96)
+    return functools.partial(avd.preprocess, tokenizer=avq.make_tokenizer(), text_len=24, audio_frames=96)

@@ -12,6 +12,7 @@ import pytest
 import soundfile
 
 from mmjax.data import av_digits as avd
+from mmjax.data import av_digits_questions as avq
 
 ROOT = pathlib.Path(__file__).parents[2]
 
@@ -70,12 +71,12 @@ def test_labels_are_consistent(records, mnist, split):
     _, labels = mnist
     for r in records[split]:
         digit, speaker, _ = avd.parse_recording(r["recording"])
-        qtype = avd.QUESTION_TYPES[r["question_type"]]
-        assert r["audio_digit"] == digit and avd.SPEAKERS[r["speaker"]] == speaker
+        qtype = avq.QUESTION_TYPES[r["question_type"]]
+        assert r["audio_digit"] == digit and avq.SPEAKERS[r["speaker"]] == speaker
         assert r["image_digit"] == labels[r["image_index"]]
         assert r["match"] == int(r["image_digit"] == r["audio_digit"])
-        assert r["answer"] == avd.answer_index(qtype, r["image_digit"], r["audio_digit"], speaker)
-        assert r["question"] in avd.PHRASINGS[qtype]
+        assert r["answer"] == avq.answer_index(qtype, r["image_digit"], r["audio_digit"], speaker)
+        assert r["question"] in avq.PHRASINGS[qtype]
 
 
 @pytest.mark.parametrize("split", avd.SPLITS)
@@ -83,11 +84,11 @@ def test_pairs_and_questions_are_balanced(records, split):
     rows = records[split]
     assert sum(r["match"] for r in rows) * 2 == len(rows)
     per_type = collections.Counter(r["question_type"] for r in rows)
-    assert set(per_type.values()) == {len(rows) // len(avd.QUESTION_TYPES)}
+    assert set(per_type.values()) == {len(rows) // len(avq.QUESTION_TYPES)}
     per_cell = collections.Counter((r["question_type"], r["match"]) for r in rows)
     assert set(per_cell.values()) == {len(rows) // 12}
     phrasings = collections.Counter(r["question"] for r in rows)
-    total = sum(len(p) for p in avd.PHRASINGS.values())
+    total = sum(len(p) for p in avq.PHRASINGS.values())
     if len(rows) >= 5 * total:  # every phrasing is drawn where each expects 5 draws or more (not validation)
         assert len(phrasings) == total
     mismatched = collections.Counter(r["image_digit"] for r in rows if not r["match"])
@@ -95,15 +96,15 @@ def test_pairs_and_questions_are_balanced(records, split):
 
 
 def test_answers_cover_the_task_classes():
-    assert len(avd.ANSWERS) == avd.TASKS["answer"] == 30
-    assert avd.answer_index("sum", 9, 9, "theo") == avd.ANSWERS.index("18")
-    assert avd.answer_index("larger", 2, 7, 0) == avd.ANSWERS.index("spoken")
-    assert avd.answer_index("larger", 7, 2, 0) == avd.ANSWERS.index("written")
-    assert avd.answer_index("larger", 4, 4, 0) == avd.ANSWERS.index("equal")
-    assert avd.answer_index("same", 4, 4, 0) == avd.ANSWERS.index("yes")
-    assert avd.answer_index("speaker", 1, 2, 3) == avd.ANSWERS.index("yweweler")
+    assert len(avq.ANSWERS) == avd.TASKS["answer"] == 30
+    assert avq.answer_index("sum", 9, 9, "theo") == avq.ANSWERS.index("18")
+    assert avq.answer_index("larger", 2, 7, 0) == avq.ANSWERS.index("spoken")
+    assert avq.answer_index("larger", 7, 2, 0) == avq.ANSWERS.index("written")
+    assert avq.answer_index("larger", 4, 4, 0) == avq.ANSWERS.index("equal")
+    assert avq.answer_index("same", 4, 4, 0) == avq.ANSWERS.index("yes")
+    assert avq.answer_index("speaker", 1, 2, 3) == avq.ANSWERS.index("yweweler")
     with pytest.raises(ValueError, match="colour"):
-        avd.answer_index("colour", 1, 2, 3)
+        avq.answer_index("colour", 1, 2, 3)
 
 
 def test_build_is_reproducible(records, tmp_path):
@@ -225,26 +226,26 @@ def test_load_rejects_unknown_split(av_digits_dir):
 
 
 def test_tokenizer_knows_every_training_phrasing():
-    tokenizer = avd.make_tokenizer()
+    tokenizer = avq.make_tokenizer()
     unknown = tokenizer.vocab.index("[UNK]")
-    for phrasings in avd.PHRASINGS.values():
+    for phrasings in avq.PHRASINGS.values():
         assert len(phrasings) >= 3
         for phrasing in phrasings:
             ids, _ = tokenizer.encode(phrasing, 32)
             assert unknown not in ids
 
 
-@pytest.mark.parametrize("name", ["av_digits_paraphrases", "av_digits_reworded"])
+@pytest.mark.parametrize("name", ["av_digits_paraphrases", "av_digits_reworded", "av_digits_blind"])
 def test_paraphrase_files_are_unseen_wordings(name):
     """Every phrasing of a paraphrase file is not a training phrasing and has a word no training phrasing
     has (a new word, not only new order), so the files measure reading questions, not recalling them."""
     words = lambda phrasing: set(re.findall(r"[a-z]+", phrasing.lower()))  # noqa: E731
-    seen = set().union(*(words(p) for phrasings in avd.PHRASINGS.values() for p in phrasings))
-    questions = avd.load_questions(ROOT / "experiments" / f"{name}.json")
-    assert set(questions) == set(avd.QUESTION_TYPES)
+    seen = set().union(*(words(p) for phrasings in avq.PHRASINGS.values() for p in phrasings))
+    questions = avq.load_questions(ROOT / "experiments" / f"{name}.json")
+    assert set(questions) == set(avq.QUESTION_TYPES)
     for qtype, phrasings in questions.items():
         for phrasing in phrasings:
-            assert phrasing not in avd.PHRASINGS[qtype] and words(phrasing) - seen, phrasing
+            assert phrasing not in avq.PHRASINGS[qtype] and words(phrasing) - seen, phrasing
 
 
 def test_built_data_loads_without_raw_data(av_digits_dir, tmp_path):

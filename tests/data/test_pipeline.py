@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mmjax.data import av_digits as avd
+from mmjax.data import av_digits_questions as avq
 from mmjax.data import pipeline
 from mmjax.data.text import split_words
 
@@ -44,7 +45,7 @@ def test_preprocess_values(source, preprocess_fn):
     frames = min(len(example["audio"]), 96)
     assert out["audio_mask"].sum() == frames
     np.testing.assert_array_equal(out["audio"][:frames], example["audio"][:frames])
-    assert avd.make_tokenizer().decode(out["text"]) == " ".join(split_words(example["question"].decode()))
+    assert avq.make_tokenizer().decode(out["text"]) == " ".join(split_words(example["question"].decode()))
     assert out["labels/answer"] == example["answer"] and out["question_type"] == example["question_type"]
 
 
@@ -154,10 +155,10 @@ def test_eval_batches_on_real_data(source, preprocess_fn):
 
 
 def test_questions_file_overrides_phrasings(source):
-    questions = avd.load_questions(QUESTIONS_FILE)
-    tokenizer = avd.make_tokenizer()
+    questions = avq.load_questions(QUESTIONS_FILE)
+    tokenizer = avq.make_tokenizer()
     for qtype, phrasings in questions.items():
-        assert len(phrasings) >= 2 and not set(phrasings) & set(avd.PHRASINGS[qtype])
+        assert len(phrasings) >= 2 and not set(phrasings) & set(avq.PHRASINGS[qtype])
         assert all(1 not in tokenizer.encode(p, 32)[0] for p in phrasings)  # no unknown words
     fn = functools.partial(
         avd.preprocess, tokenizer=tokenizer, text_len=24, audio_frames=96, questions=questions, seed=5
@@ -165,7 +166,7 @@ def test_questions_file_overrides_phrasings(source):
     for i in range(30):
         example = source[i]
         out = fn(example)
-        qtype = avd.QUESTION_TYPES[example["question_type"]]
+        qtype = avq.QUESTION_TYPES[example["question_type"]]
         held_out = {tokenizer.decode(tokenizer.encode(p, 24)[0]) for p in questions[qtype]}
         assert tokenizer.decode(out["text"]) in held_out
         np.testing.assert_array_equal(fn(example)["text"], out["text"])
@@ -175,20 +176,20 @@ def test_questions_file_overrides_phrasings(source):
     "content, message",
     [
         ({"colour": ["what colour?"]}, "colour"),
-        ({**{q: ["what?"] for q in avd.QUESTION_TYPES}, "sum": []}, "sum"),
-        ({q: ["what?"] for q in avd.QUESTION_TYPES[:-1]}, "speaker"),
+        ({**{q: ["what?"] for q in avq.QUESTION_TYPES}, "sum": []}, "sum"),
+        ({q: ["what?"] for q in avq.QUESTION_TYPES[:-1]}, "speaker"),
     ],
 )
 def test_questions_file_errors_name_file_and_key(tmp_path, content, message):
     path = tmp_path / "questions.json"
     path.write_text(json.dumps(content))
     with pytest.raises(ValueError, match=f"questions.json.*{message}"):
-        avd.load_questions(path)
+        avq.load_questions(path)
 
 
 def test_missing_questions_file(tmp_path):
     with pytest.raises(ValueError, match="absent.json"):
-        avd.load_questions(tmp_path / "absent.json")
+        avq.load_questions(tmp_path / "absent.json")
 
 
 def test_audio_buckets_trim_each_batch_to_the_shortest_bucket_that_fits(source, preprocess_fn):
@@ -231,7 +232,7 @@ def test_question_phrasings_longer_than_text_len_warn_or_stop(capsys):
     config = load_config("experiments/av_digits.py:smoke")
     config.data.text_len = 16
     long_one = "what digit do you hear in this recording of a voice saying a single digit out loud please"
-    questions = {qtype: ["what digit is it"] for qtype in avd.QUESTION_TYPES} | {"spoken_digit": [long_one]}
+    questions = {qtype: ["what digit is it"] for qtype in avq.QUESTION_TYPES} | {"spoken_digit": [long_one]}
     avd.make_preprocess(config, questions)
     out = capsys.readouterr().out
     assert "warning: truncating to data.text_len=16 tokens" in out and repr(long_one) in out
@@ -240,4 +241,4 @@ def test_question_phrasings_longer_than_text_len_warn_or_stop(capsys):
         ValueError, match="question phrasings longer than data.text_len=16: 'what digit do you"
     ):
         avd.make_preprocess(config, questions)
-    avd.make_preprocess(config, {qtype: ["what digit is it"] for qtype in avd.QUESTION_TYPES})
+    avd.make_preprocess(config, {qtype: ["what digit is it"] for qtype in avq.QUESTION_TYPES})

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mmjax.data import audio, av_digits, pipeline
+from mmjax.data import audio, av_digits, av_digits_questions, pipeline
 
 
 def test_white_noise_has_the_requested_snr():
@@ -22,7 +22,7 @@ def raw_example(av_digits_dir):
 def _preprocess(raw, corruption=None, seed=0):
     return av_digits.preprocess(
         raw,
-        tokenizer=av_digits.make_tokenizer(),
+        tokenizer=av_digits_questions.make_tokenizer(),
         text_len=16,
         audio_frames=96,
         seed=seed,

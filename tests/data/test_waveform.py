@@ -11,6 +11,7 @@ import pytest
 from mmjax.config import load_config
 from mmjax.data import audio, datasets, pipeline, waveform
 from mmjax.data import av_digits as avd
+from mmjax.data import av_digits_questions as avq
 
 RECORDINGS = avd.resolve_data_dir() / "fsdd" / "recordings"
 # 10,504 samples at 8 kHz (cropped to 0.96 s), 1,149 (the shortest), and two ordinary ones.
@@ -31,11 +32,11 @@ def stored(name: str, image_index: int = 0) -> dict:
         "audio": avd.audio_features(RECORDINGS / name),
         "image": image,
         "question": b"who is speaking?",
-        "question_type": avd.QUESTION_TYPES.index("speaker"),
-        "answer": avd.answer_index("speaker", 1, digit, speaker),
+        "question_type": avq.QUESTION_TYPES.index("speaker"),
+        "answer": avq.answer_index("speaker", 1, digit, speaker),
         "image_digit": 1,
         "audio_digit": digit,
-        "speaker": avd.SPEAKERS.index(speaker),
+        "speaker": avq.SPEAKERS.index(speaker),
         "match": int(digit == 1),
         "recording": name.encode(),
         "image_index": image_index,
@@ -121,7 +122,7 @@ def test_av_digits_waveform_batches(source):
         assert abs(row[:length].mean()) < 1e-5 and row[:length].std() == pytest.approx(1.0, abs=1e-3)
         assert not row[length:].any()
     np.testing.assert_allclose(batch["audio"][1, : lengths[1]], waveform.normalize(recording_16k(NAMES[1])))
-    assert batch["labels/speaker"].tolist() == [avd.SPEAKERS.index(n.split("_")[1]) for n in NAMES]
+    assert batch["labels/speaker"].tolist() == [avq.SPEAKERS.index(n.split("_")[1]) for n in NAMES]
     again = pickle.loads(pickle.dumps(data.preprocess))(source[2])  # what grain workers receive
     np.testing.assert_array_equal(again["audio"], batch["audio"][2])
 
