@@ -17,7 +17,7 @@ Any encoder can start from a checkpoint: --config.model.image.init_from=hf:DIR (
 import ml_collections
 
 from mmjax.config import parse_arg
-from mmjax.data import av_digits
+from mmjax.data import av_digits, av_digits_questions
 
 
 def minilm_path() -> str:
@@ -93,10 +93,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # init_from: "" (scratch), "hf:DIR" or a `python -m mmjax.port` folder; tower: for CLIP checkpoints.
     pretrained = dict(init_from="", tower="")
     c.model.text = dict(
-        vocab_size=av_digits.make_tokenizer().vocab_size,
+        vocab_size=av_digits_questions.make_tokenizer().vocab_size,
         max_len=c.data.text_len,
         cache=False,  # True: a frozen init_from tower, run once per distinct question (data/text_cache.py)
         pool="",  # "mean": the fusion sees one text token, the mean of the tower's (a sentence embedding)
+        noise=0.0,  # training only: Gaussian noise on the text features, std = this x their RMS
         **pretrained,
     )
     c.model.image = dict(

@@ -29,6 +29,7 @@ ADD = {  # the default with one lever it does not use
     "smoothing": {"train.label_smoothing": 0.1},
     "aux_weights": {"tasks.image_digit": 1.0, "tasks.audio_digit": 1.0},
     "epochs_20": {"train.epochs": 20.0},
+    "text_noise": {"model.text.noise": 1.0},  # for new wordings: the question's features blurred in training
 }
 VARIANTS = {"default": {}} | UNDO | ADD
 

@@ -59,6 +59,7 @@ class MultimodalModel(nn.Module):
     peft: tuple[tuple[str, object], ...] = ()  # mmjax.nn.lora.interceptor keyword arguments
     modality_heads: bool = False  # also one head per task and stream on the encoders' pooled vectors
     text_pool: str = ""  # "mean": each text stream reaches the fusion as one token, its tokens' masked mean
+    text_noise: float = 0.0  # training only: Gaussian noise on text features, std = this x their RMS
 
     def __call__(
         self, batch: Mapping[str, jax.Array | Mapping[str, jax.Array]], *, train: bool
@@ -78,6 +79,8 @@ class MultimodalModel(nn.Module):
             prefix = aux_prefix(m)
             if self.text_pool and stream_kind(m) == "text":
                 x, enc_aux[f"{prefix}mask"] = mean_token(x, enc_aux[f"{prefix}mask"])
+            if train and self.text_noise > 0 and stream_kind(m) == "text":
+                x = with_noise(x, self.text_noise, self.make_rng("dropout"))
             aux |= enc_aux
             if x.shape[-1] != self.width:
                 x = nn.Dense(self.width, name=f"{m}_proj")(x)
@@ -117,6 +120,12 @@ class MultimodalModel(nn.Module):
                 "valid": in_data[a] & in_data[b],
             } | ({"bias": bias} if self.align_bias else {})
         return outputs, {**aux, **fusion_aux}
+
+
+def with_noise(x: jax.Array, scale: float, rng: jax.Array) -> jax.Array:
+    """x plus Gaussian noise whose std is `scale` times each vector's RMS (over the last axis)."""
+    rms = jnp.sqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True))
+    return x + scale * jax.lax.stop_gradient(rms) * jax.random.normal(rng, x.shape, x.dtype)
 
 
 def stream_kind(stream: str) -> str:
@@ -293,6 +302,7 @@ def build_model(
         peft=peft_fields(cfg.get("peft", {})),
         modality_heads=bool(cfg.get("modality_heads", False)),
         text_pool=text_pool(cfg),
+        text_noise=text_noise(cfg),
     )
 
 
@@ -305,6 +315,14 @@ def text_pool(cfg: ml_collections.ConfigDict) -> str:
     if pool not in TEXT_POOLS:
         raise ValueError(f"model.text.pool={pool!r} is not one of {TEXT_POOLS}")
     return pool
+
+
+def text_noise(cfg: ml_collections.ConfigDict) -> float:
+    """model.text.noise, checked: >= 0, the std of the training noise on text features per unit of RMS."""
+    noise = cfg.get("text", {}).get("noise", 0.0)
+    if not noise >= 0:
+        raise ValueError(f"model.text.noise={noise!r} must be >= 0")
+    return float(noise)
 
 
 IMAGE_ENCODERS = ("vit", "resnet")

@@ -11,7 +11,7 @@ import pytest
 from mmjax import evaluate, train
 from mmjax.config import load_config
 from mmjax.data import datasets, text_cache
-from mmjax.model import build_model, dummy_batch, pretrained_params
+from mmjax.model import build_model, dummy_batch, pretrained_params, with_noise
 from mmjax.port.pretrained import load_pretrained, with_pretrained
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -108,6 +108,40 @@ def test_mean_pooled_text_reaches_the_fusion_as_one_token(av_digits_dir, tower, 
         assert same
     else:
         assert aux["txt/mask"].shape == mask.shape and not same
+
+
+def test_text_noise_perturbs_training_only(av_digits_dir, tower):
+    config = cached_config(av_digits_dir, tower, **{"model.text.pool": "mean", "model.text.noise": 0.5})
+    data = datasets.from_config(config)
+    source = data.load("validation")
+    batch = stacked([data.preprocess(source[i]) for i in range(8)])
+    tasks = data.head_sizes()
+    noisy = build_model(config.model, tasks, data.streams)
+    config.model.text.noise = 0.0
+    clean = build_model(config.model, tasks, data.streams)
+    variables = clean.init(jax.random.key(0), dummy_batch(config.model, tasks), train=False)
+    rngs = {"dropout": jax.random.key(1)}
+
+    def answer(model, train):
+        out, _ = model.apply(variables, batch, train=train, rngs=rngs, mutable=["batch_stats"])
+        return out[0]["answer"]
+
+    np.testing.assert_array_equal(answer(noisy, False), answer(clean, False))
+    assert not np.allclose(answer(noisy, True), answer(clean, True), atol=1e-4)
+
+
+def test_text_noise_std_is_the_scale_times_each_vectors_rms():
+    x = np.random.default_rng(0).normal(size=(4, 1, 4096)).astype(np.float32)
+    x[1] *= 10.0
+    noise = np.asarray(with_noise(x, 0.3, jax.random.key(0))) - x
+    rms = np.sqrt((x**2).mean(-1))
+    np.testing.assert_allclose(noise.std(-1), 0.3 * rms, rtol=0.05)
+
+
+def test_negative_text_noise_is_an_error_naming_the_field(av_digits_dir, tower):
+    config = cached_config(av_digits_dir, tower, **{"model.text.noise": -0.1})
+    with pytest.raises(ValueError, match="model.text.noise=-0.1 must be >= 0"):
+        build_model(config.model, {"answer": 3}, {"text": "text"})
 
 
 def test_an_unknown_text_pool_is_an_error_naming_the_field(av_digits_dir, tower):
