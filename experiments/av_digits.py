@@ -172,6 +172,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.lr_rules = ""  # "REGEX=MULT;...": learning-rate multipliers by param path (0 freezes)
     c.optim.ema_decay = 0.0  # > 0: keep a moving average of the params; validation and evaluation use it
 
+    # Device mesh and parameter sharding (mmjax/parallel.py): "data:-1" splits the batch over every device
+    # and replicates the parameters; "data:2,fsdp:4" also splits every large parameter (and its optimizer
+    # state) over 4 devices; "data:2,fsdp:2,tensor:2" adds Megatron tensor parallelism in attention and MLPs.
+    c.parallel = ml_collections.ConfigDict()
+    c.parallel.mesh = "data:-1"
+    c.parallel.rules = ()  # ((regex over parameter paths, (axis or None per trailing dimension)), ...)
+    c.parallel.min_shard_size = 2**14  # elements: smaller parameters stay replicated under fsdp
+
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 12.0
     c.train.steps = 0  # if > 0, overrides epochs

@@ -86,6 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.multitask = base.multitask.copy_and_resolve_references()
     c.multitask.shared = ".*/encoder/final_ln/.*"
     c.multitask.grad_norms = False
+    c.parallel = base.parallel.copy_and_resolve_references()  # mesh and sharding rules
     c.optim = base.optim.copy_and_resolve_references()
     c.train = base.train.copy_and_resolve_references()
     c.train.best_metric = ""  # "": the first task's main metric (accuracy, mAP or R^2)

@@ -53,6 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.multitask.shared = "text/encoder/final_ln/.*|text/encoder/layer_5/.*"  # the last layer all heads read
     c.multitask.grad_norms = False
 
+    c.parallel = base.parallel.copy_and_resolve_references()  # mesh and sharding rules
+
     c.optim = base.optim.copy_and_resolve_references()
     c.optim.learning_rate = 1e-4
     c.optim.end_learning_rate = 1e-6

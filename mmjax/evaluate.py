@@ -89,13 +89,17 @@ def eval_step(
     return result
 
 
-def make_eval_step(model, mesh, data: DataSet, align_positives: tuple[str, str] | None = None):
-    """eval_step for the data set's tasks, jitted over the mesh; results are replicated so every process
-    can read all of them."""
+def make_eval_step(
+    model, mesh, data: DataSet, align_positives: tuple[str, str] | None = None, variable_shardings=None
+):
+    """eval_step for the data set's tasks, jitted over the mesh with the variables laid out by
+    `variable_shardings` (parallel.tree_shardings; default replicated); results are replicated so every
+    process can read all of them."""
     kinds = tuple((task, spec.kind) for task, spec in data.tasks.items())
+    variable_shardings = parallel.replicated(mesh) if variable_shardings is None else variable_shardings
     return jax.jit(
         functools.partial(eval_step, model=model, kinds=kinds, align_positives=align_positives),
-        in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+        in_shardings=(variable_shardings, parallel.batch_sharding(mesh)),
         out_shardings=parallel.replicated(mesh),
     )
 
@@ -181,7 +185,8 @@ def restore_run(
     workdir: str | pathlib.Path, which: str = "best", sharding=None, data: DataSet | None = None
 ) -> Run:
     """The run in `workdir` with the variables of its best (or latest) checkpoint, placed with `sharding`
-    (default: the first device), on `data` (default: its config's data set; pass the DataSet a run from
+    (a Sharding for every leaf; a Mesh: laid out on it by the run's config.parallel, as in training;
+    default: the first device), on `data` (default: its config's data set; pass the DataSet a run from
     Python sources trained on). A run without a best checkpoint falls back to its latest."""
     workdir = pathlib.Path(workdir)
     config = read_config(workdir)
@@ -204,6 +209,8 @@ def restore_run(
     abstract = {
         name: tree for name, tree in jax.eval_shape(init).items() if name in ("params", "batch_stats")
     }
+    if isinstance(sharding, jax.sharding.Mesh):
+        sharding = parallel.tree_shardings(abstract, sharding, config)
     abstract = parallel.with_sharding(abstract, sharding)
     variables = checkpoint.restore_variables(manager, step, abstract, checkpoint.params_key(config))
     return Run(config, data, model, variables, step)
@@ -254,14 +261,15 @@ def main(
     many batches. `data`: the DataSet the run trained on when it came from Python sources.
     """
     workdir = pathlib.Path(workdir)
-    mesh = parallel.make_mesh()
-    run = restore_run(workdir, which, parallel.replicated(mesh), data)
+    mesh = parallel.make_mesh(spec=parallel.mesh_spec(read_config(workdir)))
+    run = restore_run(workdir, which, mesh, data)
     config, data = run.config, run.data
     corruption = pipeline.Corruption(drop, audio_snr, image_noise)
     preprocess = conditioned_preprocess(data, corruption, questions)
     batches = split_batches(config, data.load(split), preprocess)
     positives = align_label_keys(config.model.get("align", {}), data.align_labels)
-    eval_fn = make_eval_step(run.model, mesh, data, positives)
+    shardings = jax.tree.map(lambda x: x.sharding, run.variables)
+    eval_fn = make_eval_step(run.model, mesh, data, positives, shardings)
     results = predict(run.variables, batches, eval_fn, mesh, max_batches)
     summary = data.summarize(split, results)
     report = {"split": split, "step": run.step, "checkpoint": which, "questions": questions}

@@ -62,9 +62,12 @@ class Predictor:
     compiled: jax.stages.Compiled
 
     @classmethod
-    def from_workdir(cls, workdir: str | os.PathLike, which: str = "best", data=None) -> "Predictor":
-        """The run in `workdir` (on `data` when it trained on Python sources), compiled for one example."""
-        run = evaluate.restore_run(workdir, which, data=data)
+    def from_workdir(
+        cls, workdir: str | os.PathLike, which: str = "best", data=None, mesh: jax.sharding.Mesh | None = None
+    ) -> "Predictor":
+        """The run in `workdir` (on `data` when it trained on Python sources), compiled for one example; on
+        one device, or with its params laid out on `mesh` as in training (a model too big for one)."""
+        run = evaluate.restore_run(workdir, which, mesh, data=data)
         if run.data.encode_inputs is None:
             raise ValueError(
                 f"predictions from raw inputs are not available for the {run.data.name} data set"

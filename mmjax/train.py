@@ -351,13 +351,15 @@ def moving_average(average, params, step: jax.Array, decay: float):
     return optax.incremental_update(params, average, 1.0 - rate)
 
 
-def make_train_step(model, optimizer, objective: Objective, mesh):
-    """train_step jitted over the mesh: batch sharded on `data`, state replicated and donated."""
+def make_train_step(model, optimizer, objective: Objective, mesh, state_shardings=None):
+    """train_step jitted over the mesh: batch split over `data` and `fsdp`, state laid out by
+    `state_shardings` (a tree from parallel.tree_shardings; default replicated) and donated."""
     replicated = parallel.replicated(mesh)
+    state_shardings = replicated if state_shardings is None else state_shardings
     return jax.jit(
         functools.partial(train_step, model=model, optimizer=optimizer, objective=objective),
-        in_shardings=(replicated, parallel.batch_sharding(mesh)),
-        out_shardings=(replicated, replicated),
+        in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
+        out_shardings=(state_shardings, replicated),
         donate_argnums=0,
     )
 
@@ -446,18 +448,23 @@ def sigterm_flag():
 
 
 def main(
-    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, data: DataSet | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    data: DataSet | None = None,
+    print_sharding: bool = False,
 ) -> dict[str, float]:
     """Train (or resume) in `workdir` on `data` (default: the config's data set, config.data.dataset);
     returns the last validation metrics. On SIGTERM it logs, saves a checkpoint of the current step and
-    raises Preempted (exit status 143); rerunning resumes there."""
+    raises Preempted (exit status 143); rerunning resumes there. `print_sharding`: print how the train
+    state would be laid out on the mesh (each leaf's shape, spec and bytes per device) and return {}
+    before allocating it."""
     check_config(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_lead = jax.process_index() == 0
 
     # Mesh.
-    mesh = parallel.make_mesh()
+    mesh = parallel.make_mesh(spec=parallel.mesh_spec(config))
     parallel.check_batch_size(config.data.batch_size, mesh)
     parallel.check_batch_size(config.data.eval_batch_size, mesh, "data.eval_batch_size")
 
@@ -499,11 +506,16 @@ def main(
     schedule = optim.learning_rate_schedule(config.optim, total_steps)
     example = dummy_batch(config.model, data.head_sizes(), streams=data.streams)
 
-    # State: planned with eval_shape, created replicated, or restored from the latest checkpoint.
-    replicated = parallel.replicated(mesh)
+    # State: planned with eval_shape and laid out on the mesh by config.parallel (nothing is materialised
+    # replicated first), created there, or restored onto it from the latest checkpoint.
     objective = make_objective(config, data)
     make_state = functools.partial(init_state, model, optimizer, objective, example, config.seed)
-    abstract_state = parallel.with_sharding(jax.eval_shape(make_state), replicated)  # same with pretrained
+    planned = jax.eval_shape(make_state)  # the same with pretrained params
+    shardings = parallel.tree_shardings(planned, mesh, config)
+    abstract_state = parallel.with_sharding(planned, shardings)
+    if print_sharding:
+        print(parallel.sharding_table(planned, shardings, mesh))
+        return {}
     manager = checkpoint.make_manager(
         workdir / "checkpoints",
         keep=config.train.keep,
@@ -512,7 +524,7 @@ def main(
     )
     latest = manager.latest_step()
     if latest is None:
-        state = jax.jit(make_state, out_shardings=replicated)(pretrained_params(config.model, data.streams))
+        state = jax.jit(make_state, out_shardings=shardings)(pretrained_params(config.model, data.streams))
     else:
         state = checkpoint.restore(manager, latest, abstract_state, train_iter)
         print(f"mmjax: resumed from the checkpoint of step {latest} in {workdir}")
@@ -523,12 +535,13 @@ def main(
     trainable, total = optim.trainable_count(config.optim, abstract_state.params)
     print(
         f"mmjax: {trainable:,} trainable / {total:,} parameters ({trainable / total:.1%}), "
-        f"{mesh.size} devices, steps {start_step}->{total_steps}"
+        f"{mesh.size} devices (mesh {parallel.describe(mesh)}), steps {start_step}->{total_steps}"
     )
 
     # Step.
-    step_fn = make_train_step(model, optimizer, objective, mesh)
-    eval_fn = evaluate.make_eval_step(model, mesh, data, objective.align_positives)
+    step_fn = make_train_step(model, optimizer, objective, mesh, shardings)
+    variable_shardings = parallel.tree_shardings(abstract_state.variables(), mesh, config)
+    eval_fn = evaluate.make_eval_step(model, mesh, data, objective.align_positives, variable_shardings)
 
     def validate(variables) -> dict[str, float]:
         batches = evaluate.split_batches(config, sources["validation"], preprocess)
@@ -637,8 +650,10 @@ def init_distributed(coordinator: str, num_processes: int, process_id: int) -> N
         jax.distributed.initialize(coordinator, num_processes, process_id)
 
 
-def parse_command_line(argv: list[str]) -> tuple[ml_collections.ConfigDict, str, tuple[str, int, int]]:
-    """(config, workdir, (coordinator, num_processes, process_id)) from the command line."""
+def parse_command_line(
+    argv: list[str],
+) -> tuple[ml_collections.ConfigDict, str, tuple[str, int, int], bool]:
+    """(config, workdir, (coordinator, num_processes, process_id), print_sharding) from the command line."""
     parser = argparse.ArgumentParser(
         prog="python -m mmjax.train", description=__doc__.strip().splitlines()[0]
     )
@@ -649,6 +664,11 @@ def parse_command_line(argv: list[str]) -> tuple[ml_collections.ConfigDict, str,
         "--coordinator",
         default=env.get("JAX_COORDINATOR_ADDRESS", ""),
         help="multi-process runs: process 0 HOST:PORT (default $JAX_COORDINATOR_ADDRESS), or auto (cluster)",
+    )
+    parser.add_argument(
+        "--print-sharding",
+        action="store_true",
+        help="print each parameter's shape, mesh spec and bytes per device, then exit without training",
     )
     parser.add_argument(
         "--num-processes", type=int, default=int(env.get("JAX_NUM_PROCESSES", 1)), help="($JAX_NUM_PROCESSES)"
@@ -665,18 +685,18 @@ def parse_command_line(argv: list[str]) -> tuple[ml_collections.ConfigDict, str,
             )
         overrides.append(item.removeprefix("--config."))
     distributed = (args.coordinator, args.num_processes, args.process_id)
-    return load_config(args.config, overrides), args.workdir, distributed
+    return load_config(args.config, overrides), args.workdir, distributed, args.print_sharding
 
 
 def run_command_line(argv: list[str]) -> None:
     """`python -m mmjax.train ...`: bad input (an unknown config key, a bad value, a missing or empty data
     set) ends with `mmjax.train: error: ...` and exit status 2; only process 0 writes to stdout."""
     try:
-        config, workdir, distributed = parse_command_line(argv)
+        config, workdir, distributed, print_sharding = parse_command_line(argv)
         init_distributed(*distributed)
         if jax.process_index() != 0:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the whole process)
-        main(config, workdir)
+        main(config, workdir, print_sharding=print_sharding)
     except (ValueError, FileNotFoundError) as err:
         print(f"mmjax.train: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -1,4 +1,4 @@
-"""scripts/bench_train.py and scripts/bench_infer.py: quick runs give well-formed JSON, and the PyTorch twin
+"""scripts/bench_*.py: quick runs give well-formed JSON, and the PyTorch twin
 computes the same loss as mmjax from the same weights. No timing thresholds: timings depend on the machine."""
 
 import argparse
@@ -184,3 +184,20 @@ def test_bench_port_quick(tmp_path):
             for key in ("seconds_per_gb", "peak_over_checkpoint", "anonymous_peak_over_checkpoint"):
                 assert _positive(model[loader][key]), (loader, key)
         assert _positive(model["mmjax"]["speedup_vs_transformers"])
+
+
+@pytest.mark.slow
+def test_bench_sharding_quick(tmp_path):
+    import bench_sharding
+
+    out = tmp_path / "sharding.json"
+    bench_sharding.main(["--quick", "--batch", "8", "--repeats", "1", "--out", str(out)])
+    result = json.loads(out.read_text())
+    rows = {row["mesh"]: row for row in result["meshes"]}
+    assert list(rows) == ["data:8", "data:2,fsdp:4", "fsdp:8", "data:2,fsdp:2,tensor:2"]
+    assert result["peer"] == "data:8" and rows["data:8"]["step_time_vs_peer"] == 1.0
+    held = {mesh: row["state_bytes_per_device"] for mesh, row in rows.items()}
+    assert held["data:8"] == rows["data:8"]["state_bytes_replicated"] > held["data:2,fsdp:4"] > held["fsdp:8"]
+    for row in rows.values():  # the same model and batch: the same first loss on every mesh
+        assert row["first_loss"] == pytest.approx(rows["data:8"]["first_loss"], rel=1e-5)
+        assert _positive(row["step"]["median_s"]) and _positive(row["xla_bytes_per_device"]["argument"])

@@ -33,14 +33,17 @@ def _records(workdir) -> list[dict]:
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_train_like_one_process_on_the_same_global_batches(av_digits_dir, tmp_path):
+# On a sharded mesh each process holds some parameters' shards only; data:2 puts one process on each row.
+@pytest.mark.parametrize("mesh", ["data:-1", pytest.param("data:2,fsdp:2,tensor:2", marks=pytest.mark.slow)])
+def test_two_processes_train_like_one_process_on_the_same_global_batches(av_digits_dir, tmp_path, mesh):
+    overrides = OVERRIDES | {"parallel.mesh": mesh}
     single = tmp_path / "single"
-    train.main(smoke_config(av_digits_dir, **OVERRIDES), single)
+    train.main(smoke_config(av_digits_dir, **overrides), single)
 
     shared = tmp_path / "two_processes"  # one workdir: checkpoints are written cooperatively
     command = [sys.executable, "-m", "mmjax.train", "--config", "experiments/av_digits.py:smoke"]
     command += ["--workdir", str(shared), f"--config.data.tfds_dir={av_digits_dir}"]
-    command += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+    command += [f"--config.{k}={v}" for k, v in overrides.items()]
     command += ["--coordinator", f"localhost:{_free_port()}", "--num-processes", "2"]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4" + COLLECTIVE_TIMEOUTS)
     processes = [
