@@ -1,6 +1,7 @@
 """mmjax.predict on real FSDD recordings and MNIST digits: CLI and API, missing modalities, bad files."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -154,3 +155,26 @@ def test_cli_errors(smoke_run, files, tmp_path):
     assert done.returncode == 2 and "give at least one of --image, --audio, --text and --input" in done.stderr
     done = _run_cli("--workdir", smoke_run, "--input", "video=clip.mp4")
     assert done.returncode == 2 and "no stream 'video'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_predictor_on_a_sharded_mesh_answers_like_one_device(smoke_run, predictor, files, tmp_path):
+    import jax
+
+    from mmjax import parallel
+
+    sharded_run = tmp_path / "run"  # the same run, with every parameter of 64+ elements to be sharded
+    shutil.copytree(smoke_run, sharded_run)
+    config = json.loads((sharded_run / "config.json").read_text())
+    config["parallel"]["min_shard_size"] = 64
+    (sharded_run / "config.json").write_text(json.dumps(config))
+    mesh = parallel.make_mesh(spec="data:2,fsdp:2,tensor:2")
+    sharded = predict.Predictor.from_workdir(sharded_run, mesh=mesh)
+    specs = [leaf.sharding.spec for leaf in jax.tree.leaves(sharded.run.variables["params"])]
+    assert any("fsdp" in spec for spec in specs) and any("tensor" in spec for spec in specs)
+    given = {"audio": files["flac"], "image": files["png"], "text": "what is the sum of the two digits?"}
+    want, got = predictor(**given), sharded(**given)
+    assert got["tasks"]["answer"]["top"][0][0] == want["tasks"]["answer"]["top"][0][0]
+    for task in want["tasks"]:
+        np.testing.assert_allclose(
+            [p for _, p in got["tasks"][task]["top"]], [p for _, p in want["tasks"][task]["top"]], atol=1e-5
+        )
