@@ -71,7 +71,7 @@ def test_own_folder_trains_on_8_and_1_devices_alike_evaluates_and_lists_bad_rows
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-3000:]
-    assert ", 1 devices," in finished.stdout
+    assert ", 1 devices (mesh data:1)," in finished.stdout
     eight, one = losses_per_step(tmp_path / "eight"), losses_per_step(tmp_path / "one")
     assert sorted(eight) == sorted(one) == list(range(2, config.train.steps + 1, 2))
     np.testing.assert_allclose([one[s] for s in one], [eight[s] for s in one], rtol=1e-5, atol=1e-6)

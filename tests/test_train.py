@@ -284,7 +284,10 @@ def test_a_run_saved_on_8_devices_resumes_on_1(av_digits_dir, tmp_path, uninterr
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-2000:]
-    assert "resumed from the checkpoint of step 40" in finished.stdout and ", 1 devices," in finished.stdout
+    assert (
+        "resumed from the checkpoint of step 40" in finished.stdout
+        and ", 1 devices (mesh data:1)," in finished.stdout
+    )
     got = last_record_per_step(workdir)
     assert sorted(got) == list(range(1, 45)) and all(np.isfinite(got[s]["loss"]) for s in range(41, 45))
     assert final_params(workdir, smoke_config(av_digits_dir))[0] == 44
