@@ -514,8 +514,8 @@ def test_objective_errors_name_the_fields(av_digits_dir):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("data.batch_size=60", "data.batch_size=60 is not divisible by the 8 devices"),
-        ("data.eval_batch_size=50", "data.eval_batch_size=50 is not divisible by the 8 devices"),
+        ("data.batch_size=60", "data.batch_size=60 is not divisible by the 8 batch shards"),
+        ("data.eval_batch_size=50", "data.eval_batch_size=50 is not divisible by the 8 batch shards"),
         ("data.shards=3", "data.batch_size=16 is not divisible by 3 data shards"),
         (
             "data.audio_frames=90",
