@@ -235,15 +235,16 @@ def build_mmjax(cfg, tasks: Mapping[str, int], batch: Mapping, mesh=None):
     """(model, optimizer, objective, state, jitted train step) from the config; `batch` for init."""
     import jax
 
-    from mmjax import optim, parallel, train
+    from mmjax import optim, parallel
     from mmjax.model import build_model, pretrained_params
+    from mmjax.step import init_state, make_objective, make_train_step
 
     model = build_model(cfg.model, tasks)
     optimizer = optim.make_optimizer(cfg.optim, total_steps=10_000)
-    objective = train.make_objective(cfg)
+    objective = make_objective(cfg)
     mesh = mesh or parallel.make_mesh(jax.devices()[:1])
-    state = train.init_state(model, optimizer, objective, batch, cfg.seed, pretrained_params(cfg.model))
-    step = train.make_train_step(model, optimizer, objective, mesh)
+    state = init_state(model, optimizer, objective, batch, cfg.seed, pretrained_params(cfg.model))
+    step = make_train_step(model, optimizer, objective, mesh)
     return model, optimizer, objective, state, step
 
 

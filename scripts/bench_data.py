@@ -141,19 +141,20 @@ def bench_pipeline(config, workers: int, batches: int) -> dict:
 def bench_train_step(config, steps: int) -> dict:
     """examples/s of the jitted train step of the config's model (built as mmjax.train.main does)."""
     from mmjax import optim, parallel, train
+    from mmjax.step import init_state, make_objective, make_train_step
 
     data = datasets.from_config(config)
     tasks = data.head_sizes()
     model = train.build_model(config.model, tasks, data.streams, data.text_vocab_size)
     optimizer = optim.make_optimizer(config.optim, 1000)
-    objective = train.make_objective(config, data)
+    objective = make_objective(config, data)
     mesh = parallel.make_mesh()
     example = train.dummy_batch(config.model, tasks, streams=data.streams)
-    make_state = functools.partial(train.init_state, model, optimizer, objective, example, config.seed)
+    make_state = functools.partial(init_state, model, optimizer, objective, example, config.seed)
     state = jax.jit(make_state, out_shardings=parallel.replicated(mesh))(
         train.pretrained_params(config.model, data.streams)
     )
-    step_fn = train.make_train_step(model, optimizer, objective, mesh)
+    step_fn = make_train_step(model, optimizer, objective, mesh)
     batch = parallel.to_global(next(_train_stream(config, 0)), mesh)
     holder = {"state": state}
 

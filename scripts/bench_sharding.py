@@ -60,21 +60,22 @@ def bench_mesh(spec: str, cfg, tasks, host_batch, args) -> dict:
     import jax
     import numpy as np
 
-    from mmjax import optim, parallel, train
+    from mmjax import optim, parallel
     from mmjax.model import build_model, pretrained_params
+    from mmjax.step import init_state, make_objective, make_train_step
 
     cfg.parallel.mesh = spec
     mesh = parallel.make_mesh(spec=spec)
     parallel.check_batch_size(len(host_batch["text"]), mesh, "--batch")
     model = build_model(cfg.model, tasks)
     optimizer = optim.make_optimizer(cfg.optim, total_steps=10_000)
-    objective = train.make_objective(cfg)
-    make_state = functools.partial(train.init_state, model, optimizer, objective, host_batch, cfg.seed)
+    objective = make_objective(cfg)
+    make_state = functools.partial(init_state, model, optimizer, objective, host_batch, cfg.seed)
     planned = jax.eval_shape(make_state)
     shardings = parallel.tree_shardings(planned, mesh, cfg)
     held, whole = parallel.bytes_per_device(planned, shardings)
     state = jax.jit(make_state, out_shardings=shardings)(pretrained_params(cfg.model))
-    step = train.make_train_step(model, optimizer, objective, mesh, shardings)
+    step = make_train_step(model, optimizer, objective, mesh, shardings)
     batch = parallel.to_global(host_batch, mesh)
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()

@@ -77,7 +77,8 @@ def jax_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
     import jax
     import numpy as np
 
-    from mmjax import parallel, train
+    from mmjax import parallel
+    from mmjax.step import task_losses
 
     rss_start, _ = bc.rss_bytes()
     cfg, tasks, applied = bc.mmjax_config(s, hf_dirs(args.hf_dir), bc.switches_from_args(args))
@@ -86,7 +87,7 @@ def jax_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
     model, _, objective, state, step = bc.build_mmjax(cfg, tasks, host_batch, mesh)
     batch = jax.device_put(host_batch, parallel.batch_sharding(mesh))
     outputs, _ = model.apply({"params": state.params}, batch, train=False)
-    initial_loss = float(np.sum(np.asarray(objective.weights) * train.task_losses(outputs, batch, objective)))
+    initial_loss = float(np.sum(np.asarray(objective.weights) * task_losses(outputs, batch, objective)))
     np.savez(Path(args.hf_dir) / "mmjax_params.npz", **bc.flat_params(state.params))
 
     start = time.perf_counter()
@@ -183,7 +184,7 @@ def torch_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
 
 
 def _objective_weights(cfg) -> tuple[tuple[str, ...], tuple[float, ...]]:
-    from mmjax.train import make_objective
+    from mmjax.step import make_objective
 
     objective = make_objective(cfg)
     return objective.tasks, objective.weights

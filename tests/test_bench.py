@@ -23,7 +23,7 @@ def _positive(value) -> bool:
 def test_torch_twin_loss_matches_mmjax(tmp_path):
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from mmjax import train
+    from mmjax.step import task_losses
 
     s = bc.Shapes(**bc.QUICK)
     dirs = bc.save_hf_encoders(s, tmp_path)
@@ -31,7 +31,7 @@ def test_torch_twin_loss_matches_mmjax(tmp_path):
     batch = bc.random_batch(s, tasks, seed=1)
     model, _, objective, state, _ = bc.build_mmjax(cfg, tasks, batch)
     outputs, _ = model.apply({"params": state.params}, batch, train=False)
-    loss = float(np.sum(np.asarray(objective.weights) * train.task_losses(outputs, batch, objective)))
+    loss = float(np.sum(np.asarray(objective.weights) * task_losses(outputs, batch, objective)))
 
     _, TorchTwin = bc.torch_twin_classes()
     twin = TorchTwin(bc.load_hf_encoders(dirs), s, tasks).eval()

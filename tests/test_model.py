@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import scipy.special
 
-from mmjax import evaluate, train
+from mmjax import evaluate
 from mmjax.data import pipeline, spec
 from mmjax.losses import softmax_cross_entropy
 from mmjax.model import build_model, drop_modalities, dummy_batch
 from mmjax.nn import lora
+from mmjax.step import Objective, task_losses
 
 TASKS = {"answer": 30, "image_digit": 10, "speaker": 6}
 
@@ -282,8 +283,8 @@ def test_modality_heads_add_each_modality_loss_over_the_examples_that_have_it():
     labels = np.array([0, 3, 4, 1])
     present = {"text": np.ones(4, bool), "image": np.array([1, 0, 1, 0], bool), "audio": np.zeros(4, bool)}
     outputs = {"answer": fused, "modality_heads": {"answer": heads}, "present": present}
-    objective = train.Objective(tasks=("answer",), weights=(1.0,), method="static")
-    (loss,) = np.asarray(train.task_losses(outputs, {"labels/answer": labels}, objective))
+    objective = Objective(tasks=("answer",), weights=(1.0,), method="static")
+    (loss,) = np.asarray(task_losses(outputs, {"labels/answer": labels}, objective))
 
     def nll(logits, rows):
         log_p = logits - scipy.special.logsumexp(logits, axis=1, keepdims=True)

@@ -17,6 +17,7 @@ from mmjax.data import av_digits, pipeline
 from mmjax.fusion import FUSIONS
 from mmjax.metrics import read_metrics
 from mmjax.model import build_model, dummy_batch
+from mmjax.step import init_state, make_objective, make_train_step
 
 MESHES = ("data:8", "data:2,fsdp:4", "fsdp:8", "data:2,fsdp:2,tensor:2")
 THREE_D = "data:2,fsdp:2,tensor:2"
@@ -44,11 +45,11 @@ def train_on_mesh(config, batches, devices, spec):
     mesh = parallel.make_mesh(devices, spec)
     model = build_model(config.model, av_digits.task_classes(config.tasks))
     optimizer = optim.make_optimizer(config.optim, total_steps=10)
-    objective = train.make_objective(config)
-    make_state = functools.partial(train.init_state, model, optimizer, objective, batches[0], 0)
+    objective = make_objective(config)
+    make_state = functools.partial(init_state, model, optimizer, objective, batches[0], 0)
     shardings = parallel.tree_shardings(jax.eval_shape(make_state), mesh, config)
     state = jax.jit(make_state, out_shardings=shardings)()
-    step = train.make_train_step(model, optimizer, objective, mesh, shardings)
+    step = make_train_step(model, optimizer, objective, mesh, shardings)
     losses = []
     for batch in batches:
         state, scalars = step(state, parallel.to_global(batch, mesh))
@@ -125,9 +126,9 @@ def test_fsdp_shards_all_but_a_sliver_of_a_base_model_and_its_optimizer_state(av
     tasks = av_digits.task_classes(config.tasks)
     model = build_model(config.model, tasks)
     optimizer = optim.make_optimizer(config.optim, total_steps=10)
-    objective = train.make_objective(config)
+    objective = make_objective(config)
     example = dummy_batch(config.model, tasks)
-    planned = jax.eval_shape(functools.partial(train.init_state, model, optimizer, objective, example, 0))
+    planned = jax.eval_shape(functools.partial(init_state, model, optimizer, objective, example, 0))
     layouts = {
         spec: parallel.tree_shardings(planned, parallel.make_mesh(spec=spec), config) for spec in MESHES
     }
@@ -146,8 +147,8 @@ def test_optimizer_state_and_moving_average_follow_their_parameter(av_digits_dir
     config = smoke_config(av_digits_dir, **{"optim.ema_decay": 0.9})
     model = build_model(config.model, av_digits.task_classes(config.tasks))
     optimizer = optim.make_optimizer(config.optim, total_steps=10)
-    objective = train.make_objective(config)
-    make_state = functools.partial(train.init_state, model, optimizer, objective, smoke_batches[0], 0)
+    objective = make_objective(config)
+    make_state = functools.partial(init_state, model, optimizer, objective, smoke_batches[0], 0)
     planned = jax.eval_shape(make_state)
     shardings = parallel.tree_shardings(planned, parallel.make_mesh(spec=THREE_D), config)
     by_path = {

@@ -13,8 +13,9 @@ from jax.experimental.compilation_cache import compilation_cache as jax_cache
 from matplotlib.figure import Figure
 from PIL import Image
 
-from mmjax import sweep
+from mmjax import sweep, sweep_report
 from mmjax.fusion import FUSIONS
+from mmjax.step import make_objective
 
 ROOT = pathlib.Path(__file__).parents[1]
 ABLATION = str(ROOT / "experiments/fusion_ablation.py")
@@ -63,7 +64,7 @@ def test_grid_expands_to_named_runs_first_axis_slowest():
     assert sweep.run_name({"model.fusion.fusion_layer": 2, "optim.learning_rate": 0.0005}) == (
         "fusion_layer=2,learning_rate=0.0005"
     )
-    assert sweep.group_name(runs[4]) == "fusion=film"
+    assert sweep_report.group_name({"name": sweep.run_name(runs[4])}) == "fusion=film"
     assert [sweep.run_name(v) for v in sweep.select(runs, "film,seed=[01]")] == [
         "fusion=film,seed=0",
         "fusion=film,seed=1",
@@ -154,14 +155,14 @@ def test_fusion_ablation_covers_every_fusion_and_seed():
 def test_aggregation_is_mean_and_sample_std_over_seeds_of_complete_runs():
     records = [fake_record("late", s, a) for s, a in enumerate([0.5, 0.7, 0.6])]
     records += [fake_record("film", 0, 0.9), fake_record("film", 1, 0.0, status="failed")]
-    stats = sweep.aggregate(records, sweep.metric("clean", "answer/accuracy"))
+    stats = sweep_report.aggregate(records, sweep_report.metric("clean", "answer/accuracy"))
     assert list(stats) == ["fusion=late", "fusion=film"]
     mean, std, n = stats["fusion=late"]
     assert (round(mean, 6), round(std, 6), n) == (0.6, 0.1, 3)
     assert stats["fusion=film"] == (0.9, 0.0, 1)
-    speed = sweep.aggregate(records, sweep.field("examples_per_sec"))
+    speed = sweep_report.aggregate(records, sweep_report.field("examples_per_sec"))
     assert speed["fusion=late"][:2] == (101.0, 1.0)
-    assert sweep.mean_std([])[2] == 0 and sweep.mean_std([float("nan"), 1.0]) == (1.0, 0.0, 1)
+    assert sweep_report.mean_std([])[2] == 0 and sweep_report.mean_std([float("nan"), 1.0]) == (1.0, 0.0, 1)
 
 
 def test_learning_curves_average_the_seeds_validation_logs_and_mark_the_best_step(tmp_path):
@@ -181,28 +182,31 @@ def test_learning_curves_average_the_seeds_validation_logs_and_mark_the_best_ste
             for i, v in enumerate(curve)
         ]
         (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
-    curves = sweep.validation_curves(records, tmp_path, "answer/accuracy")
+    curves = sweep_report.validation_curves(records, tmp_path, "answer/accuracy")
     assert list(curves) == ["fusion=late", "fusion=film"] and list(curves["fusion=late"]) == [100, 200, 300]
     mean, std, n = curves["fusion=late"][200]
     assert (round(mean, 6), round(std, 6), n) == (0.8, round(np.std([0.7, 0.9], ddof=1), 6), 2)
     assert curves["fusion=film"][300] == (0.7, 0.0, 1)  # the failed seed is left out
-    table = sweep.curves_table(curves)
+    table = sweep_report.curves_table(curves)
     assert "| step 100 | step 200 | step 300 | best at step |" in table
     assert table.splitlines()[2].endswith("| 200 |") and table.splitlines()[3].endswith("| 300 |")
-    sweep.plot_curves(curves, "answer/accuracy", tmp_path / "curves.png")
+    sweep_report.plot_curves(curves, "answer/accuracy", tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
 def test_tables_format_mean_and_std():
-    assert sweep.format_mean_std((0.61234, 0.1, 3)) == "0.612 ± 0.100"
-    assert sweep.format_mean_std((0.9, 0.0, 1)) == "0.900"
-    assert sweep.format_mean_std((float("nan"), float("nan"), 0)) == "–"
-    assert sweep.format_count((1_500_000, 0, 2)) == "1.50M" and sweep.format_count((2.5e9, 0, 1)) == "2.50G"
-    assert sweep.markdown_table(["a", "b"], [["1", "2"]]) == "| a | b |\n|---|---|\n| 1 | 2 |"
+    assert sweep_report.format_mean_std((0.61234, 0.1, 3)) == "0.612 ± 0.100"
+    assert sweep_report.format_mean_std((0.9, 0.0, 1)) == "0.900"
+    assert sweep_report.format_mean_std((float("nan"), float("nan"), 0)) == "–"
+    assert (
+        sweep_report.format_count((1_500_000, 0, 2)) == "1.50M"
+        and sweep_report.format_count((2.5e9, 0, 1)) == "2.50G"
+    )
+    assert sweep_report.markdown_table(["a", "b"], [["1", "2"]]) == "| a | b |\n|---|---|\n| 1 | 2 |"
     names = ["clean", "drop-image"]
     records = [fake_record("late", s, a, conditions=names) for s, a in enumerate([0.5, 0.7, 0.6])]
     records.append(fake_record("film", 0, 0.0, status="failed"))
-    main = sweep.main_table(records[:3]).splitlines()
+    main = sweep_report.main_table(records[:3]).splitlines()
     assert main[0] == (
         "| run | seeds | answer/accuracy | speaker/accuracy | parameters | trainable | FLOPs/example "
         "| train examples/s |"
@@ -210,24 +214,26 @@ def test_tables_format_mean_and_std():
     assert main[2] == (
         "| fusion=late | 3 | 0.600 ± 0.100 | 0.300 ± 0.050 | 1.50M | 1.20M | 2.50G | 101.0 ± 1.0 |"
     )
-    robust = sweep.robustness_table(records[:3], names).splitlines()
+    robust = sweep_report.robustness_table(records[:3], names).splitlines()
     assert robust[0] == "| run | clean | drop-image |" and robust[2].count("0.600 ± 0.100") == 2
-    report = sweep.markdown_report(fake_sweep(), records)
+    report = sweep_report.markdown_report(fake_sweep(), records)
     assert "3 complete, 1 failed, 0 not run" in report
     assert "per example group" not in report  # no run reported groups
     grouped = [
         dict(r, metrics={"clean": r["metrics"]["clean"] | {"answer/accuracy/sum": 0.1 * r["values"]["seed"]}})
         for r in records[:3]
     ]
-    groups = sweep.by_group_table(grouped, "answer/accuracy").splitlines()
+    groups = sweep_report.by_group_table(grouped, "answer/accuracy").splitlines()
     assert groups[0] == "| run | sum |" and groups[2] == "| fusion=late | 0.100 ± 0.100 |"
-    assert "## Clean test answer/accuracy per example group" in sweep.markdown_report(fake_sweep(), grouped)
+    assert "## Clean test answer/accuracy per example group" in sweep_report.markdown_report(
+        fake_sweep(), grouped
+    )
     baseline = {"classical": {"answer/accuracy": 0.97}}
-    with_reference = sweep.markdown_report(fake_sweep(references=baseline), records)
+    with_reference = sweep_report.markdown_report(fake_sweep(references=baseline), records)
     assert "| classical | – | 0.970 | – | – | – | – | – |" in with_reference
     assert "| classical |" not in report
     assert "- `fusion=film,seed=0`: NonFiniteLossError: loss is nan at step 3" in report
-    header, rows = sweep.csv_rows(records, ["model.fusion.name", "seed"])
+    header, rows = sweep_report.csv_rows(records, ["model.fusion.name", "seed"])
     assert header[:4] == ["name", "status", "model.fusion.name", "seed"] and header[-1] == "error"
     assert rows[0][header.index("drop-image/answer/accuracy")] == 0.5 and rows[3][1] == "failed"
 
@@ -351,8 +357,8 @@ def test_multitask_and_peft_sweeps_define_valid_runs():
     ]
     configs = {sweep.run_name(r): sweep.run_config(multitask, r) for r in runs}
     single, pcgrad = configs["variant=single,seed=0"], configs["variant=pcgrad,seed=2"]
-    assert sweep.train.make_objective(single).tasks == ("answer",)
-    assert sweep.train.make_objective(pcgrad).tasks[0] == "align" and pcgrad.multitask.method == "pcgrad"
+    assert make_objective(single).tasks == ("answer",)
+    assert make_objective(pcgrad).tasks[0] == "align" and pcgrad.multitask.method == "pcgrad"
     assert (pcgrad.seed, pcgrad.train.epochs) == (2, 5.0)
     peft = sweep.load_sweep(str(ROOT / "experiments/peft.py"))
     lora = sweep.run_config(peft, {"variant": "lora", "seed": 0})
@@ -420,7 +426,7 @@ def figures(monkeypatch):
             super().__init__(*args, **kwargs)
             drawn.append(self)
 
-    monkeypatch.setattr(sweep, "Figure", Recorded)
+    monkeypatch.setattr(sweep_report, "Figure", Recorded)
     return drawn
 
 
@@ -435,13 +441,13 @@ def test_a_folder_sweep_reports_its_best_metric_first(tmp_path, figures):
     names = list(sweep.conditions(fake_sweep()))
     records = [folder_record("late", s, a, conditions=names) for s, a in enumerate([0.5, 0.7, 0.6])]
     records += [folder_record("cross_attention", s, a, conditions=names) for s, a in enumerate([0.8, 0.9])]
-    main = sweep.main_table(records).splitlines()
+    main = sweep_report.main_table(records).splitlines()
     assert main[0] == (
         "| run | seeds | same/accuracy | digits/map | total/r2 | parameters | trainable | FLOPs/example "
         "| train examples/s |"
     )
     assert main[2].startswith("| fusion=late | 3 | 0.600 ± 0.100 | 0.600 ± 0.000 | -0.500 ± 0.000 |")
-    robust = sweep.robustness_table(records, names).splitlines()
+    robust = sweep_report.robustness_table(records, names).splitlines()
     assert robust[0] == "| run | " + " | ".join(names) + " |"
     assert robust[2] == "| fusion=late | 0.600 ± 0.100 | " + " | ".join(["0.350 ± 0.100"] * 4) + " |"
     write_runs(tmp_path, records[:4])  # one cross_attention run not started
@@ -468,9 +474,11 @@ def test_a_regression_headline_is_not_clipped_to_0_1(figures, tmp_path):
         for fusion, r2 in [("late", -2.0), ("film", 3.0)]
     ]
     assert (
-        sweep.main_table(records).splitlines()[0].startswith("| run | seeds | total/r2 | digits/map | same/")
+        sweep_report.main_table(records)
+        .splitlines()[0]
+        .startswith("| run | seeds | total/r2 | digits/map | same/")
     )
-    sweep.plot_metric(records, "total/r2", "validation", tmp_path / "plot.png")
+    sweep_report.plot_metric(records, "total/r2", "validation", tmp_path / "plot.png")
     (figure,) = figures
     assert figure.axes[0].get_ylabel() == "total/r2 (validation)"
     assert figure.axes[0].get_ylim()[0] < -1  # not the 0..1 axis of an accuracy
@@ -480,13 +488,15 @@ def test_records_without_a_best_metric_take_it_from_the_runs_config(tmp_path):
     records = [folder_record("late", s, 0.5, best_metric="") for s in range(2)]
     write_runs(tmp_path, records)
     spec = fake_sweep(robustness=[])
-    assert sweep.headline(sweep.collect(spec, tmp_path)) == "digits/map"  # no config: the first task's
+    assert sweep_report.headline(sweep.collect(spec, tmp_path)) == "digits/map"  # no config: the first task's
     config = {"train": {"best_metric": "total/r2"}, "tasks": {"same": 1.0}}
     for record in records:
         (tmp_path / "runs" / record["name"] / "config.json").write_text(json.dumps(config))
     collected = sweep.collect(spec, tmp_path)
     assert [r["best_metric"] for r in collected] == ["total/r2", "total/r2"]
-    assert "| run | seeds | total/r2 | digits/map | same/accuracy |" in sweep.markdown_report(spec, collected)
+    assert "| run | seeds | total/r2 | digits/map | same/accuracy |" in sweep_report.markdown_report(
+        spec, collected
+    )
 
 
 def test_only_process_0_prints_and_writes(tmp_path, monkeypatch, capsys):
@@ -502,9 +512,10 @@ def test_only_process_0_prints_and_writes(tmp_path, monkeypatch, capsys):
     assert "mmjax.sweep: [1/1] seed=0" in capsys.readouterr().out
 
 
-def test_the_sweep_module_sets_no_matplotlib_backend():
-    source = pathlib.Path(sweep.__file__).read_text()
-    assert "matplotlib.use" not in source and "pyplot" not in source
+def test_the_sweep_modules_set_no_matplotlib_backend():
+    for module in (sweep, sweep_report):
+        source = pathlib.Path(module.__file__).read_text()
+        assert "matplotlib.use" not in source and "pyplot" not in source, module.__name__
 
 
 def run_sweep_command(*args: str) -> subprocess.CompletedProcess:

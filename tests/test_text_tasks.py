@@ -14,6 +14,7 @@ from mmjax.config import load_config
 from mmjax.data import pipeline, text_tasks, ud_ewt, xquad
 from mmjax.data.text import load_tokenizer
 from mmjax.model import SPAN, build_model, dummy_batch
+from mmjax.step import Objective, task_losses
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +155,8 @@ def test_token_labels_train_with_the_per_task_token_mean():
         "labels/upos": jnp.array([[-1, 2, 0, -1, -1], [-1, 3, -1, -1, -1]]),
         "labels/span": jnp.ones((2, 2), int),
     }
-    objective = train.Objective(tasks=("span", "upos"), weights=(1.0, 1.0))
-    per_task = train.task_losses(logits, batch, objective)
+    objective = Objective(tasks=("span", "upos"), weights=(1.0, 1.0))
+    per_task = task_losses(logits, batch, objective)
     log_probs = jax.nn.log_softmax(logits["upos"])
     by_hand = -(log_probs[0, 1, 2] + log_probs[0, 2, 0] + log_probs[1, 1, 3]) / 3
     np.testing.assert_allclose(per_task, [np.log(5), by_hand], rtol=1e-6)

@@ -19,11 +19,12 @@ import orbax.checkpoint as ocp
 import pytest
 import scipy.special
 
-from mmjax import checkpoint, evaluate, multitask, optim, parallel, train
+from mmjax import checkpoint, evaluate, losses, multitask, optim, parallel, train
 from mmjax.config import load_config
 from mmjax.data import av_digits, pipeline
 from mmjax.metrics import read_metrics
 from mmjax.model import build_model
+from mmjax.step import init_state, make_objective, make_train_step
 
 ROOT = pathlib.Path(__file__).parents[1]
 EXPERIMENTS = sorted(  # AV-Digits experiments (the text-only ones are smoke-tested in test_text_tasks.py)
@@ -104,17 +105,17 @@ def test_one_and_eight_devices_give_the_same_step(av_digits_dir):
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = parallel.make_mesh(devices)
-        objective = train.make_objective(config)
-        make_state = functools.partial(train.init_state, model, optimizer, objective, batch_list[0], 0)
+        objective = make_objective(config)
+        make_state = functools.partial(init_state, model, optimizer, objective, batch_list[0], 0)
         state = jax.jit(make_state, out_shardings=parallel.replicated(mesh))()
-        step = train.make_train_step(model, optimizer, objective, mesh)
-        losses = []
+        step = make_train_step(model, optimizer, objective, mesh)
+        step_losses = []
         for batch in batch_list:
             global_batch = parallel.to_global(batch, mesh)
             assert len(global_batch["text"].sharding.device_set) == len(devices)
             state, scalars = step(state, global_batch)
-            losses.append(float(scalars["loss"]))
-        results.append((losses, jax.device_get(state.params)))
+            step_losses.append(float(scalars["loss"]))
+        results.append((step_losses, jax.device_get(state.params)))
     (losses_1, params_1), (losses_8, params_8) = results
     np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5, atol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), params_1, params_8)
@@ -128,13 +129,13 @@ def test_ema_of_the_params_follows_its_recurrence_and_is_what_evaluation_restore
     batches = pipeline.train_iterator(
         source, batch_size=16, seed=0, preprocess_fn=av_digits.make_preprocess(config)
     )
-    model, objective = build_model(config.model, tasks), train.make_objective(config)
+    model, objective = build_model(config.model, tasks), make_objective(config)
     assert objective.label_smoothing == 0.1 and objective.ema_decay == 0.5
     optimizer = optim.make_optimizer(config.optim, total_steps=config.train.steps)
     mesh = parallel.make_mesh(jax.devices()[:1])
     batch = next(batches)
-    state = train.init_state(model, optimizer, objective, batch, 0)
-    step = train.make_train_step(model, optimizer, objective, mesh)
+    state = init_state(model, optimizer, objective, batch, 0)
+    step = make_train_step(model, optimizer, objective, mesh)
     params = [jax.device_get(state.params)]
     averages = [jax.device_get(state.ema_params)]
     for _ in range(3):
@@ -332,13 +333,13 @@ def test_non_finite_steps_stop_with_the_step_task_and_saved_batch_or_are_skipped
 
 @pytest.mark.slow  # the NaN-batch test covers stopping in the default run
 def test_nan_in_training_stops_the_run(av_digits_dir, tmp_path, monkeypatch):
-    real_loss = train.losses.softmax_cross_entropy
+    real_loss = losses.softmax_cross_entropy
 
-    def poisoned(logits, labels, weights=None):
-        loss = real_loss(logits, labels, weights)
+    def poisoned(logits, *args):
+        loss = real_loss(logits, *args)
         return loss * jax.numpy.nan if logits.shape[-1] == av_digits.TASKS["image_digit"] else loss
 
-    monkeypatch.setattr(train.losses, "softmax_cross_entropy", poisoned)
+    monkeypatch.setattr(losses, "softmax_cross_entropy", poisoned)
     config = smoke_config(av_digits_dir, **{"train.log_every": 1, "tasks.audio_digit": 0.0})
     with pytest.raises(train.NonFiniteLossError, match="at step 1 .*image_digit"):
         train.main(config, tmp_path)
@@ -404,14 +405,14 @@ def test_a_frozen_tower_gets_no_backward_pass_and_no_share_of_the_grad_norm(av_d
     for rules in ("", "text/.*=0"):
         config.optim.lr_rules = rules
         optimizer = optim.make_optimizer(config.optim, total_steps=config.train.steps)  # as one_and_eight's
-        objective = train.make_objective(config)
-        state = jax.jit(functools.partial(train.init_state, model, optimizer, objective, batch, 0))()
+        objective = make_objective(config)
+        state = jax.jit(functools.partial(init_state, model, optimizer, objective, batch, 0))()
         text_kernels = sum(
             x.size
             for path, x in jax.tree_util.tree_leaves_with_path(state.params["text"])
             if path[-1].key == "kernel"
         )
-        compiled = train.make_train_step(model, optimizer, objective, mesh).lower(state, batch).compile()
+        compiled = make_train_step(model, optimizer, objective, mesh).lower(state, batch).compile()
         flops[rules] = compiled.cost_analysis()["flops"]
         scalars[rules] = jax.device_get(compiled(state, parallel.to_global(batch, mesh))[1])
     tokens = batch["text"].size
@@ -445,12 +446,12 @@ def test_every_task_weighting_method_trains_and_logs_weights_and_grad_norms(av_d
     config = ml_collections.ConfigDict(config.to_dict())
     config.multitask.method = method
     config.multitask.grad_norms = True  # logged every log_every steps by every method
-    objective = train.make_objective(config)
+    objective = make_objective(config)
     assert objective.tasks == ("align", "answer", "audio_digit", "image_digit", "match", "speaker")
     mesh = parallel.make_mesh(jax.devices()[:1])  # 8 devices: the pcgrad-vs-static test below
     optimizer = optim.make_optimizer(config.optim, total_steps=10)
-    state = train.init_state(model, optimizer, objective, batches[0], 0)
-    step = train.make_train_step(model, optimizer, objective, mesh)
+    state = init_state(model, optimizer, objective, batches[0], 0)
+    step = make_train_step(model, optimizer, objective, mesh)
     logged = []
     for batch in batches:
         state, scalars = step(state, parallel.to_global(batch, mesh))
@@ -486,9 +487,9 @@ def test_pcgrad_and_static_see_the_same_losses_but_step_differently_on_8_devices
     optimizer = optim.make_optimizer(config.optim, total_steps=10)
     results = {}
     for method in ("static", "pcgrad"):
-        objective = dataclasses.replace(train.make_objective(config), method=method, grad_norm_every=0)
-        state = train.init_state(model, optimizer, objective, batches[0], 0)
-        state, scalars = train.make_train_step(model, optimizer, objective, mesh)(
+        objective = dataclasses.replace(make_objective(config), method=method, grad_norm_every=0)
+        state = init_state(model, optimizer, objective, batches[0], 0)
+        state, scalars = make_train_step(model, optimizer, objective, mesh)(
             state, parallel.to_global(batches[0], mesh)
         )
         results[method] = (float(scalars["loss"]), float(scalars["grad_norm"]))
@@ -498,15 +499,15 @@ def test_pcgrad_and_static_see_the_same_losses_but_step_differently_on_8_devices
 
 def test_objective_errors_name_the_fields(av_digits_dir):
     with pytest.raises(ValueError, match=r"config.tasks.align > 0 needs config.model.align.modalities"):
-        train.make_objective(smoke_config(av_digits_dir, **{"tasks.align": 1.0}))
+        make_objective(smoke_config(av_digits_dir, **{"tasks.align": 1.0}))
     with pytest.raises(ValueError, match=r"config.model.align.modalities is set but config.tasks.align is 0"):
-        train.make_objective(smoke_config(av_digits_dir, **{"model.align.modalities": "image,audio"}))
+        make_objective(smoke_config(av_digits_dir, **{"model.align.modalities": "image,audio"}))
     with pytest.raises(
         ValueError, match=r"positives='labels' needs streams with class labels \['audio', 'image'\]"
     ):
-        train.make_objective(smoke_config(av_digits_dir, **{**ALIGN, "model.align.modalities": "text,audio"}))
+        make_objective(smoke_config(av_digits_dir, **{**ALIGN, "model.align.modalities": "text,audio"}))
     with pytest.raises(ValueError, match=r"config.multitask.method='mgda' is not one of"):
-        train.make_objective(smoke_config(av_digits_dir, **{"multitask.method": "mgda"}))
+        make_objective(smoke_config(av_digits_dir, **{"multitask.method": "mgda"}))
     with pytest.raises(ValueError, match=r"unknown task\(s\) \['caption'\]"):
         av_digits.task_classes({"answer": 1.0, "caption": 1.0})
 

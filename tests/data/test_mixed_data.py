@@ -9,6 +9,7 @@ from sklearn.datasets import load_digits
 from mmjax import evaluate, train
 from mmjax.config import load_config
 from mmjax.data import from_python, mixture
+from mmjax.step import task_loss
 
 IMAGES = {"photo": "image", "note": "text", "digit": "classes"}
 NOTES = {"remark": "text", "ink": "regression"}
@@ -74,8 +75,8 @@ def test_a_mixed_example_has_every_field_with_the_other_sets_masked(members):
     assert {"scan", "pen", "heavy"} <= set(mixed.tokenizer.vocab) and mixed.text_vocab_size > 8
     # The labels a set lacks add nothing to the loss.
     logits = np.random.default_rng(0).normal(size=(2, 10)).astype(np.float32)
-    assert float(train.task_loss("classes", logits, np.array([-1, -1]))) == 0.0
-    assert float(train.task_loss("regression:mse", logits[:, :1], np.array([np.nan, np.nan]))) == 0.0
+    assert float(task_loss("classes", logits, np.array([-1, -1]))) == 0.0
+    assert float(task_loss("regression:mse", logits[:, :1], np.array([np.nan, np.nan]))) == 0.0
 
 
 @pytest.mark.slow  # the default run trains a mix in test_folder_train.py (a folder and AV-Digits)
