@@ -11,121 +11,41 @@ by); tables and curves show it first, then every other task's metrics, per-group
 `<task>/<metric>/<group>` keys of the eval files and confusion matrices are labelled with their class names.
 The report reads files only: it imports no training code (no jax).
 
-The content is a list of blocks, rendered twice: ("h1" | "h2" | "h3" | "p", text), ("table", header, rows)
-and ("figures", [(name, png bytes, caption)]); `code` in text becomes <code> in HTML.
+The content is a list of blocks (mmjax.report_render renders them as HTML and Markdown).
 """
 
-import base64
-import html
-import io
 import json
 import os
 import pathlib
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-import matplotlib
 import numpy as np
-from matplotlib.figure import Figure
 
+from mmjax.report_render import (
+    FILES,
+    confusion_figure,
+    curve_figure,
+    render_html,
+    render_markdown,
+    run_colors,
+)
 from mmjax.results import (
     CommandParser,
+    check_workdir,
     class_names,
     condition_name,
     group_metrics,
-    headline_metric,
+    load_run,
     main_metric_keys,
     task_metrics,
 )
 
-ANNOTATE_UP_TO = 12  # confusion matrices of at most this many classes get their counts written in
-DPI = 90
-FILES = "report_files"  # beside report.md: its figures
 NONE = "—"  # a table cell without a value
-CSS = """
-body{font-family:system-ui,sans-serif;color:#222;max-width:1400px;margin:1.5em auto;padding:0 1em}
-h2{border-bottom:2px solid #ddd;margin-top:2em}
-table{border-collapse:collapse;margin:.4em 0 1em;font-size:14px}
-th,td{border:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap}
-th:first-child,td:first-child{text-align:left}
-th{background:#f2f2f2}
-.scroll{overflow-x:auto}
-.figures{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}
-figure{margin:0}
-figcaption{font-size:13px;color:#555;max-width:560px}
-img{max-width:100%}
-code{background:#f2f2f2;padding:0 3px;border-radius:3px}
-"""
 
 
-# Reading a workdir.
-
-
-def check_workdir(workdir: str | os.PathLike) -> pathlib.Path:
-    """The resolved workdir; raises if it lacks config.json or metrics.jsonl."""
-    path = pathlib.Path(workdir).resolve()
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} is not a training workdir: no such folder")
-    missing = [name for name in ("config.json", "metrics.jsonl") if not (path / name).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{path} is not a training workdir: it has no {' and no '.join(missing)} "
-            "(written by python -m mmjax.train)"
-        )
-    return path
-
-
-def read_json(path: pathlib.Path) -> dict:
-    """A JSON object from `path`; ValueError naming the file if it is not one."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from e
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not an object")
-    return value
-
-
-def read_records(path: pathlib.Path) -> list[dict]:
-    """The records of a metrics.jsonl (read here, not with mmjax.metrics: that module loads TensorBoard)."""
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({e})") from e
-    return records
-
-
-def last_per_step(records: Iterable[dict]) -> list[dict]:
-    """One record per step, the later one where a resumed run repeated a step; sorted by step."""
-    by_step = {record["step"]: record for record in records}
-    return [by_step[step] for step in sorted(by_step)]
-
-
-def load_run(workdir: str | os.PathLike, name: str = "") -> dict:
-    """A workdir's config, headline metric, training and validation records, eval files {stem: report} and
-    attention maps."""
-    path = check_workdir(workdir)
-    records = [r for r in read_records(path / "metrics.jsonl") if "step" in r]
-    config = read_json(path / "config.json")
-    evals = {p.stem: read_json(p) for p in sorted(path.glob("eval_*.json"))}
-    shares = path / "explain" / "shares.json"
-    test_keys = evals.get("eval_test", {}).get("metrics", {})
-    val_keys = (key.removeprefix("val/") for r in records for key in r if key.startswith("val/"))
-    return {
-        "name": name or path.name,
-        "path": path,
-        "config": config,
-        "headline": headline_metric(config, list(test_keys) or list(val_keys)),
-        "train": last_per_step(r for r in records if "loss" in r),
-        "val": last_per_step(r for r in records if any(key.startswith("val/") for key in r)),
-        "evals": evals,
-        "maps": sorted((path / "explain").glob("*.png")),
-        "shares": read_json(shares) if shares.is_file() else None,
-    }
+# Reading a workdir (mmjax.results.load_run).
 
 
 def write_attention_maps(workdir: pathlib.Path, n: int) -> None:
@@ -192,57 +112,6 @@ def condition_label(condition: Mapping) -> str:
         return condition_name(condition)
     except ValueError:
         return json.dumps(condition, sort_keys=True)
-
-
-# Figures.
-
-
-def png(fig: Figure) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-    return buffer.getvalue()
-
-
-def curve_figure(title: str, ylabel: str, curves: Sequence[tuple], log: bool = False) -> bytes:
-    """Curves [(label, steps, values, plot style)] over training steps."""
-    fig = Figure(figsize=(6, 3.6))
-    ax = fig.subplots()
-    for label, steps, values, style in curves:
-        ax.plot(steps, values, label=label, **style)
-    ax.set(title=title, xlabel="step", ylabel=ylabel)
-    if log:
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    if len(curves) > 1:
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    return png(fig)
-
-
-def confusion_figure(task: str, matrix: Sequence[Sequence[int]], names: Sequence[str] = ()) -> bytes:
-    """Heatmap of a [true, predicted] count matrix, coloured by the fraction of each true class; axes
-    labelled with `names` (class indices if they do not match the matrix)."""
-    counts = np.asarray(matrix, np.int64)
-    n = len(counts)
-    names = list(names) if len(names) == n else [str(i) for i in range(n)]
-    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    size = 2.2 + 0.24 * n
-    fig = Figure(figsize=(size + 1.2, size))
-    ax = fig.subplots()
-    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="fraction of the true class")
-    ax.set(title=f"{task} ({counts.sum()} examples)", xlabel="predicted", ylabel="true")
-    ax.set_xticks(range(n), names, rotation=90, fontsize=8)
-    ax.set_yticks(range(n), names, fontsize=8)
-    if n <= ANNOTATE_UP_TO:
-        for i, j in np.ndindex(n, n):
-            color = "white" if rates[i, j] > 0.5 else "black"
-            ax.text(j, i, str(counts[i, j]), ha="center", va="center", color=color, fontsize=8)
-    return png(fig)
-
-
-def run_colors(n: int) -> list:
-    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
 
 
 # Sections.
@@ -532,65 +401,6 @@ def comparison_section(runs: Sequence[dict]) -> list[tuple]:
     return blocks + [
         ("figures", figures) if figures else ("p", "no training or validation records to compare")
     ]
-
-
-# Rendering.
-
-
-def inline_html(text: str) -> str:
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
-
-
-def render_html(title: str, blocks: Sequence[tuple]) -> str:
-    """A self-contained page: inline CSS, figures as data: URLs."""
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
-    ]
-    for block in blocks:
-        match block:
-            case (("h1" | "h2" | "h3" | "p") as tag, text):
-                parts.append(f"<{tag}>{inline_html(text)}</{tag}>")
-            case ("table", header, rows):
-                head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
-                body = "".join(
-                    "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
-                    for row in rows
-                )
-                parts.append(f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>')
-            case ("figures", figures):
-                parts.append('<div class="figures">')
-                for name, data, caption in figures:
-                    src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-                    parts.append(
-                        f'<figure id="{html.escape(name)}"><img src="{src}" alt="{html.escape(name)}">'
-                        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-                    )
-                parts.append("</div>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def markdown_cell(text: str) -> str:
-    return text.replace("|", r"\|")
-
-
-def render_markdown(blocks: Sequence[tuple]) -> str:
-    """Markdown with the figures linked as FILES/<name>.png."""
-    parts = []
-    for block in blocks:
-        match block:
-            case (("h1" | "h2" | "h3") as tag, text):
-                parts.append(f"{'#' * int(tag[1])} {text}")
-            case ("p", text):
-                parts.append(text)
-            case ("table", header, rows):
-                lines = [header, ["---"] + ["---:"] * (len(header) - 1), *rows]
-                parts.append("\n".join("| " + " | ".join(map(markdown_cell, line)) + " |" for line in lines))
-            case ("figures", figures):
-                parts += [f"![{name}]({FILES}/{name}.png)\n*{caption}*" for name, _, caption in figures]
-    return "\n\n".join(parts) + "\n"
 
 
 def default_out(paths: Sequence[pathlib.Path]) -> pathlib.Path:

@@ -1,4 +1,5 @@
-"""Reading evaluation results, shared by report and sweep (no training code: numpy and the standard library).
+"""Reading a run's results (workdir files, eval metrics), shared by report and sweep (no training code:
+numpy and the standard library).
 
 Metric keys (see evaluate.main) are `<task>/<metric>` for a whole split and `<task>/<metric>/<group>` per
 group (config.eval.group_by). A run's headline metric is its config.train.best_metric (the metric it ranks
@@ -6,6 +7,9 @@ checkpoints by); every task also has a main metric: the first of MAIN_METRICS it
 """
 
 import argparse
+import json
+import os
+import pathlib
 import sys
 from collections.abc import Iterable, Mapping
 
@@ -72,6 +76,72 @@ def class_names(tasks: Mapping, task: str, n: int) -> list[str]:
     the file has none (written before evaluate recorded them) or they do not match the n classes."""
     names = list((tasks.get(task) or {}).get("classes", ()))
     return names if len(names) == n else [str(i) for i in range(n)]
+
+
+def check_workdir(workdir: str | os.PathLike) -> pathlib.Path:
+    """The resolved workdir; raises if it lacks config.json or metrics.jsonl."""
+    path = pathlib.Path(workdir).resolve()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a training workdir: no such folder")
+    missing = [name for name in ("config.json", "metrics.jsonl") if not (path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{path} is not a training workdir: it has no {' and no '.join(missing)} "
+            "(written by python -m mmjax.train)"
+        )
+    return path
+
+
+def read_json(path: pathlib.Path) -> dict:
+    """A JSON object from `path`; ValueError naming the file if it is not one."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def read_records(path: pathlib.Path) -> list[dict]:
+    """The records of a metrics.jsonl (read here, not with mmjax.metrics: that module loads TensorBoard)."""
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {number}: not valid JSON ({e})") from e
+    return records
+
+
+def last_per_step(records: Iterable[dict]) -> list[dict]:
+    """One record per step, the later one where a resumed run repeated a step; sorted by step."""
+    by_step = {record["step"]: record for record in records}
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def load_run(workdir: str | os.PathLike, name: str = "") -> dict:
+    """A workdir's config, headline metric, training and validation records, eval files {stem: report} and
+    attention maps."""
+    path = check_workdir(workdir)
+    records = [r for r in read_records(path / "metrics.jsonl") if "step" in r]
+    config = read_json(path / "config.json")
+    evals = {p.stem: read_json(p) for p in sorted(path.glob("eval_*.json"))}
+    shares = path / "explain" / "shares.json"
+    test_keys = evals.get("eval_test", {}).get("metrics", {})
+    val_keys = (key.removeprefix("val/") for r in records for key in r if key.startswith("val/"))
+    return {
+        "name": name or path.name,
+        "path": path,
+        "config": config,
+        "headline": headline_metric(config, list(test_keys) or list(val_keys)),
+        "train": last_per_step(r for r in records if "loss" in r),
+        "val": last_per_step(r for r in records if any(key.startswith("val/") for key in r)),
+        "evals": evals,
+        "maps": sorted((path / "explain").glob("*.png")),
+        "shares": read_json(shares) if shares.is_file() else None,
+    }
 
 
 class CommandParser(argparse.ArgumentParser):

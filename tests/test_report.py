@@ -14,7 +14,7 @@ import types
 import pytest
 from PIL import Image, ImageDraw
 
-from mmjax import report, results
+from mmjax import report, report_render, results
 from mmjax.metrics import read_metrics
 
 # One pytest-xdist worker runs every test of the smoke_run fixture, so it is trained once.
@@ -529,7 +529,7 @@ def test_the_report_imports_no_training_code():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.strip() == "[]"
-    for module in (report, results):
+    for module in (report, report_render, results):
         source = pathlib.Path(module.__file__).read_text()
         assert "matplotlib.use" not in source and "pyplot" not in source
 
