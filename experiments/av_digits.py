@@ -17,7 +17,7 @@ Any encoder can start from a checkpoint: --config.model.image.init_from=hf:DIR (
 import ml_collections
 
 from mmjax.config import parse_arg
-from mmjax.data import av_digits, av_digits_questions
+from mmjax.data import av_digits_questions, av_digits_sources
 
 
 def minilm_path() -> str:
@@ -55,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.n_mfcc = 0  # > 0: the audio as this many MFCCs per frame (set model.audio.mels to match)
     # model.audio.frontend=waveform: audio_frames * 10 ms of samples at this rate (log-mels are at 16 kHz),
     # each clip normalised to zero mean, unit variance over its samples (as HF's Wav2Vec2FeatureExtractor)
-    c.data.sample_rate = av_digits.SAMPLE_RATE
+    c.data.sample_rate = av_digits_sources.SAMPLE_RATE
     c.data.waveform_normalize = True
     c.data.batch_size = 64  # global batch, split over all devices
     c.data.eval_batch_size = 200

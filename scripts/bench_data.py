@@ -25,7 +25,7 @@ import librosa
 import numpy as np
 
 from mmjax.data import audio, datasets
-from mmjax.data.av_digits import resolve_data_dir
+from mmjax.data.av_digits_sources import resolve_data_dir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))

@@ -207,11 +207,11 @@ def predictor_latency(args: argparse.Namespace) -> dict:
     import numpy as np
     import PIL.Image
 
-    from mmjax.data import av_digits
+    from mmjax.data import av_digits_sources
     from mmjax.predict import Predictor, one_batch
 
-    data = av_digits.resolve_data_dir()
-    images, labels, _ = av_digits.read_mnist(data / "mnist5k" / "mnist_5k.csv.gz")
+    data = av_digits_sources.resolve_data_dir()
+    images, labels, _ = av_digits_sources.read_mnist(data / "mnist5k" / "mnist_5k.csv.gz")
     image = Path(tempfile.mkdtemp()) / "seven.png"
     PIL.Image.fromarray(images[int(np.flatnonzero(labels == 7)[0])]).save(image)
     inputs = dict(

@@ -28,7 +28,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import soundfile
 
-from mmjax.data.av_digits import BAD_INPUTS, resolve_data_dir
+from mmjax.data.av_digits import BAD_INPUTS
+from mmjax.data.av_digits_sources import resolve_data_dir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 OVERRIDES = {"train.log_every": 1, "train.checkpoint_every": 5, "train.eval_every": 1000}

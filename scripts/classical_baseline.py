@@ -26,19 +26,19 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from mmjax.data import audio
-from mmjax.data.av_digits import (
+from mmjax.data.av_digits import load
+from mmjax.data.av_digits_questions import QUESTION_TYPES, SPEAKERS, answer_index
+from mmjax.data.av_digits_sources import (
     FSDD_SAMPLE_RATE,
     SAMPLE_RATE,
     image_split,
     list_recordings,
-    load,
     parse_recording,
     read_mnist,
     read_recording,
     recording_split,
     resolve_data_dir,
 )
-from mmjax.data.av_digits_questions import QUESTION_TYPES, SPEAKERS, answer_index
 
 N_MFCC = 20
 

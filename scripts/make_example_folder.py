@@ -102,7 +102,7 @@ def make_rows(
     import soundfile
 
     from mmjax.data import audio
-    from mmjax.data.av_digits import resolve_data_dir
+    from mmjax.data.av_digits_sources import resolve_data_dir
 
     data_dir = resolve_data_dir(data_dir)
     split_dir = pathlib.Path(out) / split

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from mmjax import predict
-from mmjax.data import av_digits, av_digits_questions
+from mmjax.data import av_digits_questions, av_digits_sources
 from tests.test_train import ROOT
 
 # One pytest-xdist worker runs every test of the smoke_run fixture, so it is trained once.
@@ -25,8 +25,8 @@ RECORDING = "3_george_0.wav"  # a test-split take
 def files(tmp_path_factory):
     """A real MNIST 7 as a 140 x 140 PNG and a JPEG, and a real FSDD WAV (8 kHz) with FLAC copies."""
     folder = tmp_path_factory.mktemp("inputs")
-    data = av_digits.resolve_data_dir()
-    images, labels, _ = av_digits.read_mnist(data / "mnist5k" / "mnist_5k.csv.gz")
+    data = av_digits_sources.resolve_data_dir()
+    images, labels, _ = av_digits_sources.read_mnist(data / "mnist5k" / "mnist_5k.csv.gz")
     digit = PIL.Image.fromarray(images[int(np.flatnonzero(labels == 7)[0])])
     digit.resize((140, 140)).save(folder / "seven.png")
     digit.convert("RGB").resize((56, 56)).save(folder / "seven.jpg", quality=95)
@@ -93,7 +93,7 @@ def test_printed_main_task_top5_and_every_task(predictor, files):
 def test_the_call_matches_the_evaluation_pipeline(smoke_run, predictor, files):
     """An FSDD test recording and MNIST digit give the same source example as the built data set, and
     reading any sample rate or image format gives nearly the same features."""
-    features = av_digits.audio_features(files["wav"])
+    features = av_digits_sources.audio_features(files["wav"])
     encode = predictor.run.data.encode_inputs
     np.testing.assert_allclose(encode({"audio": files["wav"]})["audio"], features, atol=1e-6)
     np.testing.assert_allclose(encode({"audio": files["flac"]})["audio"], features, atol=1e-6)

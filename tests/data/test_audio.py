@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from mmjax.data import audio
-from mmjax.data.av_digits import resolve_data_dir
+from mmjax.data.av_digits_sources import resolve_data_dir
 
 
 @pytest.fixture(scope="module")

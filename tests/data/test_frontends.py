@@ -12,7 +12,7 @@ import pytest
 import transformers
 
 from mmjax.data import audio
-from mmjax.data.av_digits import resolve_data_dir
+from mmjax.data.av_digits_sources import resolve_data_dir
 
 SAMPLE_RATE = 16000
 pytestmark = pytest.mark.filterwarnings("ignore:At least one mel filter has all zero values")  # HF's AST bank

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mmjax.data import audio, av_digits, av_digits_questions, pipeline
+from mmjax.data import audio, av_digits, av_digits_questions, av_digits_sources, pipeline
 
 
 def test_white_noise_has_the_requested_snr():
@@ -31,7 +31,7 @@ def _preprocess(raw, corruption=None, seed=0):
 
 
 def test_conditions_change_only_their_modality_and_repeat_exactly(raw_example):
-    recordings = str(av_digits.resolve_data_dir() / "fsdd" / "recordings")
+    recordings = str(av_digits_sources.resolve_data_dir() / "fsdd" / "recordings")
     clean = _preprocess(raw_example)
     condition = pipeline.Corruption(drop="text", audio_snr=0.0, image_noise=0.5, recordings_dir=recordings)
     noisy = _preprocess(raw_example, condition)
@@ -49,7 +49,7 @@ def test_conditions_change_only_their_modality_and_repeat_exactly(raw_example):
     assert not np.array_equal(_preprocess(raw_example, condition, seed=1)["image"], noisy["image"])
     # Re-reading the recording without noise gives the stored features: noisy = the clean path + noise.
     np.testing.assert_allclose(
-        av_digits.audio_features(f"{recordings}/{raw_example['recording'].decode()}")[:96],
+        av_digits_sources.audio_features(f"{recordings}/{raw_example['recording'].decode()}")[:96],
         clean["audio"][: valid.sum()],
         rtol=1e-5,
         atol=1e-5,
