@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_common as bc  # noqa: E402
+import bench_torch  # noqa: E402
 
 # The default AV-Digits model's sizes and shapes (experiments/av_digits.py, size small).
 DEFAULTS = bc.Shapes(
@@ -247,10 +248,10 @@ def torch_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
 
     torch.set_num_threads(args.torch_threads or os.cpu_count())
     cfg, tasks, _ = bc.mmjax_config(s, hf_dirs(args.hf_dir))
-    _, TorchTwin = bc.torch_twin_classes()
-    model = TorchTwin(bc.load_hf_encoders(hf_dirs(args.hf_dir)), s, tasks).eval()
+    _, TorchTwin = bench_torch.torch_twin_classes()
+    model = TorchTwin(bench_torch.load_hf_encoders(hf_dirs(args.hf_dir)), s, tasks).eval()
     model.load_mmjax_params(dict(np.load(Path(args.hf_dir) / "mmjax_params.npz")))
-    batches = {b: bc.torch_batch(bc.random_batch(s, tasks, b)) for b in (1, s.batch)}
+    batches = {b: bench_torch.torch_batch(bc.random_batch(s, tasks, b)) for b in (1, s.batch)}
     out = {"threads": torch.get_num_threads(), "params": sum(p.numel() for p in model.parameters())}
     with torch.inference_mode():
         out["logits_batch1"] = {t: v.numpy().tolist() for t, v in model(batches[1]).items()}

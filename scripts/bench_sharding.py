@@ -27,6 +27,7 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_common as bc  # noqa: E402
+import bench_torch  # noqa: E402
 
 MESHES = ("data:-1", "data:2,fsdp:-1", "fsdp:-1", "data:2,fsdp:-1,tensor:2")
 
@@ -108,7 +109,7 @@ def main(argv: list[str]) -> dict:
     args = parse_args(argv)
     s = bc.shapes_from_args(args, bc.Shapes())
     with tempfile.TemporaryDirectory(prefix="bench_sharding_") as folder:
-        dirs = bc.save_hf_encoders(s, folder)
+        dirs = bench_torch.save_hf_encoders(s, folder)
         cfg, tasks, applied = bc.mmjax_config(s, dirs, bc.switches_from_args(args))
         cfg.parallel.min_shard_size = args.min_shard_size
         host_batch = bc.random_batch(s, tasks)

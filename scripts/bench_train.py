@@ -28,6 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_common as bc  # noqa: E402
+import bench_profile  # noqa: E402
+import bench_torch  # noqa: E402
 
 DEFAULTS = bc.Shapes()
 
@@ -108,7 +110,7 @@ def jax_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
         with jax.profiler.trace(args.profile):
             for _ in range(args.repeats):
                 one_step()
-        profile = bc.profile_summary(args.profile, compiled.as_text(), args.repeats)
+        profile = bench_profile.profile_summary(args.profile, compiled.as_text(), args.repeats)
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(holder["state"].params))
     return {
         "initial_loss": initial_loss,
@@ -133,19 +135,19 @@ def torch_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
     rss_start, _ = bc.rss_bytes()
     cfg, tasks, _ = bc.mmjax_config(s, hf_dirs(args.hf_dir))
     weights = dict(zip(*_objective_weights(cfg), strict=True))
-    _, TorchTwin = bc.torch_twin_classes()
-    model = TorchTwin(bc.load_hf_encoders(hf_dirs(args.hf_dir)), s, tasks)
+    _, TorchTwin = bench_torch.torch_twin_classes()
+    model = TorchTwin(bench_torch.load_hf_encoders(hf_dirs(args.hf_dir)), s, tasks)
     model.load_mmjax_params(dict(np.load(Path(args.hf_dir) / "mmjax_params.npz")))
-    batch = bc.torch_batch(bc.random_batch(s, tasks))
+    batch = bench_torch.torch_batch(bc.random_batch(s, tasks))
     model.eval()
     with torch.no_grad():
-        initial_loss = float(bc.torch_loss(model(batch), batch, weights))
+        initial_loss = float(bench_torch.torch_loss(model(batch), batch, weights))
     model.train()
-    optimizer = bc.torch_optimizer(model, cfg.optim)
+    optimizer = bench_torch.torch_optimizer(model, cfg.optim)
 
     def one_step(forward):
         optimizer.zero_grad(set_to_none=True)
-        loss = bc.torch_loss(forward(batch), batch, weights)
+        loss = bench_torch.torch_loss(forward(batch), batch, weights)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_norm)
         optimizer.step()
@@ -164,7 +166,7 @@ def torch_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
     }
     out["eager"]["rss_peak"] = bc.rss_bytes()[1]
     if args.profile:
-        out["eager"]["profile"] = bc.torch_profile_summary(lambda: one_step(model), args.repeats)
+        out["eager"]["profile"] = bench_profile.torch_profile_summary(lambda: one_step(model), args.repeats)
     out["rss"] = {"start": rss_start, "before_steps": rss_before}
     if args.torch_compile:
         try:

@@ -13,6 +13,8 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
 import bench_common as bc  # noqa: E402
+import bench_profile  # noqa: E402
+import bench_torch  # noqa: E402
 
 
 def _positive(value) -> bool:
@@ -26,21 +28,23 @@ def test_torch_twin_loss_matches_mmjax(tmp_path):
     from mmjax.step import task_losses
 
     s = bc.Shapes(**bc.QUICK)
-    dirs = bc.save_hf_encoders(s, tmp_path)
+    dirs = bench_torch.save_hf_encoders(s, tmp_path)
     cfg, tasks, _ = bc.mmjax_config(s, dirs)
     batch = bc.random_batch(s, tasks, seed=1)
     model, _, objective, state, _ = bc.build_mmjax(cfg, tasks, batch)
     outputs, _ = model.apply({"params": state.params}, batch, train=False)
     loss = float(np.sum(np.asarray(objective.weights) * task_losses(outputs, batch, objective)))
 
-    _, TorchTwin = bc.torch_twin_classes()
-    twin = TorchTwin(bc.load_hf_encoders(dirs), s, tasks).eval()
+    _, TorchTwin = bench_torch.torch_twin_classes()
+    twin = TorchTwin(bench_torch.load_hf_encoders(dirs), s, tasks).eval()
     twin.load_mmjax_params(bc.flat_params(state.params))
-    tbatch = bc.torch_batch(batch)
+    tbatch = bench_torch.torch_batch(batch)
     with torch.no_grad():
         twin_outputs = twin(tbatch)
         twin_loss = float(
-            bc.torch_loss(twin_outputs, tbatch, dict(zip(objective.tasks, objective.weights, strict=True)))
+            bench_torch.torch_loss(
+                twin_outputs, tbatch, dict(zip(objective.tasks, objective.weights, strict=True))
+            )
         )
     assert twin_loss == pytest.approx(loss, abs=1e-4)
     for task in tasks:
@@ -83,7 +87,7 @@ def test_profile_summary_splits_a_trace_by_kind_and_model_part(tmp_path):
     folder.mkdir(parents=True)
     (folder / "host.trace.json.gz").write_bytes(gzip.compress(json.dumps({"traceEvents": events}).encode()))
 
-    summary = bc.profile_summary(tmp_path, hlo, steps=2)
+    summary = bench_profile.profile_summary(tmp_path, hlo, steps=2)
     assert summary["busy_ms_per_step"] == pytest.approx(3.75)
     assert summary["by_kind_ms"] == pytest.approx({"matmul": 3.0, "layout copy": 0.5, "other": 0.25})
     assert summary["by_component_ms"] == pytest.approx(
