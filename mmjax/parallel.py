@@ -129,9 +129,7 @@ def with_sharding(abstract_tree: Any, sharding: NamedSharding | Any) -> Any:
     """Attach shardings to every leaf of an eval_shape result (plans restores and initialisation):
     one sharding for all leaves, or a tree of them with the same structure."""
     if isinstance(sharding, jax.sharding.Sharding):
-        return jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract_tree
-        )
+        sharding = jax.tree.map(lambda _: sharding, abstract_tree)
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_tree, sharding
     )
@@ -209,13 +207,16 @@ def tree_shardings(abstract_tree: Any, mesh: Mesh, config: ml_collections.Config
     return jax.tree_util.tree_map_with_path(sharding, abstract_tree)
 
 
+def nbytes(shape: Sequence[int], dtype: Any) -> int:
+    return math.prod(shape) * np.dtype(dtype).itemsize
+
+
 def bytes_per_device(abstract_tree: Any, shardings: Any) -> tuple[int, int]:
     """(bytes each device holds, bytes it would hold replicated) of a tree of abstract arrays."""
     held = total = 0
     for leaf, sharding in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(shardings), strict=True):
-        size = math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
-        total += size
-        held += math.prod(sharding.shard_shape(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+        total += nbytes(leaf.shape, leaf.dtype)
+        held += nbytes(sharding.shard_shape(leaf.shape), leaf.dtype)
     return held, total
 
 
@@ -224,7 +225,7 @@ def sharding_table(abstract_tree: Any, shardings: Any, mesh: Mesh) -> str:
     rows = [("path", "shape", "spec", "bytes/device")]
     flat = jax.tree_util.tree_flatten_with_path(abstract_tree)[0]
     for (path, leaf), sharding in zip(flat, jax.tree.leaves(shardings), strict=True):
-        per_device = math.prod(sharding.shard_shape(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+        per_device = nbytes(sharding.shard_shape(leaf.shape), leaf.dtype)
         split = any(sharding.spec)
         spec = ",".join(str(axis) if axis else "-" for axis in sharding.spec) if split else "replicated"
         rows.append((leaf_path(path), str(tuple(leaf.shape)), spec, f"{per_device:,}"))
@@ -242,7 +243,7 @@ def replicated_fraction(abstract_tree: Any, shardings: Any) -> float:
     """The fraction of the tree's bytes that every device holds whole (specs with no mesh axis)."""
     whole = total = 0
     for leaf, sharding in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(shardings), strict=True):
-        size = math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+        size = nbytes(leaf.shape, leaf.dtype)
         total += size
         whole += size if all(axis is None for axis in sharding.spec) else 0
     return whole / max(total, 1)
