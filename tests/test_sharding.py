@@ -87,23 +87,44 @@ def test_every_mesh_trains_like_one_device(av_digits_dir, smoke_batches, one_dev
     assert sharded_axes(shardings) == {axis for axis in ("fsdp", "tensor") if axis in spec}
 
 
+@pytest.fixture(scope="module")
+def one_device_runs(smoke_batches):
+    """The 1-device reference run of a config, trained once per config across the mesh parameters."""
+    runs = {}
+
+    def run(name, config):
+        if name not in runs:
+            runs[name] = train_on_mesh(config, smoke_batches, jax.devices()[:1], "data:1")
+        return runs[name]
+
+    return run
+
+
 @pytest.mark.slow  # the default fusion (cross_attention) is in the test above
+@pytest.mark.parametrize("spec", MESHES)
 @pytest.mark.parametrize("fusion", FUSIONS)
-def test_every_fusion_trains_like_one_device_on_a_3d_mesh(av_digits_dir, smoke_batches, fusion):
+def test_every_fusion_trains_like_one_device_on_every_mesh(
+    av_digits_dir, smoke_batches, one_device_runs, fusion, spec
+):
     config = smoke_config(av_digits_dir, **{"model.fusion.name": fusion})
-    check_same_training(config, smoke_batches, THREE_D)
+    check_same_training(config, smoke_batches, spec, one_device_runs(fusion, config))
 
 
 @pytest.mark.slow
-def test_a_ported_text_tower_trains_like_one_device_sharded(av_digits_dir, smoke_batches, word_bert):
+@pytest.mark.parametrize("spec", MESHES)
+def test_a_ported_text_tower_trains_like_one_device_sharded(
+    av_digits_dir, smoke_batches, one_device_runs, word_bert, spec
+):
     config = smoke_config(av_digits_dir, **{"model.text.init_from": word_bert, "parallel.min_shard_size": 64})
-    shardings = check_same_training(config, smoke_batches, THREE_D)
+    shardings = check_same_training(config, smoke_batches, spec, one_device_runs("ported", config))
     text = {
         parallel.leaf_path(path): s.spec
         for path, s in jax.tree_util.tree_flatten_with_path(shardings.params["text"])[0]
     }
-    assert text["encoder/layer_0/self_attn/query/kernel"] == PartitionSpec("fsdp", "tensor", None)
-    assert text["encoder/layer_0/mlp/fc2/kernel"] == PartitionSpec("tensor", "fsdp")
+    fsdp = "fsdp" if "fsdp" in spec else None
+    tensor = "tensor" if "tensor" in spec else None
+    assert text["encoder/layer_0/self_attn/query/kernel"] == PartitionSpec(fsdp, tensor, None)
+    assert text["encoder/layer_0/mlp/fc2/kernel"] == PartitionSpec(tensor, fsdp)
 
 
 @pytest.mark.slow
