@@ -2,6 +2,9 @@
 
 import json
 import math
+import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -38,6 +41,36 @@ def test_writer_appends_json_lines(tmp_path):
     ]
     assert any((tmp_path / "tensorboard").iterdir())
     assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
+
+
+def event_scalars(logdir) -> list[tuple[int, str, float]]:
+    """(step, tag, value) of every scalar in the TensorBoard event files of `logdir` (TFRecord framing:
+    8-byte length, 4-byte CRC, the Event proto, 4-byte CRC)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars = []
+    for path in sorted(logdir.iterdir()):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            scalars += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+    return scalars
+
+
+def test_a_training_process_logs_to_tensorboard_without_importing_torch(tmp_path):
+    code = (
+        "import sys, mmjax.train\n"
+        "from mmjax.metrics import MetricWriter\n"
+        f"writer = MetricWriter({str(tmp_path)!r})\n"
+        "writer.write(3, {'loss': 0.5, 'answer/accuracy': 0.75})\n"
+        "writer.close()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+    assert event_scalars(tmp_path / "tensorboard") == [(3, "loss", 0.5), (3, "answer/accuracy", 0.75)]
 
 
 def test_classification_report_by_hand():
