@@ -299,6 +299,12 @@ def rss_bytes() -> tuple[int, int]:
     return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def mark_rss(stages: dict, name: str) -> None:
+    """Records this process's (current, peak) RSS as stage `name` of a memory account."""
+    current, peak = rss_bytes()
+    stages[name] = {"current": current, "peak": peak}
+
+
 def versions(packages=("jax", "jaxlib", "flax", "optax", "torch", "transformers")) -> dict:
     """Python, CPU count, platform and the versions of `packages` (those installed)."""
     out = {"python": platform.python_version(), "cpu_count": os.cpu_count(), "platform": platform.platform()}

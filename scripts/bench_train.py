@@ -82,7 +82,8 @@ def jax_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
     from mmjax import parallel
     from mmjax.step import task_losses
 
-    rss_start, _ = bc.rss_bytes()
+    stages = {}
+    bc.mark_rss(stages, "imports")
     cfg, tasks, applied = bc.mmjax_config(s, hf_dirs(args.hf_dir), bc.switches_from_args(args))
     host_batch = bc.random_batch(s, tasks)
     mesh = parallel.make_mesh(jax.devices()[:1])
@@ -91,12 +92,13 @@ def jax_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
     outputs, _ = model.apply({"params": state.params}, batch, train=False)
     initial_loss = float(np.sum(np.asarray(objective.weights) * task_losses(outputs, batch, objective)))
     np.savez(Path(args.hf_dir) / "mmjax_params.npz", **bc.flat_params(state.params))
+    bc.mark_rss(stages, "state")
 
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
     costs = bc.xla_costs(compiled)
-    rss_before, _ = bc.rss_bytes()
+    bc.mark_rss(stages, "compiled")
     holder = {"state": state}
 
     def one_step():
@@ -104,7 +106,7 @@ def jax_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
         jax.block_until_ready((holder["state"], scalars))
 
     times = bc.median_times(one_step, args.warmup, args.repeats)
-    _, peak_rss = bc.rss_bytes()
+    bc.mark_rss(stages, "steps")
     profile = {}
     if args.profile:
         with jax.profiler.trace(args.profile):
@@ -119,7 +121,7 @@ def jax_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
         "compile_s": compile_s,
         "step": times,
         **costs,
-        "rss": {"start": rss_start, "before_steps": rss_before, "peak": peak_rss},
+        "rss": {"stages": stages, "peak": stages["steps"]["peak"]},
         "matmul_peak_flops": bc.jax_matmul_peak(args.matmul, 5),
         "devices": [str(d) for d in jax.devices()[:1]],
         **({"profile": profile} if profile else {}),
@@ -132,7 +134,8 @@ def torch_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.set_num_threads(args.torch_threads or os.cpu_count())
-    rss_start, _ = bc.rss_bytes()
+    stages = {}
+    bc.mark_rss(stages, "imports")
     cfg, tasks, _ = bc.mmjax_config(s, hf_dirs(args.hf_dir))
     weights = dict(zip(*_objective_weights(cfg), strict=True))
     _, TorchTwin = bench_torch.torch_twin_classes()
@@ -156,7 +159,7 @@ def torch_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
     counter = FlopCounterMode(display=False)
     with counter:
         one_step(model)
-    rss_before, _ = bc.rss_bytes()
+    bc.mark_rss(stages, "state")
     out = {
         "initial_loss": initial_loss,
         "params": sum(p.numel() for p in model.parameters()),
@@ -164,10 +167,11 @@ def torch_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
         "threads": torch.get_num_threads(),
         "eager": {"step": bc.median_times(lambda: one_step(model), args.warmup, args.repeats)},
     }
-    out["eager"]["rss_peak"] = bc.rss_bytes()[1]
+    bc.mark_rss(stages, "steps")
+    out["eager"]["rss_peak"] = stages["steps"]["peak"]
     if args.profile:
         out["eager"]["profile"] = bench_profile.torch_profile_summary(lambda: one_step(model), args.repeats)
-    out["rss"] = {"start": rss_start, "before_steps": rss_before}
+    out["rss"] = {"stages": stages}
     if args.torch_compile:
         try:
             compiled = torch.compile(model)
@@ -176,7 +180,8 @@ def torch_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
             compile_s = time.perf_counter() - start
             out["compile"] = {"compile_s": compile_s}
             out["compile"]["step"] = bc.median_times(lambda: one_step(compiled), args.warmup, args.repeats)
-            out["compile"]["rss_peak"] = bc.rss_bytes()[1]
+            bc.mark_rss(stages, "compiled_steps")
+            out["compile"]["rss_peak"] = stages["compiled_steps"]["peak"]
         except Exception as e:  # noqa: BLE001 - a failed compile is a result, not a crash
             out["compile"] = {"error": f"{type(e).__name__}: {str(e)[:1000]}"}
     else:
@@ -251,11 +256,33 @@ def report(args: argparse.Namespace, s: bc.Shapes, jx: dict, pt: dict, save_s: f
         if name != "mmjax":
             summary["mmjax"][f"speedup_vs_{name}"] = rows[name] / rows["mmjax"]
     result["summary"] = summary
+    result["memory"] = memory_account(jx, pt)
     result["memory_note"] = (
         "mmjax peak_memory_bytes: XLA memory_analysis argument + temp bytes of the step; peak_rss_bytes: "
         "getrusage max RSS of each framework's own process (torch_compile's includes the eager run)"
     )
     return result
+
+
+def memory_account(jx: dict, pt: dict) -> dict:
+    """Where each process's memory goes, in MiB: its RSS (current and peak) after each stage (imports; model
+    and state built; mmjax: step compiled; steps run), what each stage added to the peak, and XLA's own
+    plan of the step (arguments, outputs, temporaries, generated code)."""
+    mib = 2**-20
+    account = {}
+    for name, stages in (("mmjax", jx["rss"]["stages"]), ("torch", pt["rss"]["stages"])):
+        rows, previous = {}, 0
+        for stage, rss in stages.items():
+            rows[stage] = {
+                "current_mib": rss["current"] * mib,
+                "peak_mib": rss["peak"] * mib,
+                "peak_growth_mib": (rss["peak"] - previous) * mib,
+            }
+            previous = rss["peak"]
+        account[name] = rows
+    if "memory" in jx:
+        account["mmjax_xla_step_mib"] = {key: value * mib for key, value in jx["memory"].items()}
+    return account
 
 
 def print_report(result: dict) -> None:
@@ -281,6 +308,18 @@ def print_report(result: dict) -> None:
             ]
         )
     bc.print_table(rows, ["", "step s", "examples/s", "MFU", "compile s", "peak RSS MiB"])
+    memory = result["memory"]
+    stages = list(dict.fromkeys([*memory["mmjax"], *memory["torch"]]))
+    cells = [
+        [stage]
+        + [
+            memory[name][stage][key] if stage in memory[name] else "-"
+            for name in ("mmjax", "torch")
+            for key in ("current_mib", "peak_growth_mib")
+        ]
+        for stage in stages
+    ]
+    bc.print_table(cells, ["after", "mmjax RSS MiB", "+peak", "torch RSS MiB", "+peak"])
     sm = result["summary"]["mmjax"]
     ratios = ", ".join(
         f"{k.removeprefix('speedup_vs_')} {v:.2f}x" for k, v in sm.items() if k.startswith("speedup")

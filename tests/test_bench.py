@@ -120,6 +120,15 @@ def test_bench_train_quick(tmp_path):
     assert _positive(result["summary"]["mmjax"]["speedup_vs_torch_eager"])
     assert _positive(result["summary"]["mmjax"]["peak_memory_bytes"])
     assert result["twin_loss_abs_diff"] < 1e-4
+    memory = result["memory"]
+    assert list(memory["mmjax"]) == ["imports", "state", "compiled", "steps"]
+    assert list(memory["torch"]) == ["imports", "state", "steps"]
+    for stages in (memory["mmjax"], memory["torch"]):
+        peaks = [stage["peak_mib"] for stage in stages.values()]
+        assert peaks == sorted(peaks) and all(stage["current_mib"] > 0 for stage in stages.values())
+        assert sum(stage["peak_growth_mib"] for stage in stages.values()) == pytest.approx(peaks[-1])
+    assert memory["mmjax"]["steps"]["peak_mib"] * 2**20 == result["summary"]["mmjax"]["peak_rss_bytes"]
+    assert _positive(memory["mmjax_xla_step_mib"]["temp"])
     for profile in (result["mmjax"]["profile"], result["torch"]["eager"]["profile"]):
         assert _positive(profile["by_kind_ms"]["matmul"]) and profile["top_ops"]
         assert sum(profile["by_kind_ms"].values()) == pytest.approx(profile["busy_ms_per_step"])

@@ -13,6 +13,7 @@ import soundfile
 
 from mmjax.data import av_digits as avd
 from mmjax.data import av_digits_questions as avq
+from mmjax.data import av_digits_sources as avs
 
 ROOT = pathlib.Path(__file__).parents[2]
 
@@ -36,7 +37,7 @@ def records(av_digits_dir) -> dict[str, list[dict]]:
 
 @pytest.fixture(scope="module")
 def mnist() -> tuple[np.ndarray, np.ndarray]:
-    images, labels, bad = avd.read_mnist(avd.resolve_data_dir() / "mnist5k" / "mnist_5k.csv.gz")
+    images, labels, bad = avs.read_mnist(avs.resolve_data_dir() / "mnist5k" / "mnist_5k.csv.gz")
     assert bad == {}
     return images, labels
 
@@ -54,8 +55,8 @@ def test_splits_follow_rules_and_never_share_sources(records):
     for split, rows in records.items():
         recordings[split] = {r["recording"] for r in rows}
         images[split] = {int(r["image_index"]) for r in rows}
-        assert all(avd.recording_split(avd.parse_recording(name)[2]) == split for name in recordings[split])
-        assert all(avd.image_split(i) == split for i in images[split])
+        assert all(avs.recording_split(avs.parse_recording(name)[2]) == split for name in recordings[split])
+        assert all(avs.image_split(i) == split for i in images[split])
         counts = collections.Counter(r["recording"] for r in rows)
         assert set(counts.values()) == {avd.PAIRS_PER_RECORDING[split]}
     assert (
@@ -70,7 +71,7 @@ def test_splits_follow_rules_and_never_share_sources(records):
 def test_labels_are_consistent(records, mnist, split):
     _, labels = mnist
     for r in records[split]:
-        digit, speaker, _ = avd.parse_recording(r["recording"])
+        digit, speaker, _ = avs.parse_recording(r["recording"])
         qtype = avq.QUESTION_TYPES[r["question_type"]]
         assert r["audio_digit"] == digit and avq.SPEAKERS[r["speaker"]] == speaker
         assert r["image_digit"] == labels[r["image_index"]]
@@ -120,14 +121,14 @@ def test_build_is_reproducible(records, tmp_path):
 
 def test_stored_audio_is_the_frontend_output(av_digits_dir):
     example = avd.load("test", tfds_dir=av_digits_dir)[0]
-    path = avd.resolve_data_dir() / "fsdd" / "recordings" / example["recording"].decode()
-    np.testing.assert_allclose(example["audio"], avd.audio_features(path), rtol=1e-6, atol=1e-6)
+    path = avs.resolve_data_dir() / "fsdd" / "recordings" / example["recording"].decode()
+    np.testing.assert_allclose(example["audio"], avs.audio_features(path), rtol=1e-6, atol=1e-6)
     assert example["audio"].shape[1] == 64 and example["image"].shape == (28, 28)
 
 
 def _tiny_raw_dir(root: pathlib.Path) -> pathlib.Path:
     """A raw dir with a few real recordings per split and the real MNIST CSV."""
-    source = avd.resolve_data_dir()
+    source = avs.resolve_data_dir()
     (root / "fsdd" / "recordings").mkdir(parents=True)
     (root / "mnist5k").mkdir()
     shutil.copy(source / "mnist5k" / "mnist_5k.csv.gz", root / "mnist5k")
@@ -188,7 +189,7 @@ def test_a_bad_raw_input_stops_the_build_when_asked(tmp_path):
     with pytest.raises(ValueError, match=r"bad input .*mnist_5k.csv.gz row 3: non-integer"):
         avd.load("train", data_dir=raw, tfds_dir=tmp_path / "tfds", on_bad="stop")
     (raw / "mnist5k" / "mnist_5k.csv.gz").unlink()
-    shutil.copy(avd.resolve_data_dir() / "mnist5k" / "mnist_5k.csv.gz", raw / "mnist5k")
+    shutil.copy(avs.resolve_data_dir() / "mnist5k" / "mnist_5k.csv.gz", raw / "mnist5k")
     with pytest.raises(ValueError, match=r"bad input .*_1[1-5]\.wav: "):
         avd.load("train", data_dir=raw, tfds_dir=tmp_path / "tfds2", on_bad="stop")
 
@@ -201,23 +202,23 @@ def test_tiny_raw_dir_builds(tmp_path):
 
 def test_resolve_data_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("MMJAX_DATA_DIR", raising=False)
-    assert (avd.resolve_data_dir() / "fsdd" / "recordings").is_dir()
+    assert (avs.resolve_data_dir() / "fsdd" / "recordings").is_dir()
     monkeypatch.setenv("MMJAX_DATA_DIR", str(tmp_path))
     with pytest.raises(FileNotFoundError) as err:
-        avd.resolve_data_dir()
+        avs.resolve_data_dir()
     message = str(err.value)
     assert str(tmp_path) in message and "MMJAX_DATA_DIR" in message
     assert "free-spoken-digit-dataset" in message and "mnist_5k.csv.gz" in message
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        avd.resolve_data_dir(tmp_path / "nowhere")
+        avs.resolve_data_dir(tmp_path / "nowhere")
 
 
 def test_resolve_tfds_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("MMJAX_TFDS_DIR", raising=False)
-    assert avd.resolve_tfds_dir() == pathlib.Path.home() / ".cache" / "mmjax" / "tensorflow_datasets"
+    assert avs.resolve_tfds_dir() == pathlib.Path.home() / ".cache" / "mmjax" / "tensorflow_datasets"
     monkeypatch.setenv("MMJAX_TFDS_DIR", str(tmp_path))
-    assert avd.resolve_tfds_dir() == tmp_path
-    assert avd.resolve_tfds_dir("elsewhere") == pathlib.Path("elsewhere")
+    assert avs.resolve_tfds_dir() == tmp_path
+    assert avs.resolve_tfds_dir("elsewhere") == pathlib.Path("elsewhere")
 
 
 def test_load_rejects_unknown_split(av_digits_dir):

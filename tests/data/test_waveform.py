@@ -10,10 +10,10 @@ import pytest
 
 from mmjax.config import load_config
 from mmjax.data import audio, datasets, pipeline, waveform
-from mmjax.data import av_digits as avd
 from mmjax.data import av_digits_questions as avq
+from mmjax.data import av_digits_sources as avs
 
-RECORDINGS = avd.resolve_data_dir() / "fsdd" / "recordings"
+RECORDINGS = avs.resolve_data_dir() / "fsdd" / "recordings"
 # 10,504 samples at 8 kHz (cropped to 0.96 s), 1,149 (the shortest), and two ordinary ones.
 NAMES = ("3_lucas_7.wav", "6_nicolas_7.wav", "0_jackson_0.wav", "5_george_12.wav")
 SAMPLES = 15360  # data.audio_frames=96 frames of 10 ms at 16 kHz
@@ -25,11 +25,11 @@ def waveform_config(*overrides: str):
 
 def stored(name: str, image_index: int = 0) -> dict:
     """One AV-Digits example as the built data set stores it (a "who is speaking?" question, a blank 1)."""
-    digit, speaker, _ = avd.parse_recording(name)
+    digit, speaker, _ = avs.parse_recording(name)
     image = np.zeros((28, 28), np.uint8)
     image[4:24, 13:15] = 255
     return {
-        "audio": avd.audio_features(RECORDINGS / name),
+        "audio": avs.audio_features(RECORDINGS / name),
         "image": image,
         "question": b"who is speaking?",
         "question_type": avq.QUESTION_TYPES.index("speaker"),
@@ -49,7 +49,7 @@ def source() -> list[dict]:
 
 
 def recording_16k(name: str) -> np.ndarray:
-    return audio.resample(avd.read_recording(RECORDINGS / name), avd.FSDD_SAMPLE_RATE, 16000)
+    return audio.resample(avs.read_recording(RECORDINGS / name), avs.FSDD_SAMPLE_RATE, 16000)
 
 
 # --- Fitting and normalisation ---
@@ -138,7 +138,7 @@ def test_av_digits_log_mel_default_is_unchanged(source):
 def test_av_digits_waveform_options(source):
     raw = datasets.from_config(waveform_config("data.waveform_normalize=False", "data.sample_rate=8000"))
     example = raw.preprocess(source[1])
-    wave = avd.read_recording(RECORDINGS / NAMES[1])
+    wave = avs.read_recording(RECORDINGS / NAMES[1])
     assert example["audio"].shape == (7680,)
     np.testing.assert_array_equal(example["audio"][: len(wave)], wave)
     with pytest.raises(ValueError, match="data.n_mfcc=32 needs log-mel audio"):
@@ -162,7 +162,7 @@ def test_av_digits_conditions_apply_to_waveforms(source):
 
 def test_av_digits_predict_inputs_as_waveforms():
     data = datasets.from_config(waveform_config())
-    wave = avd.read_recording(RECORDINGS / NAMES[2])
+    wave = avs.read_recording(RECORDINGS / NAMES[2])
     example = data.preprocess(data.encode_inputs({"audio": (wave, 8000), "text": "who is speaking?"}))
     np.testing.assert_allclose(
         example["audio"][example["audio_mask"]], waveform.normalize(recording_16k(NAMES[2]))
