@@ -12,6 +12,7 @@ Only bench_torch imports torch (inside its functions); the jax side reads the sa
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -177,7 +178,9 @@ def build_mmjax(cfg, tasks: Mapping[str, int], batch: Mapping, mesh=None):
     optimizer = optim.make_optimizer(cfg.optim, total_steps=10_000)
     objective = make_objective(cfg)
     mesh = mesh or parallel.make_mesh(jax.devices()[:1])
-    state = init_state(model, optimizer, objective, batch, cfg.seed, pretrained_params(cfg.model))
+    # Jitted as mmjax.train does: run op by op, init compiles hundreds of small programs (their memory stays).
+    make_state = functools.partial(init_state, model, optimizer, objective, batch, cfg.seed)
+    state = jax.jit(make_state, out_shardings=parallel.replicated(mesh))(pretrained_params(cfg.model))
     step = make_train_step(model, optimizer, objective, mesh)
     return model, optimizer, objective, state, step
 
@@ -289,14 +292,18 @@ def torch_matmul_peak(n: int, repeats: int) -> float:
 
 
 def rss_bytes() -> tuple[int, int]:
-    """(current RSS, peak RSS) of this process in bytes (Linux /proc and getrusage)."""
-    current = 0
+    """(current RSS, peak RSS) of this process in bytes: /proc's VmRSS and VmHWM on Linux; elsewhere
+    getrusage's max RSS (which, after fork + exec, starts at the parent's: a small child shows its parent's
+    peak)."""
+    fields = {}
     status = Path("/proc/self/status")
     if status.exists():
         for line in status.read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                current = int(line.split()[1]) * 1024
-    return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0]) * 1024
+    peak = fields.get("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return fields.get("VmRSS", 0), peak
 
 
 def mark_rss(stages: dict, name: str) -> None:

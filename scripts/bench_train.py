@@ -77,6 +77,7 @@ def hf_dirs(folder: str) -> dict[str, str]:
 
 def jax_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
     import jax
+    import jax.numpy as jnp
     import numpy as np
 
     from mmjax import parallel
@@ -89,8 +90,11 @@ def jax_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
     mesh = parallel.make_mesh(jax.devices()[:1])
     model, _, objective, state, step = bc.build_mmjax(cfg, tasks, host_batch, mesh)
     batch = jax.device_put(host_batch, parallel.batch_sharding(mesh))
-    outputs, _ = model.apply({"params": state.params}, batch, train=False)
-    initial_loss = float(np.sum(np.asarray(objective.weights) * task_losses(outputs, batch, objective)))
+    def loss(params, batch):
+        outputs, _ = model.apply({"params": params}, batch, train=False)
+        return jnp.sum(jnp.asarray(objective.weights) * task_losses(outputs, batch, objective))
+
+    initial_loss = float(jax.jit(loss)(state.params, batch))
     np.savez(Path(args.hf_dir) / "mmjax_params.npz", **bc.flat_params(state.params))
     bc.mark_rss(stages, "state")
 
