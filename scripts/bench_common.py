@@ -2,11 +2,12 @@
 memory, the phase runner and the output. The PyTorch side is in bench_torch.py, profile summaries in
 bench_profile.py.
 
-A multimodal model built twice from the same Hugging Face encoders: mmjax (the encoders ported with
-`mmjax.port`, the cross-attention fusion and heads of mmjax.model) and a PyTorch twin (BertModel, ViTModel,
-ASTModel plus `TorchCrossAttentionFusion`, a line-by-line copy of mmjax/fusion/cross_attention.py). Both start
+The bench model is a multimodal model built twice from the same Hugging Face encoders: mmjax (the encoders
+ported with `mmjax.port`, the cross-attention fusion and heads of mmjax.model) and a PyTorch twin (BertModel,
+ViTModel, ASTModel plus the fusion and heads of scripts/torch_twin.py, layer by layer mmjax's). Both start
 from the same weights: the HF encoders are saved once with `save_pretrained` and read by both; the fusion and
-head parameters are copied from mmjax into the twin (`TorchTwin.load_mmjax_params`).
+head parameters are copied from mmjax into the twin (`torch_twin.load_flax`). An experiment config's own
+model (`--experiment`) is scripts/bench_experiment.py's.
 
 Only bench_torch imports torch (inside its functions); the jax side reads the saved folders with safetensors.
 """
@@ -158,31 +159,49 @@ def mmjax_config(s: Shapes, hf_dirs: Mapping[str, str] | None, switches: Mapping
         for mod in MODALITIES:
             m[mod].init_from = f"hf:{hf_dirs[mod]}"
     cfg.multitask.grad_norms = False  # per-task gradient norms are extra backward passes: not a train step
+    return cfg, av_digits.task_classes(cfg.tasks), apply_switches(m, switches)
+
+
+def apply_switches(model_cfg, switches: Mapping) -> dict:
+    """Sets the switches ({model field: value}) the model config has; returns those it set."""
     applied = {}
     for field, value in dict(switches).items():
-        if field in m:
-            m[field] = type(m[field])(value) if not isinstance(m[field], bool) else bool(value)
-            applied[field] = m[field]
-    return cfg, av_digits.task_classes(cfg.tasks), applied
+        if field in model_cfg:
+            current = model_cfg[field]
+            model_cfg[field] = bool(value) if isinstance(current, bool) else type(current)(value)
+            applied[field] = model_cfg[field]
+    return applied
 
 
-def build_mmjax(cfg, tasks: Mapping[str, int], batch: Mapping, mesh=None):
-    """(model, optimizer, objective, state, jitted train step) from the config; `batch` for init."""
+def build_mmjax(cfg, tasks: Mapping[str, int], batch: Mapping, mesh=None, data=None):
+    """(model, optimizer, objective, state, jitted train step) from the config; `batch` for init; `data`
+    (an mmjax DataSet) for its streams, word vocabulary and task kinds (default: AV-Digits' three streams)."""
     import jax
 
     from mmjax import optim, parallel
-    from mmjax.model import build_model, pretrained_params
+    from mmjax.model import THREE_STREAMS, build_model, pretrained_params
     from mmjax.step import init_state, make_objective, make_train_step
 
-    model = build_model(cfg.model, tasks)
+    streams = data.streams if data is not None else THREE_STREAMS
+    model = build_model(cfg.model, tasks, streams, data.text_vocab_size if data is not None else 0)
     optimizer = optim.make_optimizer(cfg.optim, total_steps=10_000)
-    objective = make_objective(cfg)
+    objective = make_objective(cfg, data)
     mesh = mesh or parallel.make_mesh(jax.devices()[:1])
     # Jitted as mmjax.train does: run op by op, init compiles hundreds of small programs (their memory stays).
     make_state = functools.partial(init_state, model, optimizer, objective, batch, cfg.seed)
-    state = jax.jit(make_state, out_shardings=parallel.replicated(mesh))(pretrained_params(cfg.model))
+    pretrained = pretrained_params(cfg.model, streams)
+    state = jax.jit(make_state, out_shardings=parallel.replicated(mesh))(pretrained)
     step = make_train_step(model, optimizer, objective, mesh)
     return model, optimizer, objective, state, step
+
+
+def twin_tasks(objective, tasks: Mapping[str, int]) -> dict[str, dict]:
+    """{task: {outputs, kind, weight}} of a static objective, for torch_twin.twin_loss and build_twin."""
+    kinds = objective.kinds or ("classes",) * len(objective.tasks)
+    return {
+        t: {"outputs": tasks[t], "kind": kind or "classes", "weight": w}
+        for t, kind, w in zip(objective.tasks, kinds, objective.weights, strict=True)
+    }
 
 
 def random_batch(s: Shapes, tasks: Mapping[str, int], batch_size: int | None = None, seed: int = 0) -> dict:
@@ -273,22 +292,29 @@ def summary(times: list[float]) -> dict:
     return {"median_s": statistics.median(times), "min_s": ordered[0], "p99_s": p99, "n": len(times)}
 
 
-def jax_matmul_peak(n: int, repeats: int) -> float:
-    """FLOP/s of the best of `repeats` fp32 n x n matmuls in jax."""
+def jax_matmul_peak(n: int, repeats: int, dtype: str = "float32") -> float:
+    """FLOP/s of the best of `repeats` n x n matmuls in jax (on its default device) in `dtype`."""
     import jax
     import jax.numpy as jnp
 
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
     matmul = jax.jit(jnp.matmul)
     matmul(a, a).block_until_ready()
     return 2 * n**3 / median_times(lambda: matmul(a, a).block_until_ready(), 1, repeats)["min_s"]
 
 
-def torch_matmul_peak(n: int, repeats: int) -> float:
+def torch_matmul_peak(n: int, repeats: int, device: str = "cpu", dtype: str = "float32") -> float:
+    """FLOP/s of the best of `repeats` n x n matmuls in torch on `device` in `dtype`."""
     import torch
 
-    a = torch.randn(n, n)
-    return 2 * n**3 / median_times(lambda: a @ a, 1, repeats)["min_s"]
+    a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+
+    def matmul():
+        a @ a
+        if device != "cpu":
+            torch.cuda.synchronize()
+
+    return 2 * n**3 / median_times(matmul, 1, repeats)["min_s"]
 
 
 def rss_bytes() -> tuple[int, int]:
@@ -344,12 +370,16 @@ def run_phase(script: str, argv: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_phases(script: str, argv: list[str], s: Shapes) -> tuple[dict, dict, float]:
-    """Saves random HF encoders of `s` to a temporary folder, then runs the script's jax phase and (unless it
-    failed) its torch phase, each in its own process. Returns (jax result, torch result, save seconds)."""
+def run_phases(
+    script: str, argv: list[str], s: Shapes, save_encoders: bool = True
+) -> tuple[dict, dict, float]:
+    """Saves random HF encoders of `s` to a temporary folder (unless not `save_encoders`), then runs the
+    script's jax phase and (unless it failed) its torch phase, each in its own process, with that folder
+    for what they share. Returns (jax result, torch result, save seconds)."""
     with tempfile.TemporaryDirectory(prefix=f"{Path(script).stem}_") as folder:
         start = time.perf_counter()
-        bench_torch.save_hf_encoders(s, folder)
+        if save_encoders:
+            bench_torch.save_hf_encoders(s, folder)
         save_s = time.perf_counter() - start
         phase_argv = [*without_flag(argv, "--out"), "--hf-dir", folder, "--phase"]  # phases only print
         jx = run_phase(script, [*phase_argv, "jax"])

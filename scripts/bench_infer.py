@@ -248,9 +248,10 @@ def torch_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
 
     torch.set_num_threads(args.torch_threads or os.cpu_count())
     cfg, tasks, _ = bc.mmjax_config(s, hf_dirs(args.hf_dir))
-    _, TorchTwin = bench_torch.torch_twin_classes()
-    model = TorchTwin(bench_torch.load_hf_encoders(hf_dirs(args.hf_dir)), s, tasks).eval()
-    model.load_mmjax_params(dict(np.load(Path(args.hf_dir) / "mmjax_params.npz")))
+    import torch_twin
+
+    model = bench_torch.bench_twin(bench_torch.load_hf_encoders(hf_dirs(args.hf_dir)), s, tasks).eval()
+    torch_twin.load_flax(model, dict(np.load(Path(args.hf_dir) / "mmjax_params.npz")))
     batches = {b: bench_torch.torch_batch(bc.random_batch(s, tasks, b)) for b in (1, s.batch)}
     out = {"threads": torch.get_num_threads(), "params": sum(p.numel() for p in model.parameters())}
     with torch.inference_mode():

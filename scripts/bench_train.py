@@ -3,9 +3,11 @@
 The model: BERT-style text (64 tokens), ViT on 224x224x3 images (16x16 patches), AST on 5 s spectrograms
 (500 frames x 128 mel bins), cross-attention fusion and the AV-Digits task heads, with sizes that fit a CPU
 (flags below). The encoders are random Hugging Face BertModel / ViTModel / ASTModel saved once; mmjax ports
-them (`model.<modality>.init_from=hf:DIR`), the twin (scripts/bench_common.py) uses them as they are and
+them (`model.<modality>.init_from=hf:DIR`), the twin (scripts/torch_twin.py) uses them as they are and
 copies mmjax's fusion and head params, so both start from identical weights (the JSON reports the loss
 difference). Each framework runs in its own process (clean peak-memory and thread-pool numbers).
+With --experiment, the model is an experiment config's own (scripts/bench_experiment.py), every weight
+copied from mmjax into its twin, on a random batch shaped as its data set's.
 
 Reported: median step time over repeats (warm-up excluded), examples/s, mmjax / peer speed ratios, model
 FLOPs per step (XLA cost analysis of the mmjax step, cross-checked by a formula and by torch's
@@ -16,6 +18,7 @@ run, compile times and peak memory.
   python scripts/bench_train.py --quick                             # tiny, no torch.compile (tests)
   python scripts/bench_train.py --scan --remat dots --dtype bfloat16 --attention fused   # mmjax switches
   python scripts/bench_train.py --profile runs/bench/trace   # + where each framework's step time goes
+  python scripts/bench_train.py --experiment av_digits --out bench_av_digits.json   # the default experiment
 """
 
 import argparse
@@ -28,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_common as bc  # noqa: E402
+import bench_experiment  # noqa: E402
 import bench_profile  # noqa: E402
 import bench_torch  # noqa: E402
 
@@ -52,10 +56,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--torch-threads", type=int, default=None, help="torch threads (default: os.cpu_count())")
     p.add_argument(
+        "--torch-device", default="auto", help="the twin's device: auto (cuda if torch has one) | cpu | cuda"
+    )
+    p.add_argument(
         "--profile",
         default="",
         help="also trace --repeats mmjax steps with jax.profiler into this folder and "
         "report where the time goes (op kinds, model parts, costliest ops)",
+    )
+    p.add_argument(
+        "--experiment",
+        default="",
+        help="CONFIG[:ARGS]: time this experiment config's own model (e.g. av_digits, av_digits:text=minilm, "
+        "experiments/folder.py:dir=D,labels=L) against its PyTorch twin (scripts/torch_twin.py) instead of "
+        "the bench model; its batch size unless --batch",
     )
     p.add_argument("--out", default="", help="write the JSON here")
     p.add_argument("--phase", choices=("jax", "torch"), help=argparse.SUPPRESS)  # internal: one framework
@@ -85,17 +99,23 @@ def jax_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
 
     stages = {}
     bc.mark_rss(stages, "imports")
-    cfg, tasks, applied = bc.mmjax_config(s, hf_dirs(args.hf_dir), bc.switches_from_args(args))
-    host_batch = bc.random_batch(s, tasks)
+    if args.experiment:
+        switches = bc.switches_from_args(args)
+        model, objective, state, step, host_batch, applied, spec = bench_experiment.jax_side(args, switches)
+    else:
+        cfg, tasks, applied = bc.mmjax_config(s, hf_dirs(args.hf_dir), bc.switches_from_args(args))
+        host_batch = bc.random_batch(s, tasks)
+        model, _, objective, state, step = bc.build_mmjax(cfg, tasks, host_batch)
+        spec = bench_experiment.step_spec(cfg, objective, tasks)
+    bench_experiment.write_phase_files(Path(args.hf_dir), spec, host_batch, state)
     mesh = parallel.make_mesh(jax.devices()[:1])
-    model, _, objective, state, step = bc.build_mmjax(cfg, tasks, host_batch, mesh)
     batch = jax.device_put(host_batch, parallel.batch_sharding(mesh))
-    def loss(params, batch):
-        outputs, _ = model.apply({"params": params}, batch, train=False)
+
+    def loss(variables, batch):
+        outputs, _ = model.apply(variables, batch, train=False)
         return jnp.sum(jnp.asarray(objective.weights) * task_losses(outputs, batch, objective))
 
-    initial_loss = float(jax.jit(loss)(state.params, batch))
-    np.savez(Path(args.hf_dir) / "mmjax_params.npz", **bc.flat_params(state.params))
+    initial_loss = float(jax.jit(loss)(state.variables(), batch))
     bc.mark_rss(stages, "state")
 
     start = time.perf_counter()
@@ -120,44 +140,54 @@ def jax_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(holder["state"].params))
     return {
         "initial_loss": initial_loss,
+        "batch": int(batch["present"][next(iter(batch["present"]))].shape[0]),
         "params": params,
         "switches": applied,
         "compile_s": compile_s,
         "step": times,
         **costs,
         "rss": {"stages": stages, "peak": stages["steps"]["peak"]},
-        "matmul_peak_flops": bc.jax_matmul_peak(args.matmul, 5),
+        "matmul_peak_flops": bc.jax_matmul_peak(args.matmul, 5, applied.get("dtype", "float32")),
         "devices": [str(d) for d in jax.devices()[:1]],
         **({"profile": profile} if profile else {}),
     }
 
 
 def torch_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
-    import numpy as np
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.set_num_threads(args.torch_threads or os.cpu_count())
     stages = {}
     bc.mark_rss(stages, "imports")
-    cfg, tasks, _ = bc.mmjax_config(s, hf_dirs(args.hf_dir))
-    weights = dict(zip(*_objective_weights(cfg), strict=True))
-    _, TorchTwin = bench_torch.torch_twin_classes()
-    model = TorchTwin(bench_torch.load_hf_encoders(hf_dirs(args.hf_dir)), s, tasks)
-    model.load_mmjax_params(dict(np.load(Path(args.hf_dir) / "mmjax_params.npz")))
-    batch = bench_torch.torch_batch(bc.random_batch(s, tasks))
+
+    def bench_twin(spec: dict):
+        tasks = {t: task["outputs"] for t, task in spec["tasks"].items()}
+        return bench_torch.bench_twin(bench_torch.load_hf_encoders(hf_dirs(args.hf_dir)), s, tasks)
+
+    make_model = None if args.experiment else bench_twin
+    model, batch, loss_fn, optimizer, clip_norm = bench_experiment.torch_side(Path(args.hf_dir), make_model)
+    device = "cuda" if args.torch_device == "auto" and torch.cuda.is_available() else args.torch_device
+    device = "cpu" if device == "auto" else device
+    model.to(device)  # in place: the optimizer keeps its parameters
+    batch = bench_torch.to_device(batch, device)
+    # mmjax's --dtype bfloat16 computes in bfloat16 with float32 params: torch's autocast does the same
+    dtype = bc.switches_from_args(args).get("dtype", "float32")
+    autocast = torch.autocast(device.split(":")[0], torch.bfloat16, enabled=dtype == "bfloat16")
     model.eval()
     with torch.no_grad():
-        initial_loss = float(bench_torch.torch_loss(model(batch), batch, weights))
+        initial_loss = float(loss_fn(model(batch), batch))  # float32, as mmjax's initial loss
     model.train()
-    optimizer = bench_torch.torch_optimizer(model, cfg.optim)
 
     def one_step(forward):
         optimizer.zero_grad(set_to_none=True)
-        loss = bench_torch.torch_loss(forward(batch), batch, weights)
+        with autocast:
+            loss = loss_fn(forward(batch), batch)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_norm)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
         optimizer.step()
+        if device != "cpu":
+            torch.cuda.synchronize()
         return loss
 
     counter = FlopCounterMode(display=False)
@@ -169,6 +199,8 @@ def torch_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
         "params": sum(p.numel() for p in model.parameters()),
         "flop_counter_flops": float(counter.get_total_flops()),
         "threads": torch.get_num_threads(),
+        "device": str(torch.cuda.get_device_name()) if device != "cpu" else "cpu",
+        "dtype": dtype,
         "eager": {"step": bc.median_times(lambda: one_step(model), args.warmup, args.repeats)},
     }
     bc.mark_rss(stages, "steps")
@@ -190,26 +222,22 @@ def torch_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
             out["compile"] = {"error": f"{type(e).__name__}: {str(e)[:1000]}"}
     else:
         out["compile"] = {"skipped": "--compile off (the default with --quick)"}
-    out["matmul_peak_flops"] = bc.torch_matmul_peak(args.matmul, 5)
+    out["matmul_peak_flops"] = bc.torch_matmul_peak(args.matmul, 5, device, dtype)
     return out
-
-
-def _objective_weights(cfg) -> tuple[tuple[str, ...], tuple[float, ...]]:
-    from mmjax.step import make_objective
-
-    objective = make_objective(cfg)
-    return objective.tasks, objective.weights
 
 
 # ---------------------------------------------------------------- report
 
 
 def report(args: argparse.Namespace, s: bc.Shapes, jx: dict, pt: dict, save_s: float) -> dict:
-    _, tasks, _ = bc.mmjax_config(s, None)
+    batch = jx.get("batch", s.batch)
+    shapes = vars(s) | {"tokens": s.tokens()}
+    if args.experiment:
+        shapes = {"experiment": args.experiment, "batch": batch}
     result = {
         "benchmark": "train_step",
         "machine": bc.versions(),
-        "shapes": vars(s) | {"tokens": s.tokens()},
+        "shapes": shapes,
         "settings": {
             "warmup": args.warmup,
             "repeats": args.repeats,
@@ -223,11 +251,12 @@ def report(args: argparse.Namespace, s: bc.Shapes, jx: dict, pt: dict, save_s: f
     if "error" in jx or "error" in pt:
         return result
     peak = max(jx["matmul_peak_flops"], pt["matmul_peak_flops"])
-    formula = bc.analytic_flops(s, tasks)
     # Model FLOPs: XLA's cost analysis counts a while loop's body once (with scan it misses depth - 1
-    # layers) and counts remat's recomputation, so those switches use the formula.
+    # layers) and counts remat's recomputation, so those switches use the formula (the bench model's only).
+    formula = None if args.experiment else bc.analytic_flops(s, bc.mmjax_config(s, None)[1])
     switches = jx["switches"]
-    source = "formula" if switches.get("scan") or switches.get("remat") else "xla_cost_analysis"
+    scan_or_remat = switches.get("scan") or switches.get("remat")
+    source = "formula" if scan_or_remat and formula else "xla_cost_analysis"
     flops = formula if source == "formula" else jx["xla_flops"]
     result["flops"] = {
         "xla_cost_analysis": jx["xla_flops"],
@@ -245,7 +274,7 @@ def report(args: argparse.Namespace, s: bc.Shapes, jx: dict, pt: dict, save_s: f
     for name, seconds in rows.items():
         summary[name] = {
             "step_s": seconds,
-            "examples_per_s": s.batch / seconds,
+            "examples_per_s": batch / seconds,
             "achieved_flops": flops / seconds,
             "mfu": flops / seconds / peak,
         }
@@ -295,7 +324,7 @@ def print_report(result: dict) -> None:
         return
     f = result["flops"]
     print(
-        f"model FLOPs/step: XLA {f['xla_cost_analysis']:.4g}, formula {f['formula']:.4g}, "
+        f"model FLOPs/step: XLA {f['xla_cost_analysis']:.4g}, formula {f['formula'] or float('nan'):.4g}, "
         f"torch counter {f['torch_flop_counter']:.4g}; matmul peak {f['matmul_peak_flops']:.4g} FLOP/s "
         f"({f['matmul_peak_source']}); twin loss |diff| {result['twin_loss_abs_diff']:.2g}"
     )
@@ -346,7 +375,7 @@ def main(argv: list[str] | None = None) -> dict:
         out = jax_phase(args, s) if args.phase == "jax" else torch_phase(args, s)
         print(json.dumps(out))
         return out
-    jx, pt, save_s = bc.run_phases(__file__, argv, s)
+    jx, pt, save_s = bc.run_phases(__file__, argv, s, save_encoders=not args.experiment)
     result = report(args, s, jx, pt, save_s)
     print_report(result)
     bc.emit_json(result, args.out)

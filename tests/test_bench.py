@@ -35,17 +35,14 @@ def test_torch_twin_loss_matches_mmjax(tmp_path):
     outputs, _ = model.apply({"params": state.params}, batch, train=False)
     loss = float(np.sum(np.asarray(objective.weights) * task_losses(outputs, batch, objective)))
 
-    _, TorchTwin = bench_torch.torch_twin_classes()
-    twin = TorchTwin(bench_torch.load_hf_encoders(dirs), s, tasks).eval()
-    twin.load_mmjax_params(bc.flat_params(state.params))
+    import torch_twin
+
+    twin = bench_torch.bench_twin(bench_torch.load_hf_encoders(dirs), s, tasks).eval()
+    torch_twin.load_flax(twin, bc.flat_params(state.params))
     tbatch = bench_torch.torch_batch(batch)
     with torch.no_grad():
         twin_outputs = twin(tbatch)
-        twin_loss = float(
-            bench_torch.torch_loss(
-                twin_outputs, tbatch, dict(zip(objective.tasks, objective.weights, strict=True))
-            )
-        )
+        twin_loss = float(torch_twin.twin_loss(twin_outputs, tbatch, bc.twin_tasks(objective, tasks)))
     assert twin_loss == pytest.approx(loss, abs=1e-4)
     for task in tasks:
         np.testing.assert_allclose(twin_outputs[task].numpy(), np.asarray(outputs[task]), atol=1e-4)
