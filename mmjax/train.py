@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from mmjax import checkpoint, evaluate, metrics, optim, parallel
+from mmjax import checkpoint, evaluate, host, metrics, optim, parallel
 from mmjax.config import load_config
 from mmjax.data import datasets, pipeline
 from mmjax.data.augment import augment_settings, make_augment
@@ -221,6 +221,7 @@ def main(
     else:
         state = checkpoint.restore(manager, latest, abstract_state, train_iter)
         print(f"mmjax: resumed from the checkpoint of step {latest} in {workdir}")
+    host.release_freed_memory()  # what building the state compiled and loaded
     start_step = int(state.step)
     peft = config.model.get("peft", {})
     if peft.get("lora") or peft.get("adapters"):
@@ -263,6 +264,8 @@ def main(
                     break
                 batch = next(train_iter)
                 state, scalars = step_fn(state, parallel.to_global(batch, mesh))
+                if step == start_step + 1:
+                    host.release_freed_memory()  # the step is compiled: hand back the compiler's memory
                 pending.append(scalars)
                 if on_nonfinite == "stop":
                     window_batches.append(batch)  # saved for debugging if its step goes bad
@@ -280,6 +283,7 @@ def main(
                 is_eval = step % config.train.eval_every == 0 or step == total_steps
                 if is_eval:
                     val_metrics = validate(state.variables())
+                    host.release_freed_memory()
                     writer.write(step, {f"val/{k}": v for k, v in val_metrics.items()})
                     history.append(val_metrics[config.train.best_metric])
                     window_time = time.perf_counter()  # evaluation time is not training throughput
