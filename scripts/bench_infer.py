@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_common as bc  # noqa: E402
+import bench_experiment  # noqa: E402
 import bench_torch  # noqa: E402
 
 # The default AV-Digits model's sizes and shapes (experiments/av_digits.py, size small).
@@ -120,30 +121,22 @@ def jax_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
     switches = bc.switches_from_args(args)
     out = {"devices": [str(d) for d in jax.devices()[:1]]}
     # The HF-parts twin (build_model registers the "bench" size, so build it after the scratch model's cfg).
-    scratch_cfg, tasks, applied = scratch_config(args, switches)
-    scratch_model = build_model(scratch_cfg.model, tasks)
-    scratch_params = scratch_parameters(args, scratch_cfg, scratch_model, tasks)
+    scratch_cfg, data, objective, applied = scratch_config(args, switches)
+    tasks = data.head_sizes()
+    scratch_model = build_model(scratch_cfg.model, tasks, data.streams, data.text_vocab_size)
+    scratch_vars = scratch_variables(args, scratch_cfg, scratch_model, tasks)
     cfg, tasks, _ = bc.mmjax_config(s, hf_dirs(args.hf_dir), switches)
     host = {b: bc.random_batch(s, tasks, b) for b in (1, s.batch)}
     _, _, _, state, _ = bc.build_mmjax(cfg, tasks, host[1])
     np.savez(Path(args.hf_dir) / "mmjax_params.npz", **bc.flat_params(state.params))
     out["switches"] = applied
-    m = scratch_cfg.model
-    scratch_shapes = bc.dataclasses.replace(
-        s,
-        text_len=m.text.max_len,
-        vocab=m.text.vocab_size,
-        image_size=m.image.size,
-        channels=m.image.channels,
-        frames=m.audio.frames,
-        mels=m.audio.mels,
-    )
-    scratch_host = {b: bc.random_batch(scratch_shapes, tasks, b) for b in (1, s.batch)}
+    # batches shaped as the data set's (the cached text tower's features included)
+    scratch_host = {b: bench_experiment.random_batch(scratch_cfg, data, objective, b) for b in (1, s.batch)}
     for name, model, params, batches in (
-        ("twin", build_model(cfg.model, tasks), state.params, host),
-        ("av_digits", scratch_model, scratch_params, scratch_host),
+        ("twin", build_model(cfg.model, tasks), {"params": state.params}, host),
+        ("av_digits", scratch_model, scratch_vars, scratch_host),
     ):
-        apply = jax.jit(lambda p, b, model=model: model.apply({"params": p}, b, train=False)[0])
+        apply = jax.jit(lambda p, b, model=model: model.apply(p, b, train=False)[0])
         batches = {b: jax.device_put(x) for b, x in batches.items()}
         start = time.perf_counter()
         compiled = {b: apply.lower(params, x).compile() for b, x in batches.items()}
@@ -151,7 +144,7 @@ def jax_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
         logits = compiled[1](params, batches[1])
         out[name] = {
             "compile_s": compile_s,
-            "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)),
+            "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params["params"])),
             f"xla_flops_batch{s.batch}": bc.xla_costs(compiled[s.batch])["xla_flops"],
             **latency_and_throughput(
                 lambda x, c=compiled, p=params: jax.block_until_ready(c[x["text"].shape[0]](p, x)),
@@ -168,11 +161,13 @@ def jax_phase(args: argparse.Namespace, s: bc.Shapes) -> dict:
 
 
 def scratch_config(args: argparse.Namespace, switches: dict):
-    """The default AV-Digits config (or the workdir's), with the switch flags the config has."""
+    """(the default AV-Digits config (or the workdir's), its data set, its objective, the switch flags that
+    the config has)."""
     import ml_collections
 
     from mmjax.config import load_config
-    from mmjax.data import av_digits
+    from mmjax.data import datasets
+    from mmjax.step import make_objective
 
     if args.workdir:
         cfg = ml_collections.ConfigDict(json.loads((Path(args.workdir) / "config.json").read_text()))
@@ -180,23 +175,21 @@ def scratch_config(args: argparse.Namespace, switches: dict):
         cfg = load_config(bc.EXPERIMENT)
         if args.quick:
             cfg.model.size = "tiny"
-    applied = {}
-    for field, value in switches.items():
-        if field in cfg.model:
-            cfg.model[field] = value
-            applied[field] = value
-    return cfg, av_digits.task_classes(cfg.tasks), applied
+    applied = bc.apply_switches(cfg.model, switches)
+    data = datasets.from_config(cfg)
+    return cfg, data, make_objective(cfg, data), applied
 
 
-def scratch_parameters(args: argparse.Namespace, cfg, model, tasks: dict):
+def scratch_variables(args: argparse.Namespace, cfg, model, tasks: dict) -> dict:
+    """The AV-Digits model's variables (BatchNorm statistics too): the workdir's best, else random."""
     import jax
 
     from mmjax import evaluate
     from mmjax.model import dummy_batch
 
     if args.workdir:
-        return evaluate.restore_run(args.workdir).variables["params"]
-    return model.init({"params": jax.random.PRNGKey(0)}, dummy_batch(cfg.model, tasks), train=False)["params"]
+        return evaluate.restore_run(args.workdir).variables
+    return model.init({"params": jax.random.PRNGKey(0)}, dummy_batch(cfg.model, tasks), train=False)
 
 
 def predictor_latency(args: argparse.Namespace) -> dict:
