@@ -9,7 +9,8 @@ from the same weights: the HF encoders are saved once with `save_pretrained` and
 head parameters are copied from mmjax into the twin (`torch_twin.load_flax`). An experiment config's own
 model (`--experiment`) is scripts/bench_experiment.py's.
 
-Only bench_torch imports torch (inside its functions); the jax side reads the saved folders with safetensors.
+Only the torch phases import torch (bench_torch inside its functions, torch_twin when a phase imports it);
+the jax side reads the saved folders with safetensors.
 """
 
 import dataclasses
