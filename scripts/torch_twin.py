@@ -6,7 +6,7 @@ and both frameworks start from identical weights. Hugging Face encoders (`HFEnco
 
 An experiment's twin is built from a plain-dict spec (`build_twin`); scripts/bench_experiment.py writes it
 from the experiment config, so this process imports torch and numpy only. Mirrored: pre-LN transformer
-encoders over patches (mmjax SpectrogramEncoder, ViTEncoder with its defaults) or word ids (TextEncoder), the
+encoders over patches (mmjax SpectrogramEncoder; images go through the ResNet) or word ids (TextEncoder), the
 cached text tower, the ResNet encoder, cross-attention fusion and classification heads (hidden layer or
 linear), with the static multi-task loss over classes, multi-label and regression tasks.
 """
@@ -106,7 +106,7 @@ class Table(nn.Module):
 
 
 class PatchEncoder(nn.Module):
-    """mmjax SpectrogramEncoder (time-major, non-overlapping patches) and ViTEncoder (defaults): patches
+    """mmjax SpectrogramEncoder (time-major, non-overlapping patches; unchecked against ViTEncoder): patches
     flattened in (ph, pw, C) order -> Dense, [CLS] first, learned positions, dropout, pre-LN encoder.
     Inputs [B, H, W] (spectrograms, with a frame mask [B, H]) or [B, H, W, C] (images). Returns (tokens,
     mask, pooled = [CLS])."""
