@@ -96,6 +96,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         vocab_size=av_digits_questions.make_tokenizer().vocab_size,
         max_len=c.data.text_len,
         cache=False,  # True: a frozen init_from tower, run once per distinct question (data/text_cache.py)
+        cache_layer=-1,  # with cache: -1 keeps the tower's output, k its hidden state k (0: embeddings)
         pool="",  # "mean": the fusion sees one text token, the mean of the tower's (a sentence embedding)
         noise=0.0,  # training only: Gaussian noise on the text features, std = this x their RMS
         **pretrained,

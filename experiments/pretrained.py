@@ -27,6 +27,7 @@ FAMILIES = {
     "roberta": ("text", "", "hf:FacebookAI/roberta-base"),
     "distilbert": ("text", "", "hf:distilbert/distilbert-base-uncased"),
     "electra": ("text", "", "hf:google/electra-base-discriminator"),
+    "mpnet": ("text", "", "hf:sentence-transformers/all-mpnet-base-v2"),
     "deberta-v2": ("text", "", "hf:microsoft/deberta-v3-base"),
     "clip_text": ("text", "text", "hf:openai/clip-vit-base-patch32"),
     "siglip_text": ("text", "text", "hf:google/siglip-base-patch16-224"),

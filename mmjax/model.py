@@ -485,7 +485,7 @@ def dummy_batch(
             batch[m] = jnp.zeros((b, cfg.text.max_len), jnp.int32)
             batch[f"{m}_mask"] = jnp.ones((b, cfg.text.max_len), bool)
             if cfg.text.get("cache", False):
-                width = text_cache.shared(cfg.text.init_from, cfg.text.get("tower", "") or None).width
+                width = text_cache.config_cache(cfg.text).width
                 batch[f"{m}{text_cache.FEATURES}"] = jnp.zeros((b, cfg.text.max_len, width), jnp.float32)
         elif kind == "image":
             batch[m] = jnp.zeros((b, cfg.image.size, cfg.image.size, cfg.image.channels), jnp.float32)

@@ -68,6 +68,9 @@ def build(transformers, family: str):
     if family == "electra":
         config = transformers.ElectraConfig(embedding_size=16, **TINY, **vocab)
         return transformers.ElectraModel(config), None, True
+    if family == "mpnet":
+        config = transformers.MPNetConfig(**TINY, **vocab)
+        return transformers.MPNetModel(config), None, True
     if family == "deberta-v2":
         config = transformers.DebertaV2Config(
             relative_attention=True, position_buckets=8, pos_att_type=["c2p", "p2c"], **TINY, **vocab
@@ -76,7 +79,7 @@ def build(transformers, family: str):
     raise ValueError(f"unknown family {family!r}; known: {FAMILIES}")
 
 
-FAMILIES = ("siglip", "dinov2", "wav2vec2", "hubert", "wavlm", "distilbert", "electra", "deberta-v2")
+FAMILIES = ("siglip", "dinov2", "wav2vec2", "hubert", "wavlm", "distilbert", "electra", "mpnet", "deberta-v2")
 
 
 def write(out: pathlib.Path, families=FAMILIES, seed: int = 0) -> dict[str, pathlib.Path]:

@@ -54,6 +54,23 @@ def test_features_are_the_towers_outputs_computed_once_per_distinct_question(av_
     assert len(calls) == len(cache) == len(distinct) < len(examples)  # repeated questions are not recomputed
 
 
+def test_cache_layer_keeps_that_hidden_state_of_the_tower(av_digits_dir, tower):
+    module, params = load_pretrained(tower)
+    ids = np.array([5, 9, 7, 0, 0], np.int32)
+    mask = ids > 0
+    _, aux = module.apply({"params": params}, ids[None], mask[None], deterministic=True)
+    states = next(v for k, v in aux.items() if k.endswith("hidden_states"))
+    for layer in range(module.depth + 1):
+        features = text_cache.TextCache(tower, layer=layer).features(ids, mask)
+        np.testing.assert_allclose(features[mask], states[layer][0][mask], rtol=1e-6, atol=1e-6)
+        assert not features[~mask].any()
+    assert not np.allclose(states[0], states[-1])  # the layers differ, so the check above can fail
+    with pytest.raises(
+        ValueError, match=rf"cache_layer={module.depth + 1}: expected -1 .* 0..{module.depth}"
+    ):
+        text_cache.TextCache(tower, layer=module.depth + 1)
+
+
 def test_a_cached_tower_gives_the_outputs_of_the_same_frozen_tower_inside_the_model(av_digits_dir, tower):
     inside, cached = (cached_config(av_digits_dir, tower, cache=c) for c in (False, True))
     data = datasets.from_config(cached)

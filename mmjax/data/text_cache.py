@@ -5,7 +5,9 @@ thousands of examples), running the tower on every example of every step is wast
 `model.text.cache=True`, preprocessing adds `<stream>_features` (the tower's token outputs [L, D] for the
 example's token ids) to every text stream, computed on the first sight of those ids and remembered; the
 model's text encoder is then mmjax.encoders.text.CachedTextEncoder, which reads those features and has no
-tower params. The tower is `model.text.init_from` (any text family mmjax ports), in float32, deterministic.
+tower params. The tower is `model.text.init_from` (any text family mmjax ports), in float32, deterministic;
+`model.text.cache_layer` picks which of its token outputs are kept: -1 (the default) its output, k its
+hidden state k (0: the embeddings, k: the output of layer k).
 """
 
 import dataclasses
@@ -45,15 +47,20 @@ def enabled(config: ml_collections.ConfigDict) -> bool:
 
 
 class TextCache:
-    """The token outputs [L, D] of a frozen text tower per distinct (ids, mask), computed on first use."""
+    """The token outputs [L, D] of a frozen text tower (its output, or its hidden state `layer`) per
+    distinct (ids, mask), computed on first use."""
 
-    def __init__(self, spec: str, tower: str | None = None):
+    def __init__(self, spec: str, tower: str | None = None, layer: int = -1):
         module, params = load_pretrained(spec, tower)
-        self._module = module
+        depth = getattr(module, "depth", None)
+        if layer != -1 and not (depth is not None and 0 <= layer <= depth):
+            raise ValueError(
+                f"model.text.cache_layer={layer}: expected -1 (the tower's output) or a hidden state "
+                f"0..{depth} of {spec}"
+            )
         self._params = jax.device_put(params, jax.local_devices(backend="cpu")[0])
-        self._encode = jax.jit(
-            lambda p, ids, mask: module.apply({"params": p}, ids, mask, deterministic=True)[0]
-        )
+        self._apply = functools.partial(_tokens, module, layer)
+        self._encode = jax.jit(self._apply)
         self._seen: dict[bytes, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -64,8 +71,7 @@ class TextCache:
         """The width D of the features (the tower's token outputs' last axis)."""
         ids = jax.ShapeDtypeStruct((1, 4), np.int32)
         mask = jax.ShapeDtypeStruct((1, 4), bool)
-        apply = lambda p, i, m: self._module.apply({"params": p}, i, m, deterministic=True)[0]  # noqa: E731
-        return int(jax.eval_shape(apply, self._params, ids, mask).shape[-1])
+        return int(jax.eval_shape(self._apply, self._params, ids, mask).shape[-1])
 
     def features(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """The tower's outputs [L, D] float32 for one example's ids [L] (padding rows zero)."""
@@ -77,11 +83,23 @@ class TextCache:
         return self._seen[key]
 
 
+def _tokens(module, layer: int, params: dict, ids: jax.Array, mask: jax.Array) -> jax.Array:
+    out, aux = module.apply({"params": params}, ids, mask, deterministic=True)
+    if layer == -1:
+        return out
+    return next(v for k, v in aux.items() if k.endswith("hidden_states"))[layer]
+
+
 @functools.cache
-def shared(spec: str, tower: str | None = None) -> TextCache:
+def shared(spec: str, tower: str | None = None, layer: int = -1) -> TextCache:
     """The process's one cache of a tower: the data sets, evaluations and models of a run share its
     weights, its compiled forward pass and the features it has computed."""
-    return TextCache(spec, tower)
+    return TextCache(spec, tower, layer)
+
+
+def config_cache(text: ml_collections.ConfigDict) -> TextCache:
+    """The shared cache that the text config `text` (model.text) names."""
+    return shared(text.init_from, text.get("tower", "") or None, text.get("cache_layer", -1))
 
 
 def add_features(example: dict, *, cache: TextCache, streams: tuple[str, ...]) -> dict:
@@ -100,8 +118,7 @@ def with_text_cache(data: DataSet, config: ml_collections.ConfigDict) -> DataSet
     streams = tuple(s for s, kind in data.streams.items() if kind == "text")
     if not streams:
         raise ValueError(f"model.text.cache=True, but the {data.name} data set has no text stream")
-    text = config.model.text
-    cache = shared(text.init_from, text.get("tower", "") or None)
+    cache = config_cache(config.model.text)
     condition = data.condition
     if condition is not None:
         condition = functools.partial(_cached_condition, condition, cache=cache, streams=streams)

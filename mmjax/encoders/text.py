@@ -1,16 +1,17 @@
 """Text encoder: token + position (+ token-type) embeddings (-> LayerNorm) -> transformer.
 
 With pre_ln=False, activation and layer_norm_eps from a Hugging Face config (and position_offset for
-RoBERTa, type_vocab_size=0 for DistilBERT, embedding_dim for ELECTRA) it computes exactly BERT, MiniLM,
-RoBERTa, DistilBERT or ELECTRA; with pre_ln=True, type_vocab_size=0, embedding_ln=False, causal=True and
-EOS pooling it is CLIP's text tower. mmjax.port fills it from their checkpoints.
+RoBERTa, type_vocab_size=0 for DistilBERT, embedding_dim for ELECTRA, relative_buckets for MPNet) it
+computes exactly BERT, MiniLM, RoBERTa, DistilBERT, ELECTRA or MPNet; with pre_ln=True, type_vocab_size=0,
+embedding_ln=False, causal=True and EOS pooling it is CLIP's text tower. mmjax.port fills it from their
+checkpoints.
 """
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mmjax.nn.embeddings import INIT, PositionEmbedding
+from mmjax.nn.embeddings import INIT, PositionEmbedding, RelativePositionBias
 from mmjax.nn.pooling import masked_mean
 from mmjax.nn.transformer import encoder_stack
 
@@ -68,6 +69,7 @@ class TextEncoder(nn.Module):
     projection_dim: int | None = None  # CLIP's text_projection: embeds = Dense(pooled), no bias
     projection_bias: bool = False  # SigLIP's head: the projection has a bias
     embedding_dim: int | None = None  # ELECTRA: embeddings of this size, then a Dense to `width`
+    relative_buckets: int = 0  # MPNet (32): every layer adds a learned per-head bias by relative position
     scan: bool = False  # speed levers of mmjax.nn.transformer.Encoder: nn.scan over layers (params `layers`)
     remat: str = ""  # "" | full | dots | dots_saveable (mmjax.nn.transformer.REMAT_POLICIES)
     dtype: str = "float32"  # compute dtype of the transformer blocks: float32 | bfloat16 (params float32)
@@ -108,7 +110,13 @@ class TextEncoder(nn.Module):
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         encoder = encoder_stack(self, pre_ln=self.pre_ln, causal=self.causal)
         mask = attention_mask.astype(bool)
-        x, hidden_states = encoder(x, mask, deterministic=deterministic)
+        bias = None
+        if self.relative_buckets:
+            relative = RelativePositionBias(
+                self.relative_buckets, self.num_heads, name="relative_attention_bias"
+            )
+            bias = relative(input_ids.shape[1])
+        x, hidden_states = encoder(x, mask, bias, deterministic=deterministic)
         index = pool_index(input_ids, self.pool, self.eos_token_id)
         pooled = x[jnp.arange(x.shape[0]), index]
         if self.pooler:

@@ -22,6 +22,7 @@ class MultiHeadAttention(nn.Module):
     """Multi-head attention; queries from `x`, keys/values from `context` (defaults to `x`).
 
     Masked keys get a large finite negative logit; a query whose keys are all masked outputs exactly zero.
+    `bias` [B or 1, H, Lq, Lk] is added to the logits before masking (MPNet's relative position bias).
     With `causal`, query i also never sees keys after position i (self-attention, CLIP's text tower).
     The key projection has no bias: it adds the same q.b_k to every logit of a query, so softmax cancels it;
     as a parameter it would only collect rounding noise, which Adam amplifies into lr-sized steps.
@@ -46,6 +47,7 @@ class MultiHeadAttention(nn.Module):
         x: jax.Array,
         context: jax.Array | None = None,
         context_mask: jax.Array | None = None,
+        bias: jax.Array | None = None,
         *,
         deterministic: bool,
     ) -> jax.Array:
@@ -75,12 +77,15 @@ class MultiHeadAttention(nn.Module):
                     f"attention='fused' does not support attention dropout (dropout_rate={self.dropout_rate} "
                     "in training): use attention='xla' or dropout 0"
                 )
-            out = jax.nn.dot_product_attention(q, k, v, mask=key_mask)
+            logit_bias = None if bias is None else bias.astype(q.dtype)
+            out = jax.nn.dot_product_attention(q, k, v, bias=logit_bias, mask=key_mask)
             if key_mask is not None:  # all-masked rows: uniform over all keys -> exactly zero, as in xla
                 out = jnp.where(jnp.moveaxis(key_mask.any(-1), 1, -1)[..., None], out, 0.0)
         else:
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head_dim)
             logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+            if bias is not None:
+                logits = logits + bias
             if key_mask is not None:
                 logits = jnp.where(key_mask, logits, jnp.finfo(logits.dtype).min)
             weights = jax.nn.softmax(logits, axis=-1)

@@ -1,6 +1,8 @@
 """Token-level embeddings: learned positions (resizable over a patch grid), a [CLS] token and 2-D patch
 embeddings."""
 
+import math
+
 import einops
 import jax
 import jax.numpy as jnp
@@ -27,6 +29,33 @@ class PositionEmbedding(nn.Module):
         if positions is None:
             return x + table[None, :length]
         return x + jnp.take(table, positions, axis=0)
+
+
+def relative_buckets(length: int, num_buckets: int = 32, max_distance: int = 128) -> np.ndarray:
+    """MPNet's (T5's bidirectional) bucket [L, L] of key j's offset from query i: half the buckets for keys
+    before the query; per half, offsets below a quarter of num_buckets get a bucket each and farther ones
+    log-spaced buckets, the last shared from `max_distance` on. In float32, as transformers computes it."""
+    n = np.arange(length)[:, None] - np.arange(length)[None, :]
+    half = num_buckets // 2
+    exact = half // 2
+    before = (n < 0) * half
+    n = np.abs(n)
+    ratio = np.log(np.maximum(n, 1).astype(np.float32) / np.float32(exact))
+    scale = np.float32(math.log(max_distance / exact))
+    far = exact + (ratio / scale * np.float32(half - exact)).astype(np.int64)
+    return before + np.where(n < exact, n, np.minimum(far, half - 1))
+
+
+class RelativePositionBias(nn.Module):
+    """An attention-logit bias [1, H, L, L] looked up per relative-position bucket (relative_buckets)."""
+
+    num_buckets: int
+    num_heads: int
+
+    @nn.compact
+    def __call__(self, length: int) -> jax.Array:
+        table = self.param("embedding", INIT, (self.num_buckets, self.num_heads))
+        return einops.rearrange(table[relative_buckets(length, self.num_buckets)], "q k h -> 1 h q k")
 
 
 class ClsToken(nn.Module):

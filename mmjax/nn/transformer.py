@@ -160,6 +160,7 @@ class TransformerBlock(nn.Module):
         mask: jax.Array | None = None,
         context: jax.Array | None = None,
         context_mask: jax.Array | None = None,
+        bias: jax.Array | None = None,
         *,
         deterministic: bool,
     ) -> jax.Array:
@@ -185,7 +186,9 @@ class TransformerBlock(nn.Module):
             qkv_bias=self.qkv_bias,
         )
         attn = attention(causal=self.causal, name="self_attn")
-        x = sublayer(x, lambda h: attn(h, context_mask=mask, deterministic=deterministic), "self_attn")
+        x = sublayer(
+            x, lambda h: attn(h, context_mask=mask, bias=bias, deterministic=deterministic), "self_attn"
+        )
         if self.cross_attention:
             if context is None:
                 raise ValueError("TransformerBlock(cross_attention=True) needs a `context`")
@@ -205,12 +208,14 @@ def run_block(
     mask: jax.Array | None = None,
     context: jax.Array | None = None,
     context_mask: jax.Array | None = None,
+    bias: jax.Array | None = None,
     *,
     deterministic: bool,
     remat: str = "",
     prevent_cse: bool = True,
 ) -> jax.Array:
-    """`block(x, mask, context, context_mask)`, under nn.remat with policy REMAT_POLICIES[remat] unless "".
+    """`block(x, mask, context, context_mask, bias)`, under nn.remat with policy REMAT_POLICIES[remat]
+    unless "".
 
     The lifted function closes over `deterministic`, which stays a Python bool (nn.remat would trace it).
     Params keep the block's path. prevent_cse=False is the right choice inside nn.scan.
@@ -218,17 +223,18 @@ def run_block(
     if remat not in REMAT_POLICIES:
         raise ValueError(f"remat={remat!r} is not one of {sorted(REMAT_POLICIES)}")
     if not remat:
-        return block(x, mask, context, context_mask, deterministic=deterministic)
+        return block(x, mask, context, context_mask, bias, deterministic=deterministic)
 
     def call(module: TransformerBlock, *args: jax.Array | None) -> jax.Array:
         return module(*args, deterministic=deterministic)
 
     checkpointed = nn.remat(call, policy=REMAT_POLICIES[remat], prevent_cse=prevent_cse)
-    return checkpointed(block, x, mask, context, context_mask)
+    return checkpointed(block, x, mask, context, context_mask, bias)
 
 
 class Encoder(nn.Module):
-    """A stack of `depth` self-attention blocks over tokens with a key padding mask.
+    """A stack of `depth` self-attention blocks over tokens with a key padding mask, and optionally one
+    attention-logit `bias` [B or 1, H, L, L] that every block adds (MPNet's relative positions).
 
     Returns (output, hidden_states): hidden_states is the input followed by every block's output
     (Hugging Face's `output_hidden_states` order; with pre_ln the last one precedes the final LayerNorm,
@@ -256,7 +262,7 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, mask: jax.Array | None, *, deterministic: bool
+        self, x: jax.Array, mask: jax.Array | None, bias: jax.Array | None = None, *, deterministic: bool
     ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
         block = partial(
             TransformerBlock,
@@ -277,8 +283,8 @@ class Encoder(nn.Module):
         hidden_states = [x]
         if self.scan:
 
-            def body(module: TransformerBlock, carry: jax.Array, mask: jax.Array | None) -> tuple:
-                out = run(module, carry, mask)
+            def body(module: TransformerBlock, carry: jax.Array, mask: jax.Array | None, bias) -> tuple:
+                out = run(module, carry, mask, bias=bias)
                 return out, out
 
             scanned = nn.scan(
@@ -288,11 +294,11 @@ class Encoder(nn.Module):
                 in_axes=nn.broadcast,
                 length=self.depth,
             )
-            x, stacked = scanned(block(name="layers"), x, mask)
+            x, stacked = scanned(block(name="layers"), x, mask, bias)
             hidden_states += [stacked[i] for i in range(self.depth)]
         else:
             for i in range(self.depth):
-                x = run(block(name=f"layer_{i}"), x, mask)
+                x = run(block(name=f"layer_{i}"), x, mask, bias=bias)
                 hidden_states.append(x)
         if self.pre_ln and self.final_ln:
             x = nn.LayerNorm(self.layer_norm_eps, name="final_ln")(x)

@@ -15,6 +15,7 @@ PREFIXES = (  # task-model wrappers
     "bert.",
     "roberta.",
     "distilbert.",
+    "mpnet.",
     "electra.",
     "vit.",
     "model.",

@@ -40,6 +40,7 @@ from mmjax.port import (
     dinov2,
     distilbert,
     electra,
+    mpnet,
     resnet,
     siglip,
     vit,
@@ -54,7 +55,14 @@ from mmjax.port.common import KeyMap, Transform
 # written as a BertModel without pooler, the same function); ELECTRA is the only one with embedding_dim;
 # DistilBERT is the only one without token types (type_vocab_size=0; no pooler, layer_norm_eps=1e-12).
 FAMILIES: dict[type, tuple[tuple[ModuleType, str], ...]] = {
-    TextEncoder: ((bert, "text"), (electra, "text"), (distilbert, "text"), (clip, "text"), (siglip, "text")),
+    TextEncoder: (
+        (bert, "text"),
+        (electra, "text"),
+        (distilbert, "text"),
+        (mpnet, "text"),
+        (clip, "text"),
+        (siglip, "text"),
+    ),
     ViTEncoder: ((vit, "image"), (clip, "vision"), (siglip, "vision"), (dinov2, "image")),
     NaFlexEncoder: ((siglip, "vision"),),
     DebertaEncoder: ((deberta, "text"),),

@@ -236,7 +236,9 @@ def test_tokenizer_knows_every_training_phrasing():
             assert unknown not in ids
 
 
-@pytest.mark.parametrize("name", ["av_digits_paraphrases", "av_digits_reworded", "av_digits_blind", "av_digits_unseen"])
+@pytest.mark.parametrize(
+    "name", ["av_digits_paraphrases", "av_digits_reworded", "av_digits_blind", "av_digits_unseen"]
+)
 def test_paraphrase_files_are_unseen_wordings(name):
     """Every phrasing of a paraphrase file is not a training phrasing and has a word no training phrasing
     has (a new word, not only new order), so the files measure reading questions, not recalling them."""
