@@ -7,7 +7,9 @@ The folder holds train/ (and optionally validation/, test/) with a metadata.json
 `labels` columns become tasks (classes, multi-label lists or regression numbers). The data set is built once
 into the cache (data.tfds_dir) and rebuilt only when the metadata or these data settings change.
 Arguments after ':' (comma separated): dir=PATH, labels=COL+COL, fusion=NAME (mmjax.fusion.FUSIONS),
-size=tiny|small|base, image_size=N, channels=1|3, group_by=COLUMN (per-group metrics), smoke.
+size=tiny|small|base, image_size=N, channels=1|3, group_by=COLUMN (per-group metrics), text=cached|mpnet|
+minilm|scratch (the text tower, as in experiments/av_digits.py; default cached, the small all-MiniLM-L6-v2,
+frozen; smoke: scratch), smoke.
 """
 
 import pathlib
@@ -29,13 +31,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         image_size=32,
         channels=3,
         group_by="",
+        text="",
         smoke=False,
     )
     labels = [label for label in args.labels.split("+") if label]
     # The AV-Digits config (its smoke config with `smoke`) gives the model, task weighting, optimizer and
     # train loop settings; the data section is the folder's.
-    smoke = ",smoke" if args.smoke else ""
-    base = load_config(f"{AV_DIGITS}:fusion={args.fusion},size={args.size}{smoke}")
+    text = args.text or ("" if args.smoke else "cached")
+    base_args = [f"fusion={args.fusion}", f"size={args.size}"] + [f"text={text}"] * bool(text)
+    base = load_config(f"{AV_DIGITS}:{','.join(base_args + ['smoke'] * args.smoke)}")
     c = ml_collections.ConfigDict()
     c.experiment = "folder"
     c.seed = 0

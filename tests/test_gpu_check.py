@@ -37,7 +37,7 @@ def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
         assert "summary" in run, (name, run.get("error", "")[-2000:])
         assert run["torch"]["device"] == "cpu" and run["torch"]["dtype"] == name.split("_")[1]
         assert run["mmjax"]["switches"]["dtype"] == name.split("_")[1]
-    assert runs["experiment_float32"]["shapes"]["experiment"] == "av_digits:size=tiny"
+    assert runs["experiment_float32"]["shapes"]["experiment"] == "av_digits:size=tiny,text=cached"
     assert runs["bench_float32"]["twin_loss_abs_diff"] < 1e-4
     assert [row["run"] for row in result["summary"]] == list(runs)
     assert "mmjax gpu_check: wrote" in proc.stdout

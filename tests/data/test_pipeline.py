@@ -226,7 +226,7 @@ def test_bad_audio_buckets_name_the_field(text, message):
 def test_question_phrasings_longer_than_text_len_warn_or_stop(capsys):
     from mmjax.config import load_config
 
-    for text in ("scratch", "cached"):  # the default text_len fits every training phrasing
+    for text in ("scratch", "cached", "mpnet"):  # the default text_len fits every training phrasing
         avd.make_preprocess(load_config(f"experiments/av_digits.py:text={text}"))
         assert "truncating" not in capsys.readouterr().out
     config = load_config("experiments/av_digits.py:smoke")
