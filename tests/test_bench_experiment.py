@@ -132,7 +132,9 @@ def test_bench_train_times_an_experiments_own_model(tmp_path):
     import bench_train
 
     out = tmp_path / "experiment.json"
-    bench_train.main(["--quick", "--experiment", "av_digits:size=tiny,text=cached", "--batch", "4", "--out", str(out)])
+    bench_train.main(
+        ["--quick", "--experiment", "av_digits:size=tiny,text=cached", "--batch", "4", "--out", str(out)]
+    )
     result = json.loads(out.read_text())
     assert result["shapes"] == {"experiment": "av_digits:size=tiny,text=cached", "batch": 4}
     assert result["twin_loss_abs_diff"] < 1e-4
