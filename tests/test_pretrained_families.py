@@ -42,7 +42,8 @@ def _config(folders, family, *overrides):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "family", ["siglip", "dinov2", "wav2vec2", "hubert", "wavlm", "distilbert", "electra", "deberta-v2"]
+    "family",
+    ["siglip", "dinov2", "wav2vec2", "hubert", "wavlm", "distilbert", "electra", "mpnet", "deberta-v2"],
 )
 def test_each_family_trains_two_steps_on_8_devices(folders, family, tmp_path):
     config = _config(folders, family)
