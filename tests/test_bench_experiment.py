@@ -142,3 +142,39 @@ def test_bench_train_times_an_experiments_own_model(tmp_path):
     for row in result["summary"].values():
         assert row["step_s"] > 0 and row["examples_per_s"] == pytest.approx(4 / row["step_s"])
     assert result["flops"]["used_for_mfu"] == "xla_cost_analysis" and result["flops"]["formula"] is None
+
+
+@pytest.mark.parity
+def test_twin_noises_the_pooled_question_in_training_only_as_mmjax_does():
+    """model.text.noise in the twin: Gaussian noise of `noise` x the pooled token's RMS per dimension."""
+    import torch
+    import torch_twin
+
+    class Fusion(torch.nn.Module):  # passes the text token on
+        def forward(self, tokens, masks, present):
+            return tokens["text"][:, 0]
+
+    twin = torch_twin.Twin(
+        {"text": torch_twin.CachedText()},
+        {"text": "text"},
+        {"text": 768},
+        768,
+        Fusion(),
+        {},
+        text_pool=True,
+        text_noise=2.0,
+    )
+    twin.tasks = ["x"]
+    twin.add_module("head_x", torch.nn.Identity())
+    torch.manual_seed(0)
+    features = torch.randn(64, 5, 768) * 3.0
+    batch = {
+        "text_features": features,
+        "text_mask": torch.ones(64, 5, dtype=torch.bool),
+        "present": {"text": torch.ones(64, dtype=torch.bool)},
+    }
+    clean = features.mean(1)
+    np.testing.assert_allclose(twin.eval()(batch)["x"].numpy(), clean.numpy(), rtol=1e-6, atol=1e-6)
+    noise = twin.train()(batch)["x"] - clean
+    ratio = (noise.std(-1) / clean.square().mean(-1).sqrt()).numpy()
+    np.testing.assert_allclose(ratio, 2.0, rtol=0.1)
