@@ -237,7 +237,14 @@ def test_tokenizer_knows_every_training_phrasing():
 
 
 @pytest.mark.parametrize(
-    "name", ["av_digits_paraphrases", "av_digits_reworded", "av_digits_blind", "av_digits_unseen"]
+    "name",
+    [
+        "av_digits_paraphrases",
+        "av_digits_reworded",
+        "av_digits_blind",
+        "av_digits_unseen",
+        "av_digits_sealed",
+    ],
 )
 def test_paraphrase_files_are_unseen_wordings(name):
     """Every phrasing of a paraphrase file is not a training phrasing and has a word no training phrasing
