@@ -89,6 +89,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         cache_layer=-1,  # with cache: -1 keeps the tower's output, k its hidden state k (0: embeddings)
         pool="",  # "mean": the fusion sees one text token, the mean of the tower's (a sentence embedding)
         noise=0.0,  # training only: Gaussian noise on the text features, std = this x their RMS
+        prefix="",  # with a pretrained tower: text put before every question (context for the tower)
         **pretrained,
     )
     c.model.image = dict(
@@ -137,7 +138,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
 
     # Loss weight per task (task names and class counts come from the data set); weight 0: no head, no loss.
-    c.tasks = dict(answer=1.0, image_digit=0.5, audio_digit=0.5, speaker=0.5, match=0.5, align=0.0)
+    # The digit tasks at the answer's weight: the best lever of the third round (README, "The recipe").
+    c.tasks = dict(answer=1.0, image_digit=1.0, audio_digit=1.0, speaker=0.5, match=0.5, align=0.0)
     # Task weighting (mmjax/multitask.py): static | uncertainty | gradnorm | pcgrad | dwa, on top of c.tasks.
     c.multitask = ml_collections.ConfigDict()
     c.multitask.method = "static"
@@ -199,6 +201,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Gaussian noise of the embedding's RMS per dimension in training: new wordings are read as well as
         # the training phrasings (README, "Questions worded in new ways"; 2.0 and 4.0 cost accuracy)
         c.model.text.noise = 1.0
+        # Context for the tower: without it MPNet reads "figure" in "which figure did the voice utter?" as a
+        # person (README, "Questions worded in new ways")
+        c.model.text.prefix = "digits: "
     c.model.text.cache = args.text in ("cached", "mpnet")
 
     if args.smoke:

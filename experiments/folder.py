@@ -78,6 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = base.model.copy_and_resolve_references()
     c.model.text.vocab_size = 0  # 0: the word vocabulary built from the train split's text
     c.model.text.max_len = c.data.text_len
+    c.model.text.prefix = ""  # text put before every text input of a pretrained tower (AV-Digits has its own)
     c.model.image.size = args.image_size
     c.model.image.channels = args.channels
     c.model.image.patch_size = 8 if args.image_size % 8 == 0 else args.image_size

@@ -26,6 +26,7 @@ from mmjax.fusion import FUSIONS
 
 BASE = str(pathlib.Path(__file__).with_name("av_digits.py"))
 TEXT = "text=cached"  # the tower every run of the grid trained with (runs resume from their checkpoints)
+AUX_WEIGHTS = {"tasks.image_digit": 0.5, "tasks.audio_digit": 0.5}  # the digit tasks' weights it trained with
 BASELINE = pathlib.Path(__file__).with_name("results") / "classical_baseline.json"
 
 
@@ -43,7 +44,7 @@ def get_sweep(arg: str | None = None) -> dict:
     sweep = dict(
         base=f"{BASE}:{TEXT}",
         grid={"model.fusion.name": list(FUSIONS), "seed": [0, 1, 2]},
-        overrides={},
+        overrides=dict(AUX_WEIGHTS),
         robustness=missing + snr + image_noise,
         split="test",
         eval_max_batches=0,

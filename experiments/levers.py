@@ -21,13 +21,13 @@ UNDO = {  # the default without one of its levers
     "audio_patch16x16": {"model.audio.patch_time": 16, "model.audio.patch_freq": 16},
     "linear_heads": {"model.head_hidden": 0},
     "epochs_10": {"train.epochs": 10.0},
+    "aux_weights_half": {"tasks.image_digit": 0.5, "tasks.audio_digit": 0.5},  # the digit tasks' old weights
 }
 ADD = {  # the default with one lever it does not use
     "small_stem": {"model.image.resnet.stem_kernel": 3, "model.image.resnet.stem_stride": 1},
     "specaugment": {"data.time_mask": 4, "data.freq_mask": 8},
     "ema": {"optim.ema_decay": 0.998},
     "smoothing": {"train.label_smoothing": 0.1},
-    "aux_weights": {"tasks.image_digit": 1.0, "tasks.audio_digit": 1.0},
     "epochs_20": {"train.epochs": 20.0},
     "text_noise": {"model.text.noise": 1.0},  # for new wordings: the question's features blurred in training
 }

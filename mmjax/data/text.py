@@ -71,10 +71,12 @@ def build_vocab(texts: Iterable[str]) -> WordTokenizer:
 
 @dataclasses.dataclass(frozen=True)
 class PretrainedTokenizer:
-    """A Hugging Face checkpoint's tokenizer: special tokens added, truncated and padded like HF's."""
+    """A Hugging Face checkpoint's tokenizer: special tokens added, truncated and padded like HF's; `encode`
+    puts `prefix` before every text (a fixed instruction or context for the tower, like E5's "query: ")."""
 
     tokenizer: tokenizers.Tokenizer
     pad_id: int
+    prefix: str = ""
 
     @property
     def vocab_size(self) -> int:
@@ -83,7 +85,7 @@ class PretrainedTokenizer:
     def encode(self, text: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
         """int32 ids [max_len] (truncated with the special tokens kept, then padded) and a mask."""
         self.tokenizer.enable_truncation(max_len)
-        ids = self.tokenizer.encode(text).ids
+        ids = self.tokenizer.encode(self.prefix + text).ids
         out = np.full(max_len, self.pad_id, dtype=np.int32)
         out[: len(ids)] = ids
         return out, np.arange(max_len) < len(ids)
@@ -157,12 +159,25 @@ def load_tokenizer(path: str | Path) -> PretrainedTokenizer:
 
 
 def pretrained_tokenizer(config: ml_collections.ConfigDict) -> PretrainedTokenizer | None:
-    """data.tokenizer's folder, else the text encoder's checkpoint (model.text.init_from), else None."""
-    init_from = config.model.get("text", {}).get("init_from", "")
-    spec = config.data.get("tokenizer", "") or init_from
+    """data.tokenizer's folder, else the text encoder's checkpoint (model.text.init_from), else None; with
+    model.text.prefix put before every text it encodes."""
+    text = config.model.get("text", {})
+    spec = config.data.get("tokenizer", "") or text.get("init_from", "")
+    prefix = text.get("prefix", "")
+    if prefix and not spec:
+        raise ValueError(
+            f"model.text.prefix={prefix!r} is for pretrained towers: set model.text.init_from or "
+            "data.tokenizer"
+        )
+    if prefix and config.model.get("kind", "multimodal") != "multimodal":
+        raise ValueError(
+            f"model.text.prefix={prefix!r} is for multimodal models; text-task models tokenize pairs and "
+            "character offsets, which a prefix would shift"
+        )
     if not spec:
         return None
-    return load_tokenizer(checkpoint_dir(spec.removeprefix("hf:")) if spec.startswith("hf:") else spec)
+    path = checkpoint_dir(spec.removeprefix("hf:")) if spec.startswith("hf:") else spec
+    return dataclasses.replace(load_tokenizer(path), prefix=prefix)
 
 
 def experiment_tokenizer(

