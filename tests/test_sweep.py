@@ -9,6 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from flax.traverse_util import flatten_dict
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 from matplotlib.figure import Figure
 from PIL import Image
@@ -152,13 +153,6 @@ def test_fusion_ablation_covers_every_fusion_and_seed():
     assert sweep.run_config(smoke, {"seed": 1}, ["data.tfds_dir=/data"]).data.tfds_dir == "/data"
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value}
-    return out
-
-
 def test_fusion_ablation_reproduces_its_recorded_runs():
     """Every committed run record of the ablation was trained with the config the sweep builds today (paths
     aside; fields added since then at their defaults), so its table can be rerun or extended."""
@@ -166,8 +160,10 @@ def test_fusion_ablation_reproduces_its_recorded_runs():
     records = ROOT / "experiments/results/fusion_ablation/run_records"
     added = {"model.text.cache_layer": -1, "model.text.prefix": ""}
     for values in sweep.expand_grid(full["grid"]):
-        recorded = _flat(json.loads((records / sweep.run_name(values) / "config.json").read_text()))
-        now = _flat(json.loads(json.dumps(sweep.run_config(full, values).to_dict())))
+        recorded = flatten_dict(
+            json.loads((records / sweep.run_name(values) / "config.json").read_text()), sep="."
+        )
+        now = flatten_dict(json.loads(json.dumps(sweep.run_config(full, values).to_dict())), sep=".")
         for key in set(recorded) | set(now):
             if key == "model.text.init_from" or "dir" in key.split(".")[-1]:
                 continue
